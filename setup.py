@@ -1,0 +1,38 @@
+"""crack_tf: ResNet50 + ASPP crack classifier for concrete bridge inspection (Keras 3)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="crack_tf",
+    version="0.1.0",
+    description="Crack / background classification of concrete image patches: ResNet50 + ASPP in Keras 3",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["crack_tf", "crack_tf.*"]),
+    package_data={"crack_tf": ["serving/*.txt", "serving/*.config"]},
+    python_requires=">=3.10",
+    # TensorFlow itself comes from the `cpu` or `gpu` extra, so a CPU user never gets the
+    # CUDA wheel forced on them; on a machine with only JAX or PyTorch the models,
+    # the TF-free loader and the JAX trainer run without any TensorFlow.
+    install_requires=[
+        "keras>=3.3",
+        "numpy",
+        "absl-py",
+        "pillow",
+        "tensorflow-datasets",
+    ],
+    extras_require={
+        "cpu": ["tensorflow-cpu>=2.16"],
+        "gpu": ["tensorflow[and-cuda]>=2.16"],
+        "test": ["pytest", "pytest-timeout", "hypothesis", "ruff", "matplotlib"],
+        "parity": ["torch==2.13.0", "torchmetrics"],
+        # tensorflow-serving-api declares a dependency on the full `tensorflow` wheel;
+        # the README installs it with --no-deps so it sits on tensorflow-cpu instead.
+        "serving": ["grpcio", "protobuf"],
+    },
+    entry_points={
+        "console_scripts": [
+            "crack-tf-train=crack_tf.train:run",
+        ]
+    },
+)
