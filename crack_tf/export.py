@@ -1,0 +1,318 @@
+"""Exports a trained ``.keras`` model as a versioned SavedModel for TensorFlow Serving.
+
+Example::
+
+    python -m crack_tf.export --model=runs/exp1/best.keras --export_dir=exports/crack_tf
+
+writes ``exports/crack_tf/<N>/`` (``N`` = highest existing version + 1, or ``--version``)
+with two signatures (Keras 3 ``keras.export.ExportArchive``):
+
+- ``serving_default``: ``image_bytes`` string [B] of encoded JPEG/PNG/BMP/GIF files, decoded
+  and resized/center-cropped in the graph exactly as in evaluation
+  (``crack_tf.data.decode_image_tf`` + ``eval_transform_tf``);
+- ``predict_images``: ``images`` float32 [B, S, S, 3], raw 0-255 RGB already at model size;
+
+both returning ``probabilities`` float32 [B, 2], ``crack_probability`` float32 [B],
+``class_id`` int32 [B] and ``class_name`` string [B]. Bytes that are not an image fail the
+request with ``INVALID_ARGUMENT`` naming the offending element. The version folder also
+holds ``assets/crack_tf_metadata.json`` (class names, input size, small_policy, training
+config and metrics from ``run.json`` next to the model) and, when tensorflow-serving-api is
+installed, ``assets.extra/tf_serving_warmup_requests``. The folder is written under a
+temporary name and renamed at the end, so a running server never sees a half-written version.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import shutil
+import sys
+from collections.abc import Sequence
+
+import keras
+
+import crack_tf
+from crack_tf.serving import DEFAULT_SIGNATURE, IMAGE_BYTES_INPUT, IMAGES_INPUT, IMAGES_SIGNATURE
+
+METADATA_FILE = "crack_tf_metadata.json"
+WARMUP_FILE = "tf_serving_warmup_requests"
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")  # JPEG, PNG, GIF, BMP (+ RIFF....WEBP)
+
+
+def load_model(path: str) -> keras.Model:
+    """Loads a crack_tf ``.keras`` file (custom layers registered by ``crack_tf.models``)."""
+    import crack_tf.models  # noqa: F401  (registers CaffePreprocess, ASPP)
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--model: no such file {path!r}; pass a .keras file written by crack_tf.train")
+    return keras.models.load_model(path, compile=False)
+
+
+def read_run_json(model_path: str) -> dict:
+    """``run.json`` next to the model (written by crack_tf.train), or ``{}``."""
+    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "run.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def next_version(export_dir: str) -> int:
+    """Highest numeric sub-folder of ``export_dir`` + 1 (1 when there is none)."""
+    if not os.path.isdir(export_dir):
+        return 1
+    versions = [int(d) for d in os.listdir(export_dir) if d.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def _model_image_size(model: keras.Model) -> int | None:
+    shape = model.input_shape
+    h, w = shape[1], shape[2]
+    if h is not None and h != w:
+        raise ValueError(f"the model input is not square ({h}x{w}); crack_tf exports square inputs only")
+    return h
+
+
+def build_metadata(
+    model: keras.Model,
+    run: dict | None = None,
+    image_size: int | None = None,
+    small_policy: str | None = None,
+    source: str | None = None,
+) -> dict:
+    """Metadata JSON: explicit arguments win over ``run.json``, which wins over the model."""
+    run = run or {}
+    model_size = _model_image_size(model)
+    size = image_size or run.get("image_size") or model_size
+    if size is None:
+        raise ValueError("the model accepts any input size: pass --image_size (the eval crop size)")
+    if model_size is not None and size != model_size:
+        raise ValueError(f"--image_size={size} does not match the model input size {model_size}")
+    policy = small_policy or run.get("small_policy") or "resize"
+    if policy not in ("resize", "pad"):
+        raise ValueError(f"small_policy must be 'resize' or 'pad', got {policy!r}")
+    class_names = list(run.get("class_names") or crack_tf.CLASS_NAMES)
+    if len(class_names) != model.output_shape[-1]:
+        raise ValueError(f"{len(class_names)} class names {class_names} for a model with {model.output_shape[-1]} outputs")
+    import tensorflow as tf
+
+    return {
+        "model_name": model.name,
+        "class_names": class_names,
+        "crack_class_id": class_names.index("crack") if "crack" in class_names else len(class_names) - 1,
+        "image_size": int(size),
+        "small_policy": policy,
+        "input": "raw 0-255 RGB; serving_default takes encoded image bytes",
+        "signatures": {
+            DEFAULT_SIGNATURE: {"inputs": {IMAGE_BYTES_INPUT: "string [B]"}},
+            IMAGES_SIGNATURE: {"inputs": {IMAGES_INPUT: f"float32 [B,{size},{size},3]"}},
+            "outputs": {
+                "probabilities": "float32 [B,C]",
+                "crack_probability": "float32 [B]",
+                "class_id": "int32 [B]",
+                "class_name": "string [B]",
+            },
+        },
+        "source_model": os.path.abspath(source) if source else None,
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"crack_tf": crack_tf.__version__, "keras": keras.__version__, "tensorflow": tf.__version__},
+        "training": {k: run[k] for k in ("config", "metrics", "versions") if k in run},
+    }
+
+
+def build_archive(model: keras.Model, metadata: dict):
+    """A ``keras.export.ExportArchive`` with the two signatures described in the module doc."""
+    import tensorflow as tf
+
+    from crack_tf.data import decode_image_tf, eval_transform_tf
+
+    size, policy = metadata["image_size"], metadata["small_policy"]
+    names = tf.constant(metadata["class_names"])
+    crack_id = metadata["crack_class_id"]
+
+    def outputs(images):
+        check = tf.debugging.assert_positive(
+            tf.shape(images)[0], message="crack_tf: empty batch; send at least one image"
+        )
+        with tf.control_dependencies([check]):
+            images = tf.identity(images)
+        logits = model(tf.cast(images, tf.float32), training=False)
+        probs = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        class_id = tf.argmax(probs, axis=-1, output_type=tf.int32)
+        return {
+            "probabilities": probs,
+            "crack_probability": probs[:, crack_id],
+            "class_id": class_id,
+            "class_name": tf.gather(names, class_id),
+        }
+
+    def decode_one(args):
+        data, index = args
+        head = tf.strings.join([tf.strings.substr(data, 0, 12), "\0" * 12])
+        ok = tf.reduce_any([tf.equal(tf.strings.substr(head, 0, len(m)), m) for m in _MAGIC])
+        ok = ok | (tf.equal(tf.strings.substr(head, 0, 4), "RIFF") & tf.equal(tf.strings.substr(head, 8, 4), "WEBP"))
+        message = tf.strings.join([
+            f"crack_tf: {IMAGE_BYTES_INPUT}[", tf.strings.as_string(index), "] (",
+            tf.strings.as_string(tf.strings.length(data)), " bytes) is not a JPEG, PNG, BMP, GIF or WebP "
+            "image; send the encoded file contents (REST: base64 in a b64 object)",
+        ])
+        check = tf.debugging.Assert(ok, [message], name="check_image_bytes")
+        with tf.control_dependencies([check]):
+            image = decode_image_tf(tf.identity(data))
+        return eval_transform_tf(image, size, policy)
+
+    def serving_default(image_bytes):
+        index = tf.range(tf.shape(image_bytes, out_type=tf.int64)[0])
+        images = tf.map_fn(
+            decode_one, (image_bytes, index), fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8)
+        )
+        return outputs(images)
+
+    def predict_images(images):
+        return outputs(images)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        DEFAULT_SIGNATURE, serving_default, input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_INPUT)]
+    )
+    archive.add_endpoint(
+        IMAGES_SIGNATURE,
+        predict_images,
+        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name=IMAGES_INPUT)],
+    )
+    return archive
+
+
+def _sample_png(size: int, seed: int = 0) -> bytes:
+    import numpy as np
+    import tensorflow as tf
+
+    image = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return tf.io.encode_png(image).numpy()
+
+
+def _write_warmup(version_dir: str, model_name: str, size: int) -> bool:
+    """TF Serving warmup record (one PNG through serving_default); False if the API is missing."""
+    try:
+        from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+    except ImportError:
+        return False
+    import tensorflow as tf
+
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = model_name
+    req.model_spec.signature_name = DEFAULT_SIGNATURE
+    req.inputs[IMAGE_BYTES_INPUT].CopyFrom(tf.make_tensor_proto([_sample_png(size)], dtype=tf.string))
+    log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req))
+    extra = os.path.join(version_dir, "assets.extra")
+    os.makedirs(extra, exist_ok=True)
+    with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILE)) as writer:
+        writer.write(log.SerializeToString())
+    return True
+
+
+def export_saved_model(
+    model: keras.Model,
+    export_dir: str,
+    metadata: dict,
+    version: int | None = None,
+    overwrite: bool = False,
+    warmup: bool = True,
+    serving_name: str = "crack_tf",
+) -> str:
+    """Writes ``<export_dir>/<version>/`` atomically and returns its path."""
+    version = next_version(export_dir) if version is None else version
+    if version < 1:
+        raise ValueError(f"--version must be a positive integer, got {version}")
+    final = os.path.join(export_dir, str(version))
+    if os.path.exists(final) and not overwrite:
+        raise FileExistsError(f"{final} exists; pick another --version (or omit it) or pass --overwrite")
+    tmp = os.path.join(export_dir, f".tmp-{version}-{os.getpid()}")  # non-numeric: ignored by TF Serving
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(export_dir, exist_ok=True)
+    try:
+        build_archive(model, metadata).write_out(tmp, verbose=False)
+        assets = os.path.join(tmp, "assets")
+        os.makedirs(assets, exist_ok=True)
+        with open(os.path.join(assets, METADATA_FILE), "w", encoding="utf-8") as fh:
+            json.dump({**metadata, "export_version": version}, fh, indent=2, default=str)
+        if warmup:
+            _write_warmup(tmp, serving_name, metadata["image_size"])
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def verify_export(model: keras.Model, version_dir: str, size: int, atol: float = 1e-4) -> float:
+    """Max |p_savedmodel - p_keras| over both signatures on a random PNG; raises if > atol."""
+    import numpy as np
+    import tensorflow as tf
+
+    png = _sample_png(size, seed=1)
+    image = tf.io.decode_png(png).numpy()[None].astype("float32")
+    expected = tf.nn.softmax(model(image, training=False), axis=-1).numpy()
+    loaded = tf.saved_model.load(version_dir)
+    got_bytes = loaded.signatures[DEFAULT_SIGNATURE](**{IMAGE_BYTES_INPUT: tf.constant([png])})
+    got_images = loaded.signatures[IMAGES_SIGNATURE](**{IMAGES_INPUT: tf.constant(image)})
+    diff = max(
+        float(np.abs(got_bytes["probabilities"].numpy() - expected).max()),
+        float(np.abs(got_images["probabilities"].numpy() - expected).max()),
+    )
+    if diff > atol:
+        raise RuntimeError(f"exported SavedModel differs from the Keras model by {diff:.2e} > {atol:g}")
+    return diff
+
+
+def main(argv: Sequence[str]) -> int:
+    from absl import flags
+
+    FLAGS = flags.FLAGS
+    if len(argv) > 1:
+        print(f"crack_tf.export: unexpected arguments {list(argv[1:])}", file=sys.stderr)
+        return 2
+    try:
+        model = load_model(FLAGS.model)
+        metadata = build_metadata(
+            model, read_run_json(FLAGS.model), FLAGS.image_size, FLAGS.small_policy, source=FLAGS.model
+        )
+        path = export_saved_model(
+            model, FLAGS.export_dir, metadata, FLAGS.version, FLAGS.overwrite, FLAGS.warmup, FLAGS.serving_name
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"crack_tf.export: {err}", file=sys.stderr)
+        return 2
+    print(f"exported {FLAGS.model} -> {path} (signatures {DEFAULT_SIGNATURE}, {IMAGES_SIGNATURE}; "
+          f"{metadata['image_size']} px, small_policy={metadata['small_policy']})")
+    if FLAGS.verify:
+        diff = verify_export(model, path, metadata["image_size"])
+        print(f"verified: SavedModel matches the Keras model (max |dp| = {diff:.1e})")
+    if not pathlib.Path(path, "assets.extra", WARMUP_FILE).exists() and FLAGS.warmup:
+        print("note: tensorflow-serving-api not installed, no warmup request written")
+    return 0
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("model", None, "Trained .keras file (run.json next to it is read if present).", required=True)
+    flags.DEFINE_string("export_dir", "exports/crack_tf", "Model base path; the version folder goes inside.")
+    flags.DEFINE_integer("version", None, "Version folder number (default: highest existing + 1).")
+    flags.DEFINE_integer("image_size", None, "Eval crop size (default: run.json, else the model input size).")
+    flags.DEFINE_enum("small_policy", None, ["resize", "pad"], "Tiles smaller than image_size (default: run.json, else resize).")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing version folder.")
+    flags.DEFINE_bool("verify", True, "Reload the export and compare it with the Keras model.")
+    flags.DEFINE_bool("warmup", True, "Write assets.extra/tf_serving_warmup_requests (needs tensorflow-serving-api).")
+    flags.DEFINE_string("serving_name", "crack_tf", "Model name used in the warmup request.")
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)
