@@ -9,18 +9,32 @@ with ``padding="same"`` and stride 1) and fused.
 The code is backend-agnostic (``keras.ops`` only) so the model runs on the
 TensorFlow, JAX and PyTorch backends.
 
-Implementations (``impl``) compute the same function from the same weights:
+Implementations (``impl``) compute the same function from the same weights
+(``docs/PERFORMANCE.md`` has the measurements behind them):
 
 * ``"separable"`` -- the textbook path, ``SeparableConv2D`` per branch.
 * ``"dense"`` -- each branch's depthwise and pointwise kernels are composed into one
   dense dilated 3x3 kernel ``K[h, w, c, f] = sum_m D[h, w, c, m] * P[c, m, f]`` at every
-  call and applied with a single ``keras.ops.conv``. More FLOPs, but a dense conv runs
-  on matrix units, while dilated depthwise convs with a channel multiplier have slow
-  kernels (especially the backward pass) on GPUs.
-* ``"auto"`` -- ``"dense"`` on accelerators (GPU/TPU), ``"separable"`` on CPU.
+  call (in the variable dtype, then cast) and applied with a single ``keras.ops.conv``.
+  9/m times the pointwise FLOPs, but one dense conv on matrix units, while dilated
+  depthwise convs with a channel multiplier have slow kernels (mostly the backward pass)
+  on GPUs.
+* ``"dense_s2b"`` -- ``"dense"`` on a space-to-batch layout: a rate-``r`` dilated conv
+  on ``HxW`` is an undilated conv on the ``r*r`` phase sub-images of size
+  ``H/r x W/r`` (exact with zero padding; spatial dims padded to a multiple of ``r``).
+* ``"separable_s2b"`` -- undilated depthwise conv on the space-to-batch layout, then the
+  pointwise 1x1 as a matmul.
+* ``"taps"`` -- the depthwise conv as 9 shifted multiply-adds per branch, all reading one
+  zero-padded copy of the input (one shared read for every branch; XLA fuses the taps
+  into one elementwise kernel), then the pointwise 1x1 as a matmul. Separable FLOPs, no
+  depthwise conv kernel at all.
+* ``"auto"`` -- the fastest measured formulation for the device: ``"dense"`` on GPUs/TPUs,
+  ``"separable"`` on CPUs (see :func:`resolve_impl`).
 
-The checkpoint format does not depend on ``impl``: the weights always live in the
-``SeparableConv2D`` sub-layers, so a model trained with one ``impl`` loads with another.
+The space-to-batch impls need static spatial dims at call time and otherwise fall back
+to their dilated twins (same function). The checkpoint format does not depend on
+``impl``: the weights always live in the ``SeparableConv2D`` sub-layers, so a model
+trained with one ``impl`` loads with another.
 """
 
 from __future__ import annotations
@@ -31,7 +45,7 @@ import keras
 from keras import ops
 
 FUSIONS = ("max", "sum", "concat")
-IMPLS = ("auto", "separable", "dense")
+IMPLS = ("auto", "separable", "dense", "dense_s2b", "separable_s2b", "taps")
 
 
 def _accelerator_present() -> bool:
@@ -56,12 +70,45 @@ def _accelerator_present() -> bool:
 
 
 def resolve_impl(impl: str) -> str:
-    """Maps ``"auto"`` to the fastest implementation measured for this device."""
+    """Maps ``"auto"`` to the fastest implementation measured for this device.
+
+    GPU (H200, JAX, bf16): ``"dense"``; CPU (TF, float32 and mixed_bfloat16):
+    ``"separable"``. Numbers in ``docs/PERFORMANCE.md``.
+    """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl != "auto":
         return impl
     return "dense" if _accelerator_present() else "separable"
+
+
+def _static_hw(x) -> tuple[int, int] | None:
+    h, w = x.shape[1], x.shape[2]
+    return (int(h), int(w)) if h is not None and w is not None else None
+
+
+def _space_to_batch(x, rate: int, hw: tuple[int, int]):
+    """[B, H, W, C] -> [r*r*B, ceil(H/r), ceil(W/r), C] phase sub-images (zero padded)."""
+    h, w = hw
+    hp, wp = -(-h // rate) * rate, -(-w // rate) * rate
+    if (hp, wp) != (h, w):
+        x = ops.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
+    c = x.shape[-1]
+    x = ops.reshape(x, (-1, hp // rate, rate, wp // rate, rate, c))
+    x = ops.transpose(x, (2, 4, 0, 1, 3, 5))
+    return ops.reshape(x, (-1, hp // rate, wp // rate, c))
+
+
+def _batch_to_space(y, rate: int, hw: tuple[int, int]):
+    """Inverse of :func:`_space_to_batch`, cropped back to ``hw``."""
+    h, w = hw
+    hs, ws, f = y.shape[1], y.shape[2], y.shape[-1]
+    y = ops.reshape(y, (rate, rate, -1, hs, ws, f))
+    y = ops.transpose(y, (2, 3, 0, 4, 1, 5))
+    y = ops.reshape(y, (-1, hs * rate, ws * rate, f))
+    if (hs * rate, ws * rate) != (h, w):
+        y = y[:, :h, :w, :]
+    return y
 
 
 @keras.saving.register_keras_serializable(package="crack_tf")
@@ -75,7 +122,7 @@ class ASPP(keras.layers.Layer):
         depth_multiplier: depthwise channel multiplier ``m`` (the paper's "out").
         fusion: ``"max"`` (element-wise maximum, the paper's "maximum response"),
             ``"sum"``, or ``"concat"`` (channel concat + 1x1 projection to ``filters``).
-        impl: ``"auto"``, ``"separable"`` or ``"dense"`` (see module docstring).
+        impl: one of ``IMPLS`` (see module docstring).
     """
 
     def __init__(
@@ -143,23 +190,77 @@ class ASPP(keras.layers.Layer):
         self._resolved_impl = resolve_impl(self.impl)
         self.built = True
 
-    def _branch_conv(self, x, conv: keras.layers.SeparableConv2D, rate: int):
-        if self._resolved_impl == "separable":
-            return conv(x)
-        # "dense": compose depthwise (h, w, c, m) and pointwise (1, 1, c*m, f) kernels.
+    # -- kernels ------------------------------------------------------------------
+    def _kernels(self, conv: keras.layers.SeparableConv2D):
+        """(depthwise [3,3,C,m], pointwise [C*m, F]) in the compute dtype."""
         depthwise = ops.cast(conv.depthwise_kernel, self.compute_dtype)
         pointwise = ops.cast(conv.pointwise_kernel, self.compute_dtype)
+        return depthwise, ops.reshape(pointwise, (-1, pointwise.shape[-1]))
+
+    def _dense_kernel(self, conv: keras.layers.SeparableConv2D):
+        """K[h, w, c, f] = sum_m D[h, w, c, m] P[c, m, f], composed in the variable dtype."""
+        depthwise = ops.convert_to_tensor(conv.depthwise_kernel)
+        pointwise = ops.convert_to_tensor(conv.pointwise_kernel)
         c = depthwise.shape[2]
         pointwise = ops.reshape(pointwise, (c, self.depth_multiplier, -1))
         kernel = ops.einsum("hwcm,cmf->hwcf", depthwise, pointwise)
-        return ops.conv(x, kernel, strides=1, padding="same", dilation_rate=rate)
+        return ops.cast(kernel, self.compute_dtype)
+
+    def _pointwise(self, z, pointwise):
+        return ops.matmul(z, pointwise)  # [..., C*m] @ [C*m, F]
+
+    def _branches(self, x) -> list:
+        """Pre-BatchNorm output of every branch, by the resolved implementation."""
+        impl = self._resolved_impl
+        hw = _static_hw(x)
+        if impl in ("dense_s2b", "separable_s2b") and hw is None:
+            impl = "dense" if impl == "dense_s2b" else "separable"
+        if impl == "separable":
+            return [conv(x) for conv in self.convs]
+        if impl == "dense":
+            return [
+                ops.conv(x, self._dense_kernel(conv), strides=1, padding="same", dilation_rate=rate)
+                for rate, conv in zip(self.rates, self.convs)
+            ]
+        if impl == "taps":
+            return self._taps(x)
+        outs = []
+        for rate, conv in zip(self.rates, self.convs):
+            xs = _space_to_batch(x, rate, hw) if rate > 1 else x
+            if impl == "dense_s2b":
+                y = ops.conv(xs, self._dense_kernel(conv), strides=1, padding="same")
+            else:
+                depthwise, pointwise = self._kernels(conv)
+                z = ops.depthwise_conv(xs, depthwise, strides=1, padding="same")
+                y = self._pointwise(z, pointwise)
+            outs.append(_batch_to_space(y, rate, hw) if rate > 1 else y)
+        return outs
+
+    def _taps(self, x) -> list:
+        """Depthwise as 9 shifted multiply-adds from one shared zero-padded input."""
+        pad = max(self.rates)
+        shape = ops.shape(x)
+        h, w = shape[1], shape[2]
+        xp = ops.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        m = self.depth_multiplier
+        outs = []
+        for rate, conv in zip(self.rates, self.convs):
+            depthwise, pointwise = self._kernels(conv)  # [3,3,C,m], [C*m, F]
+            z = None
+            for i in range(3):
+                for j in range(3):
+                    top, left = pad + (i - 1) * rate, pad + (j - 1) * rate
+                    tap = xp[:, top : top + h, left : left + w, :, None]
+                    term = tap * depthwise[i, j]  # [B,H,W,C,1] * [C,m]
+                    z = term if z is None else z + term
+            z = ops.reshape(z, (shape[0], h, w, x.shape[-1] * m))
+            outs.append(self._pointwise(z, pointwise))
+        return outs
 
     def call(self, inputs, training=None):
         outputs = []
-        for rate, conv, norm in zip(self.rates, self.convs, self.norms):
-            y = self._branch_conv(inputs, conv, rate)
-            y = norm(y, training=training)
-            outputs.append(ops.relu(y))
+        for y, norm in zip(self._branches(inputs), self.norms):
+            outputs.append(ops.relu(norm(y, training=training)))
         target = ops.shape(outputs[0])[1:3]
         outputs = [
             y
@@ -194,4 +295,3 @@ class ASPP(keras.layers.Layer):
             }
         )
         return config
-
