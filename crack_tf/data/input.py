@@ -119,7 +119,7 @@ def _records(config, split, training, batch, global_batch, seed, num_shards, sha
         if not shards:
             raise ValueError(f"{config.path}/{split} has {len(info['shards'])} shard files < num_shards={num_shards}")
         files = [os.path.join(config.path, s["file"]) for s in shards]
-        examples = [(os.path.join(config.path, name), y) for s in shards for name, y in s["examples"]]
+        examples = [(os.path.join(info["source"], name), y) for s in shards for name, y in s["examples"]]
         records = pipeline_tf.tfrecord_records(files, training, seed)
         skipped = [tuple(s) for s in info.get("skipped", [])]
     else:

@@ -105,7 +105,8 @@ def write_sidecar(out_dir: str, splits: dict[str, dict], source: str) -> str:
 
 
 def read_split_info(path: str, split: str) -> dict:
-    """The sidecar's entry for ``split``; ValueError if absent or written with other class names."""
+    """The sidecar's entry for ``split`` plus ``source`` (the image folder it was written from);
+    ValueError if absent, written with other class names or missing shard files."""
     sidecar = os.path.join(path, SIDECAR)
     if not os.path.isfile(sidecar):
         raise ValueError(f"{sidecar} not found: write TFRecords with tools/make_tfrecords.py --out_dir={path}")
@@ -119,7 +120,7 @@ def read_split_info(path: str, split: str) -> dict:
     missing = [s["file"] for s in entry["shards"] if not os.path.isfile(os.path.join(path, s["file"]))]
     if missing:
         raise ValueError(f"{sidecar}: shard files missing: {missing}")
-    return entry
+    return dict(entry, source=info.get("source", path))
 
 
 def parse_example_tf(serialized):
