@@ -184,3 +184,14 @@ def test_metadata_errors(trained, tmp_path):
         export.load_model(str(tmp_path / "missing.keras"))
     meta = export.build_metadata(model, {})  # no run.json: defaults from the model
     assert meta["image_size"] == SIZE and meta["class_names"] == list(CLASS_NAMES)
+
+
+@pytest.mark.slow
+def test_resnet50_aspp_round_trip(tmp_path):
+    """The real architecture (custom ASPP + CaffePreprocess layers) survives .keras -> SavedModel."""
+    model = models.get("resnet50_aspp", input_shape=(32, 32, 3), insert_after="layer1")
+    model.save(tmp_path / "m.keras")
+    reloaded = export.load_model(str(tmp_path / "m.keras"))
+    meta = export.build_metadata(reloaded, {})
+    path = export.export_saved_model(reloaded, str(tmp_path / "exp"), meta, warmup=False)
+    assert export.verify_export(model, path, 32, atol=1e-5) <= 1e-5
