@@ -1,0 +1,181 @@
+"""NumPy statistics for evaluation reports: ROC-AUC, average precision, bootstrap CIs, thresholds.
+
+Every function takes crack probabilities ``scores`` [N], labels ``labels`` [N] (1 = crack) and
+optionally per-sample ``weights`` [R, N] (R weight vectors at once, e.g. bootstrap resample
+counts), so the bootstrap is vectorised: no Python loop over resamples. Prediction rule:
+crack iff score > threshold, as in :mod:`crack_tf.metrics`, whose ``RATES`` are reused here.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from crack_tf.metrics import RATES, rates_from_counts
+
+CURVE_METRICS = ("roc_auc", "pr_auc")
+
+
+def _prepare(scores: Any, labels: Any, weights: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    s = np.asarray(scores, np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1).astype(bool)
+    if s.shape != y.shape:
+        raise ValueError(f"scores {s.shape} and labels {y.shape} differ in length")
+    w = np.ones((1, s.size)) if weights is None else np.asarray(weights, np.float64)
+    w = w.reshape(1, -1) if w.ndim == 1 else w
+    if w.shape[1] != s.size:
+        raise ValueError(f"weights {w.shape} do not match {s.size} scores")
+    return s, y, w
+
+
+def _grouped(s: np.ndarray, y: np.ndarray, w: np.ndarray, descending: bool):
+    """Positive / negative weight per distinct score: (unique scores, pos [R,G], neg [R,G])."""
+    order = np.argsort(-s if descending else s, kind="mergesort")
+    s_sorted = s[order]
+    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
+    ws = w[:, order]
+    pos = np.add.reduceat(ws * y[order], starts, axis=1)
+    neg = np.add.reduceat(ws * ~y[order], starts, axis=1)
+    return s_sorted[starts], pos, neg
+
+
+def roc_auc(scores: Any, labels: Any, weights: Any = None) -> np.ndarray | float:
+    """Area under the ROC curve (ties count 1/2, as the trapezoid rule); NaN without both classes.
+
+    Returns a float, or an array [R] when ``weights`` is [R, N].
+    """
+    s, y, w = _prepare(scores, labels, weights)
+    _, pos, neg = _grouped(s, y, w, descending=False)
+    neg_below = np.cumsum(neg, axis=1) - neg
+    num = np.sum(pos * (neg_below + 0.5 * neg), axis=1)
+    den = pos.sum(axis=1) * neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return _squeeze(out, weights)
+
+
+def average_precision(scores: Any, labels: Any, weights: Any = None) -> np.ndarray | float:
+    """PR-AUC as average precision: sum over thresholds of (R_k - R_{k-1}) P_k; NaN without positives.
+
+    Same definition as torchmetrics ``BinaryAveragePrecision`` / sklearn ``average_precision_score``.
+    """
+    s, y, w = _prepare(scores, labels, weights)
+    _, pos, neg = _grouped(s, y, w, descending=True)
+    tp, fp = np.cumsum(pos, axis=1), np.cumsum(neg, axis=1)
+    precision = tp / np.where(tp + fp > 0, tp + fp, 1.0)
+    total = pos.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(total > 0, np.sum(pos * precision, axis=1) / np.where(total > 0, total, 1.0), np.nan)
+    return _squeeze(out, weights)
+
+
+def _squeeze(out: np.ndarray, weights: Any) -> np.ndarray | float:
+    return float(out[0]) if weights is None or np.ndim(weights) == 1 else out
+
+
+def confusion_counts(scores: Any, labels: Any, threshold: float, weights: Any = None) -> dict[str, np.ndarray]:
+    """Weighted TP, FP, TN, FN at ``threshold`` (arrays [R], or floats without ``weights`` [R, N])."""
+    s, y, w = _prepare(scores, labels, weights)
+    pred = s > threshold
+    cells = {"tp": y & pred, "fp": ~y & pred, "tn": ~y & ~pred, "fn": y & ~pred}
+    counts = {k: w @ v.astype(np.float64) for k, v in cells.items()}
+    return {k: _squeeze(v, weights) for k, v in counts.items()}
+
+
+def all_metrics(scores: Any, labels: Any, threshold: float, weights: Any = None) -> dict[str, Any]:
+    """Rates of :data:`crack_tf.metrics.RATES` at ``threshold`` plus ROC-AUC and PR-AUC."""
+    c = confusion_counts(scores, labels, threshold, weights)
+    out = rates_from_counts(c["tp"], c["fp"], c["tn"], c["fn"], xp=np)
+    out = {k: v if np.ndim(v) else float(v) for k, v in out.items()}
+    out["roc_auc"] = roc_auc(scores, labels, weights)
+    out["pr_auc"] = average_precision(scores, labels, weights)
+    return out
+
+
+def resample_counts(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """[R, n] multiplicities of a bootstrap: row r counts how often each sample was drawn."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_resamples, n)) + n * np.arange(n_resamples)[:, None]
+    return np.bincount(idx.ravel(), minlength=n * n_resamples).reshape(n_resamples, n).astype(np.float64)
+
+
+def bootstrap_ci(
+    scores: Any,
+    labels: Any,
+    threshold: float,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    max_cells: int = 4_000_000,
+) -> dict[str, tuple[float | None, float | None]]:
+    """Percentile bootstrap CIs of every metric of :func:`all_metrics` (seeded, vectorised).
+
+    Resamples of size N with replacement, processed in chunks of at most ``max_cells`` weights.
+    A bound is None when the metric is undefined (NaN) in every resample.
+    """
+    n = np.size(scores)
+    if n == 0:
+        raise ValueError("bootstrap_ci needs at least one sample")
+    weights = resample_counts(n, n_resamples, seed)
+    chunk = max(1, max_cells // n)
+    parts = [all_metrics(scores, labels, threshold, weights[i : i + chunk]) for i in range(0, n_resamples, chunk)]
+    alpha = 100 * (1 - confidence) / 2
+    out = {}
+    for name in parts[0]:
+        values = np.concatenate([np.atleast_1d(p[name]) for p in parts])
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            out[name] = (None, None)
+        else:
+            lo, hi = np.percentile(values, [alpha, 100 - alpha])
+            out[name] = (float(lo), float(hi))
+    return out
+
+
+def threshold_sweep(scores: Any, labels: Any) -> dict[str, np.ndarray]:
+    """Every distinct decision: thresholds halfway between neighbouring distinct scores.
+
+    Returns ``threshold`` (descending), and the counts and rates at each (``tp``, ``fp``, ...).
+    """
+    s, y, w = _prepare(scores, labels)
+    uniq, pos, neg = _grouped(s, y, w, descending=True)
+    tp = np.r_[0.0, np.cumsum(pos[0])]  # index k: the k highest distinct scores are positive
+    fp = np.r_[0.0, np.cumsum(neg[0])]
+    # Threshold k makes the k highest distinct scores positive: uniq[k] <= t < uniq[k-1].
+    upper = np.r_[max(1.0, uniq[0]), uniq]
+    lower = np.r_[uniq, min(0.0, uniq[-1])]
+    thresholds = np.clip((upper + lower) / 2, 0.0, 1.0)
+    thresholds[0] = max(thresholds[0], uniq[0])
+    inside = thresholds[1:] < uniq  # rounding safety: t must stay below uniq[k-1]
+    thresholds[1:] = np.where(inside, thresholds[1:], lower[1:])
+    out = {"threshold": thresholds, "tp": tp, "fp": fp, "fn": tp[-1] - tp, "tn": fp[-1] - fp}
+    out.update(rates_from_counts(tp, fp, out["tn"], out["fn"], xp=np))
+    return out
+
+
+_RULE = re.compile(r"^(f1|precision@(0(\.\d+)?|1(\.0*)?))$")
+
+
+def pick_threshold(scores: Any, labels: Any, rule: str) -> dict[str, float | str]:
+    """Threshold chosen by ``rule`` on these scores.
+
+    ``"f1"``: the highest F1 (ties: the highest threshold). ``"precision@R"`` (e.g. ``precision@0.9``):
+    the best precision among thresholds with recall >= R (ties: higher recall, then higher threshold).
+    Returns the rule, the threshold and the rates there.
+    """
+    if not _RULE.match(rule):
+        raise ValueError(f"--pick_threshold={rule!r}: use 'f1' or 'precision@R' with R in [0, 1], e.g. precision@0.9")
+    sweep = threshold_sweep(scores, labels)
+    if sweep["tp"][-1] == 0:
+        raise ValueError("cannot pick a threshold: the data has no crack (positive) examples")
+    if rule == "f1":
+        k = int(np.argmax(sweep["f1"]))  # first maximum = highest threshold
+    else:
+        target = float(rule.split("@")[1])
+        ok = sweep["recall"] >= target - 1e-12
+        key = np.where(ok, sweep["precision"], -1.0)
+        best = np.flatnonzero(key == key.max())
+        k = int(best[np.argmax(sweep["recall"][best])])
+    return {"rule": rule, **{name: float(sweep[name][k]) for name in ("threshold", *RATES)}}
