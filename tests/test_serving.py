@@ -214,3 +214,39 @@ def test_rest_double_speaks_tf_serving_json(served, tf):
     assert status == 400 and "not a JPEG, PNG" in body["error"]
     status, body = _post(addr, "/v1/models/crack_tf:predict", {"instances": [{"image_bytes": {"b64": "@@"}}]})
     assert status == 400 and "base64" in body["error"]
+
+
+# ----------------------------------------------------------------------------- TFLite (optional path)
+
+
+def test_tflite_variants_track_the_float_model(tf):
+    import keras
+
+    from crack_tf import models
+    from crack_tf.serving import tflite
+
+    keras.utils.set_random_seed(7)
+    model = models.get("zhang2016", input_shape=(SIZE, SIZE, 3))
+    rng = np.random.default_rng(0)
+    calib = rng.integers(0, 256, (8, SIZE, SIZE, 3), dtype=np.uint8)
+    images = rng.integers(0, 256, (6, SIZE, SIZE, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    fbs = {v: tflite.convert(model, SIZE, v, lambda: iter(calib)) for v in tflite.VARIANTS}
+    assert len(fbs["int8"]) < len(fbs["float16"]) < len(fbs["float32"])
+    report = tflite.evaluate(model, fbs, images, labels)
+    assert report["float32"]["max_abs_prob_diff"] < 1e-5
+    assert report["float16"]["max_abs_prob_diff"] < 1e-2
+    assert report["int8"]["max_abs_prob_diff"] < 0.1
+    for v in tflite.VARIANTS:
+        assert report[v]["accuracy_delta"] == pytest.approx(report[v]["accuracy"] - report["keras_float"]["accuracy"])
+    with pytest.raises(ValueError, match="calibration"):
+        tflite.convert(model, SIZE, "int8")
+
+
+@pytest.mark.shared_data
+def test_tflite_loads_shared_val_tiles(shared_data):
+    from crack_tf.serving import tflite
+
+    images, labels = tflite.load_split(str(shared_data / "uav75_tiles"), "val", SIZE, "resize", limit=12)
+    assert images.shape == (12, SIZE, SIZE, 3) and images.dtype == np.uint8
+    assert set(labels.tolist()) == {0, 1}
