@@ -22,8 +22,8 @@ setup(
         "tensorflow-datasets",
     ],
     extras_require={
-        "cpu": ["tensorflow-cpu>=2.16"],
-        "gpu": ["tensorflow[and-cuda]>=2.16"],
+        "cpu": ["tensorflow-cpu>=2.16", "tensorboard"],
+        "gpu": ["tensorflow[and-cuda]>=2.16", "tensorboard"],
         "test": ["pytest", "pytest-timeout", "hypothesis", "ruff", "matplotlib"],
         "parity": ["torch==2.13.0", "torchmetrics"],
         # tensorflow-serving-api declares a dependency on the full `tensorflow` wheel;

@@ -26,7 +26,7 @@ def _resnet50_aspp(**kwargs) -> keras.Model:
 
 
 def _zhang2016(**kwargs) -> keras.Model:
-    allowed = {"input_shape", "num_classes", "dropout", "name"}
+    allowed = {"input_shape", "num_classes", "dropout", "name"}  # no BN, no backbone
     return build_zhang2016(**{k: v for k, v in kwargs.items() if k in allowed})
 
 

@@ -99,6 +99,7 @@ def build_model(
     dropout: float = 0.0,
     num_classes: int = 2,
     aspp_impl: str = "auto",
+    bn_momentum: float | None = None,
     name: str | None = None,
 ) -> keras.Model:
     """Builds ResNet50 (+ ASPP after ``insert_after``) taking raw 0-255 RGB images.
@@ -110,6 +111,9 @@ def build_model(
         weights: ``None``, ``"imagenet"`` (the Keras cache file) or a local weights path.
         dropout: dropout rate before the classifier.
         num_classes: classifier outputs (float32 logits).
+        bn_momentum: if set, the moving-average momentum of every BatchNorm (Keras'
+            ResNet50 uses 0.99; from scratch on small data 0.9 tracks the fast-changing
+            statistics better, so evaluation-mode outputs follow training sooner).
     """
     if insert_after is not None and insert_after not in STAGE_ENDS:
         raise ValueError(
@@ -156,4 +160,11 @@ def build_model(
         x = keras.layers.Dropout(dropout, name="dropout")(x)
     logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
     default_name = "resnet50" if aspp is None else f"resnet50_aspp_{insert_after}"
-    return keras.Model(inputs, logits, name=name or default_name)
+    model = keras.Model(inputs, logits, name=name or default_name)
+    if bn_momentum is not None:
+        if not 0.0 < bn_momentum < 1.0:
+            raise ValueError(f"bn_momentum must be in (0, 1), got {bn_momentum}")
+        for layer in model._flatten_layers(include_self=False, recursive=True):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = bn_momentum
+    return model

@@ -1,0 +1,242 @@
+"""Trains a crack classifier: ``python -m crack_tf.train --flagfile=configs/<name>.cfg``.
+
+With no data flags it generates the embedded synthetic crack set and trains
+``resnet50_aspp`` on it. Any flag in the flagfile can be overridden after it, e.g.
+``--flagfile=configs/uav75.cfg --epochs=3``. Re-running the same command in the same
+``--model_dir`` resumes from the last checkpoint (also after ``kill -9``) and ends with
+the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import types
+
+from absl import app
+
+from crack_tf.training import flags as train_flags
+
+train_flags.define_flags()
+
+import keras  # noqa: E402
+
+from crack_tf import CLASS_NAMES  # noqa: E402
+from crack_tf.training import callbacks as cb  # noqa: E402
+from crack_tf.training import rundir  # noqa: E402
+from crack_tf.training.optim import SparseCrossEntropy, effective_lr, make_optimizer  # noqa: E402
+from crack_tf.training.runtime import (  # noqa: E402
+    Runtime,
+    jit_setting,
+    make_runtime,
+    seed_everything,
+    set_precision,
+)
+
+
+def synthetic_root(cfg: types.SimpleNamespace) -> str:
+    """Generates (once) and returns the synthetic image folder of this config."""
+    from crack_tf.data.synthetic import generate_dataset
+
+    root = cfg.data_dir or os.path.join(
+        os.path.expanduser("~"), ".cache", "crack_tf", "synthetic",
+        f"s{cfg.synthetic_size}_n{cfg.synthetic_train}-{cfg.synthetic_val}_seed{cfg.seed}",
+    )
+    generate_dataset(root, cfg.synthetic_train, cfg.synthetic_val, cfg.synthetic_size, cfg.seed, verbose=True)
+    return root
+
+
+def data_config(cfg: types.SimpleNamespace):
+    """The :class:`crack_tf.data.DataConfig` of a run."""
+    from crack_tf.data import DataConfig
+
+    source, path = cfg.data_source, cfg.data_dir
+    if source == "synthetic":
+        source, path = "folder", synthetic_root(cfg)
+    return DataConfig(
+        source=source, path=path, image_size=cfg.image_size, small_policy=cfg.small_policy,
+        flips=cfg.flips, rot90=cfg.rot90, brightness=cfg.brightness, contrast=cfg.contrast,
+        balance=cfg.balance, deterministic=cfg.deterministic,
+    )
+
+
+def build_model(cfg: types.SimpleNamespace) -> keras.Model:
+    """The model named by ``--model`` with the run's options."""
+    from crack_tf import models
+
+    return models.get(
+        cfg.model,
+        input_shape=(cfg.image_size, cfg.image_size, 3),
+        insert_after=cfg.insert_after,
+        rates=cfg.rates,
+        depth_multiplier=cfg.depth_multiplier,
+        fusion=cfg.fusion,
+        aspp_impl=cfg.aspp_impl,
+        weights=cfg.weights or None,
+        dropout=cfg.dropout,
+        bn_momentum=cfg.bn_momentum or None,
+        num_classes=len(CLASS_NAMES),
+    )
+
+
+def set_backbone_frozen(model: keras.Model, frozen: bool) -> None:
+    """Freezes every backbone layer except the ASPP module (head stays trainable)."""
+    from crack_tf.models.aspp import ASPP
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):  # the ResNet50 backbone (with the spliced ASPP)
+            for inner in layer.layers:
+                inner.trainable = (not frozen) or isinstance(inner, ASPP)
+
+
+def compile_model(model: keras.Model, cfg: types.SimpleNamespace, steps_per_epoch: int) -> None:
+    from crack_tf.metrics import default_metrics
+
+    model.compile(
+        optimizer=make_optimizer(cfg, steps_per_epoch),
+        loss=SparseCrossEntropy(len(CLASS_NAMES), cfg.label_smoothing),
+        metrics=default_metrics(threshold=cfg.threshold, from_logits=True),
+        jit_compile=jit_setting(cfg),
+    )
+
+
+def _evaluate(model: keras.Model, split_input) -> dict:
+    results = model.evaluate(split_input.dataset, verbose=0, return_dict=True)
+    return {k: float(v) for k, v in results.items() if keras.ops.ndim(v) == 0}
+
+
+def _sample_batch(dataset):
+    if hasattr(dataset, "take"):
+        images, _ = next(iter(dataset.take(1)))
+        return keras.ops.convert_to_numpy(images)
+    return dataset[0][0]
+
+
+def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
+    """Runs (or resumes) training; returns the final metrics written to run.json."""
+    from crack_tf.data import make_input
+
+    started = time.time()
+    seed_everything(cfg)
+    policy = set_precision(cfg, runtime)
+    rundir.prepare_model_dir(cfg, runtime.is_chief)
+    dcfg = data_config(cfg)
+    shards = {"num_shards": runtime.num_processes, "shard_index": runtime.process_id}
+    probe = make_input(dcfg, cfg.train_split, training=True, global_batch_size=cfg.batch_size,
+                       seed=cfg.seed, backend=cfg.loader, **shards)
+    steps_per_epoch = cfg.steps_per_epoch or probe.steps_per_epoch
+    val_input = None
+    if cfg.val_split:
+        val_input = make_input(dcfg, cfg.val_split, training=False, global_batch_size=cfg.batch_size,
+                               seed=cfg.seed, backend=cfg.loader, **shards)
+    print(f"data: {cfg.train_split}={probe.num_examples} {probe.class_counts} "
+          f"{cfg.val_split}={val_input.num_examples if val_input else 0}; skipped "
+          f"{len(probe.skipped) + (len(val_input.skipped) if val_input else 0)} unreadable files", flush=True)
+
+    state = rundir.load_state(cfg.model_dir) or {"global_step": 0, "best": None}
+    start_step = state["global_step"]
+    freeze_epochs = cfg.freeze_backbone_epochs
+    with runtime.scope():
+        model = build_model(cfg)
+        frozen = start_step < freeze_epochs * steps_per_epoch
+        set_backbone_frozen(model, frozen)
+        compile_model(model, cfg, steps_per_epoch)
+        if start_step:
+            rundir.restore_checkpoint(model, cfg.model_dir)
+            print(f"resumed from {cfg.model_dir}/ckpt at step {start_step}", flush=True)
+    print(f"model: {model.name} params={model.count_params():,} policy={policy} lr={effective_lr(cfg):.5g} "
+          f"{runtime.describe()}", flush=True)
+
+    writer = cb.ScalarWriter(os.path.join(cfg.model_dir, "tensorboard") if cfg.tensorboard and runtime.is_chief
+                             else None)
+    if writer.kind != "none" and not start_step:
+        writer.images("train/sample_batch", _sample_batch(probe.dataset), 0)
+    progress = cb.ProgressLogger(cfg.model_dir, steps_per_epoch, cfg.epochs, cfg.batch_size, cfg.log_every,
+                                 writer, print_lines=not sys.stdout.isatty(), is_chief=runtime.is_chief)
+    checkpoints = cb.CheckpointAndBest(cfg.model_dir, cfg.checkpoint_every, cfg.best_metric, cfg.best_mode,
+                                       state, runtime.is_chief)
+    class_weight = probe.class_weight if cfg.balance == "class_weight" else None
+
+    for epoch in range(start_step // steps_per_epoch, cfg.epochs):
+        if frozen and epoch >= freeze_epochs:  # unfreeze: new optimizer slots, same step count
+            frozen = False
+            with runtime.scope():
+                iterations = cb.global_step(model)
+                set_backbone_frozen(model, False)
+                compile_model(model, cfg, steps_per_epoch)
+                model.optimizer.build(model.trainable_variables)
+                model.optimizer.iterations.assign(iterations)
+            print(f"epoch {epoch + 1}: backbone unfrozen", flush=True)
+        done = cb.global_step(model)
+        remaining = (epoch + 1) * steps_per_epoch - done
+        train_input = make_input(dcfg, cfg.train_split, training=True, global_batch_size=cfg.batch_size,
+                                 seed=cfg.seed, backend=cfg.loader, skip_batches=done, **shards)
+        model.fit(
+            train_input.dataset,
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            steps_per_epoch=remaining,
+            validation_data=val_input.dataset if val_input else None,
+            class_weight=class_weight,
+            callbacks=[progress, checkpoints],
+            verbose=1 if sys.stdout.isatty() else 0,
+        )
+
+    results = {"val": _evaluate(model, val_input) if val_input else {}}
+    train_eval = make_input(dcfg, cfg.train_split, training=False, global_batch_size=cfg.batch_size,
+                            seed=cfg.seed, backend=cfg.loader, **shards)
+    results["train"] = _evaluate(model, train_eval)
+    if runtime.is_chief:
+        model.save(os.path.join(cfg.model_dir, "final.keras"))
+        if state.get("best") is None:  # no validation: the final model is the best we know
+            model.save(os.path.join(cfg.model_dir, "best.keras"))
+        rundir.write_json(os.path.join(cfg.model_dir, "run.json"), {
+            "config": vars(cfg), "class_names": list(CLASS_NAMES), "image_size": cfg.image_size,
+            "small_policy": cfg.small_policy, "metrics": results,
+            "best": {"metric": cfg.best_metric, "value": state.get("best"), "epoch": state.get("best_epoch")},
+            "throughput_images_per_second": progress.last_throughput, "dtype_policy": policy,
+            "runtime": {"backend": runtime.backend, "strategy": runtime.strategy_name,
+                        "replicas": runtime.num_replicas, "processes": runtime.num_processes,
+                        "devices": runtime.devices},
+            "versions": rundir.versions(), "data": {"train": probe.class_counts, "steps_per_epoch": steps_per_epoch,
+                                                    "skipped": probe.skipped},
+            "wall_seconds": time.time() - started,
+        })
+    return results
+
+
+def _report(results: dict, seconds: float, model_dir: str) -> None:
+    for split in ("train", "val"):
+        m = results.get(split) or {}
+        if m:
+            shown = "  ".join(f"{k}={m[k]:.4f}" for k in ("accuracy", "precision", "recall", "loss") if k in m)
+            print(f"final {split}: {shown}")
+    print(f"done in {seconds:.0f}s; models and run.json in {model_dir}", flush=True)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    cfg = train_flags.config_from_flags()
+    train_flags.validate(cfg)
+    runtime = make_runtime(cfg)
+    if cfg.backend_check:
+        print(runtime.describe())
+        print(f"keras={keras.__version__} replicas={runtime.num_replicas} accelerator="
+              f"{any(t in d.lower() for d in runtime.devices for t in ('gpu', 'cuda', 'tpu'))}")
+        return
+    train_flags.check_replicas(cfg, runtime.num_replicas)
+    started = time.time()
+    results = train(cfg, runtime)
+    if runtime.is_chief:
+        _report(results, time.time() - started, cfg.model_dir)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,207 @@
+"""Trainer callbacks: progress lines, TensorBoard scalars, checkpoints, best model."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+
+from crack_tf.training import rundir
+
+
+def _scalar(value) -> float:
+    return float(np.asarray(keras.ops.convert_to_numpy(value)).reshape(-1)[0])
+
+
+def current_lr(model: keras.Model) -> float:
+    opt = model.optimizer
+    lr = opt.learning_rate
+    if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):  # pragma: no cover
+        lr = lr(opt.iterations)
+    return _scalar(lr)
+
+
+def global_step(model: keras.Model) -> int:
+    return int(_scalar(model.optimizer.iterations))
+
+
+class ScalarWriter:
+    """TensorBoard writer: ``tf.summary`` on the TF backend, PyTorch's writer elsewhere.
+
+    Never imports TensorFlow on the JAX / torch backends; without any writer it only
+    keeps ``history.jsonl`` (always written by :class:`ProgressLogger`).
+    """
+
+    def __init__(self, logdir: str | None):
+        self._tf_writer = None
+        self._torch_writer = None
+        self.kind = "none"
+        if logdir is None:
+            return
+        try:
+            import tensorboard  # noqa: F401  (tf.summary and torch need it to write events)
+        except ImportError:
+            print("tensorboard is not installed: logging to history.jsonl only", flush=True)
+            return
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            self._tf_writer = tf.summary.create_file_writer(logdir)
+            self.kind = "tf.summary"
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._torch_writer = SummaryWriter(logdir)
+            self.kind = "torch.utils.tensorboard"
+        except Exception:  # no tensorboard package: history.jsonl only
+            pass
+
+    def scalars(self, values: dict, step: int) -> None:
+        if self._tf_writer is not None:
+            import tensorflow as tf
+
+            with self._tf_writer.as_default():
+                for name, value in values.items():
+                    tf.summary.scalar(name, value, step=step)
+        elif self._torch_writer is not None:
+            for name, value in values.items():
+                self._torch_writer.add_scalar(name, value, step)
+
+    def images(self, name: str, images: np.ndarray, step: int) -> None:
+        """Writes a batch of uint8 HxWx3 images as one grid."""
+        grid = image_grid(images)
+        if self._tf_writer is not None:
+            import tensorflow as tf
+
+            with self._tf_writer.as_default():
+                tf.summary.image(name, grid[None], step=step)
+        elif self._torch_writer is not None:
+            self._torch_writer.add_image(name, grid, step, dataformats="HWC")
+
+    def flush(self) -> None:
+        if self._tf_writer is not None:
+            self._tf_writer.flush()
+        elif self._torch_writer is not None:
+            self._torch_writer.flush()
+
+
+def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
+    """Tiles a batch ``[N, H, W, 3]`` into one ``[rows*H, columns*W, 3]`` uint8 image."""
+    images = np.asarray(images)[: columns * 4]
+    n, h, w, c = images.shape
+    rows = -(-n // columns)
+    grid = np.zeros((rows * h, columns * w, c), dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, columns)
+        grid[r * h : (r + 1) * h, col * w : (col + 1) * w] = np.clip(img, 0, 255).astype(np.uint8)
+    return grid
+
+
+class ProgressLogger(keras.callbacks.Callback):
+    """Progress lines (non-TTY), per-epoch summaries, TensorBoard and history.jsonl."""
+
+    def __init__(self, model_dir: str, steps_per_epoch: int, epochs: int, global_batch: int,
+                 log_every: int, writer: ScalarWriter, print_lines: bool, is_chief: bool = True):
+        super().__init__()
+        self.history_path = os.path.join(model_dir, "history.jsonl")
+        self.steps_per_epoch = steps_per_epoch
+        self.epochs = epochs
+        self.global_batch = global_batch
+        self.log_every = max(1, log_every)
+        self.writer = writer
+        self.print_lines = print_lines
+        self.is_chief = is_chief
+        self._epoch_start = 0.0
+        self._epoch_start_step = 0
+        self._window_start = 0.0
+        self._window_step = 0
+        self.last_throughput = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._epoch_start = self._window_start = time.perf_counter()
+        self._epoch_start_step = self._window_step = global_step(self.model)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = global_step(self.model)
+        if step % self.log_every:
+            return
+        now = time.perf_counter()
+        rate = (step - self._window_step) * self.global_batch / max(now - self._window_start, 1e-9)
+        self._window_start, self._window_step = now, step
+        logs = logs or {}
+        values = {f"train/{k}": float(v) for k, v in logs.items() if np.ndim(v) == 0}
+        values["train/learning_rate"] = current_lr(self.model)
+        values["train/images_per_second"] = rate
+        if self.is_chief:
+            self.writer.scalars(values, step)
+        if self.print_lines and self.is_chief:
+            in_epoch = step - self._epoch * self.steps_per_epoch
+            shown = " ".join(f"{k}={float(v):.4f}" for k, v in logs.items() if k in ("loss", "accuracy"))
+            print(
+                f"epoch {self._epoch + 1}/{self.epochs} step {in_epoch}/{self.steps_per_epoch} "
+                f"{shown} lr={values['train/learning_rate']:.5f} img/s={rate:.1f}",
+                flush=True,
+            )
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0}
+        step = global_step(self.model)
+        seconds = time.perf_counter() - self._epoch_start
+        self.last_throughput = (step - self._epoch_start_step) * self.global_batch / max(seconds, 1e-9)
+        record = {"epoch": epoch + 1, "step": step, "seconds": seconds,
+                  "images_per_second": self.last_throughput, "learning_rate": current_lr(self.model), **logs}
+        if not self.is_chief:
+            return
+        with open(self.history_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        scalars = {("val/" + k[4:] if k.startswith("val_") else "epoch/" + k): v for k, v in logs.items()}
+        scalars["epoch/images_per_second"] = self.last_throughput
+        self.writer.scalars(scalars, step)
+        self.writer.flush()
+        keys = ("loss", "accuracy", "precision", "recall", "val_loss", "val_accuracy", "val_precision",
+                "val_recall")
+        shown = " ".join(f"{k}={logs[k]:.4f}" for k in keys if k in logs)
+        print(f"epoch {epoch + 1}/{self.epochs} done in {seconds:.1f}s ({self.last_throughput:.1f} img/s): {shown}",
+              file=sys.stdout, flush=True)
+
+
+class CheckpointAndBest(keras.callbacks.Callback):
+    """Resumable checkpoints every N steps and each epoch; keeps ``best.keras``.
+
+    ``state`` (``{"global_step", "best"}``) is shared with the trainer so a resumed run
+    continues with the best value seen before the interruption.
+    """
+
+    def __init__(self, model_dir: str, every: int, monitor: str, mode: str, state: dict,
+                 is_chief: bool = True):
+        super().__init__()
+        self.model_dir = model_dir
+        self.every = every
+        self.monitor = monitor
+        self.better = np.greater if mode == "max" else np.less
+        self.state = state
+        self.is_chief = is_chief
+
+    def _save(self):
+        self.state["global_step"] = global_step(self.model)
+        if self.is_chief:
+            rundir.save_checkpoint(self.model, self.model_dir, self.state)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.every and global_step(self.model) % self.every == 0:
+            self._save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None and (self.state.get("best") is None or self.better(value, self.state["best"])):
+            self.state["best"] = float(value)
+            self.state["best_epoch"] = epoch + 1
+            if self.is_chief:
+                self.model.save(os.path.join(self.model_dir, "best.keras"))
+        self._save()

@@ -1,0 +1,195 @@
+"""Command-line flags of the trainer, defined once from one table.
+
+Every flag can be set in an absl flagfile (``--flagfile=configs/<name>.cfg``) and then
+overridden on the command line after it. :func:`config_from_flags` turns the parsed
+flags into a plain namespace and :func:`validate` rejects bad combinations before any
+data is read or any model is built.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Sequence
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+MODELS = ("resnet50", "resnet50_aspp", "zhang2016")
+STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
+FUSIONS = ("max", "sum", "concat")
+ASPP_IMPLS = ("auto", "separable", "dense")
+DATA_SOURCES = ("synthetic", "folder", "tfrecord", "tfds")
+SMALL_POLICIES = ("resize", "pad")
+BALANCE = ("none", "class_weight", "oversample")
+LOADERS = ("auto", "tf", "numpy")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "step", "exponential", "cosine")
+LR_SCALING = ("linear", "none")
+PRECISIONS = ("auto", "float32", "bf16", "fp16")
+JIT = ("auto", "true", "false")
+STRATEGIES = ("auto", "mirrored", "one_device")
+BEST_MODES = ("max", "min")
+
+# (kind, name, default, help, choices-or-None)
+_FLAG_TABLE = [
+    # Model.
+    ("enum", "model", "resnet50_aspp", "Model name from crack_tf.models.", MODELS),
+    ("enum", "insert_after", "layer1", "Backbone stage after which ASPP is spliced.", STAGES),
+    ("list", "rates", ["2", "4", "8"], "ASPP atrous rates, comma separated.", None),
+    ("integer", "depth_multiplier", 4, "ASPP depthwise channel multiplier (the paper's 'out').", None),
+    ("enum", "fusion", "max", "ASPP branch fusion.", FUSIONS),
+    ("enum", "aspp_impl", "auto", "ASPP implementation (same weights, different speed).", ASPP_IMPLS),
+    ("string", "weights", "", "Backbone weights: '' (from scratch), 'imagenet' (Keras cache file) or a path.", None),
+    ("float", "dropout", 0.0, "Dropout rate before the classifier.", None),
+    ("float", "bn_momentum", 0.0, "BatchNorm moving-average momentum; 0 keeps Keras' 0.99.", None),
+    # Data.
+    ("enum", "data_source", "synthetic", "Where images come from.", DATA_SOURCES),
+    ("string", "data_dir", "", "Image folder root / TFRecord dir / TFDS manual dir; for synthetic, "
+     "where to generate (default ~/.cache/crack_tf/synthetic).", None),
+    ("integer", "synthetic_train", 600, "Synthetic training tiles (half crack).", None),
+    ("integer", "synthetic_val", 200, "Synthetic validation tiles (half crack).", None),
+    ("integer", "synthetic_size", 64, "Synthetic tile size in pixels.", None),
+    ("string", "train_split", "train", "Training split name.", None),
+    ("string", "val_split", "val", "Validation split name ('' to skip validation).", None),
+    ("integer", "image_size", 224, "Model input size: random crop (train) / center crop (eval).", None),
+    ("enum", "small_policy", "resize", "Tiles smaller than image_size are resized up or padded.", SMALL_POLICIES),
+    ("bool", "flips", True, "Random horizontal/vertical flips.", None),
+    ("bool", "rot90", True, "Random 90-degree rotations.", None),
+    ("float", "brightness", 0.1, "Max random brightness change (fraction of 255).", None),
+    ("float", "contrast", 0.1, "Max random contrast change (fraction).", None),
+    ("enum", "balance", "none", "Class balancing: loss weights or oversampling.", BALANCE),
+    ("enum", "loader", "auto", "Input pipeline: tf.data, NumPy PyDataset, or auto (tf.data if TF imports).",
+     LOADERS),
+    # Optimisation.
+    ("integer", "batch_size", 32, "GLOBAL batch size (split across replicas).", None),
+    ("integer", "epochs", 10, "Training epochs.", None),
+    ("integer", "steps_per_epoch", 0, "Steps per epoch; 0 = one pass over the training split.", None),
+    ("enum", "optimizer", "sgd", "Optimizer.", OPTIMIZERS),
+    ("float", "momentum", 0.9, "SGD momentum.", None),
+    ("float", "lr", 0.005, "Base learning rate for a global batch of --lr_reference_batch.", None),
+    ("enum", "lr_scaling", "linear", "Scale lr by global_batch / lr_reference_batch (linear) or not.", LR_SCALING),
+    ("integer", "lr_reference_batch", 32, "Batch size the base lr is meant for (the paper's 32).", None),
+    ("enum", "lr_schedule", "cosine", "Learning-rate decay schedule.", SCHEDULES),
+    ("float", "warmup_epochs", 0.0, "Linear warm-up length in epochs (0 = none).", None),
+    ("float", "lr_decay_rate", 0.1, "Decay factor of the step / exponential schedules.", None),
+    ("float", "lr_decay_epochs", 10.0, "Epochs between step decays / exponential decay period.", None),
+    ("float", "weight_decay", 1e-4, "Decoupled weight decay (the paper's 0.2 is implausible).", None),
+    ("float", "label_smoothing", 0.0, "Label smoothing of the cross-entropy.", None),
+    ("integer", "freeze_backbone_epochs", 0, "Train only ASPP + head for the first N epochs.", None),
+    ("float", "threshold", 0.5, "Crack-probability threshold of the R/MA/P/FA metrics.", None),
+    # Run.
+    ("integer", "seed", 42, "Global random seed (weights, data order, augmentation).", None),
+    ("string", "model_dir", "runs/default", "Output folder: checkpoints, models, logs, run.json.", None),
+    ("bool", "overwrite", False, "Wipe a model_dir that holds a run of a different config.", None),
+    ("enum", "mixed_precision", "auto", "Compute precision; auto = bf16 on GPU, float32 on CPU.", PRECISIONS),
+    ("enum", "jit_compile", "auto", "XLA compilation of the train step.", JIT),
+    ("bool", "deterministic", False, "Deterministic ops (TF) and data order (slower).", None),
+    ("enum", "strategy", "auto", "Distribution: auto (all GPUs), mirrored, one_device.", STRATEGIES),
+    ("integer", "num_devices", 0, "Devices to use; 0 = all. On a CPU-only TF machine, mirrored with "
+     "N > 1 splits the CPU into N logical devices.", None),
+    ("integer", "checkpoint_every", 100, "Save a resumable checkpoint every N steps (also each epoch).", None),
+    ("string", "best_metric", "val_accuracy", "Metric that selects best.keras.", None),
+    ("enum", "best_mode", "max", "Whether a larger or smaller best_metric is better.", BEST_MODES),
+    ("integer", "log_every", 20, "Print a progress line every N steps when stdout is not a terminal.", None),
+    ("bool", "tensorboard", True, "Write TensorBoard scalars and a sample image grid.", None),
+    ("bool", "backend_check", False, "Print backend, devices, strategy and replicas, then exit.", None),
+    # Multi-process data parallel (JAX backend).
+    ("string", "coordinator_address", "", "host:port of process 0 for multi-process JAX training.", None),
+    ("integer", "num_processes", 1, "Number of processes (multi-host JAX).", None),
+    ("integer", "process_id", 0, "This process' index (multi-host JAX).", None),
+]
+
+FLAG_NAMES = tuple(row[1] for row in _FLAG_TABLE)
+
+# Flags that do not change what a run computes; they may differ when resuming.
+NON_IDENTITY_FLAGS = frozenset(
+    {"overwrite", "log_every", "tensorboard", "backend_check", "checkpoint_every",
+     "coordinator_address", "process_id"}
+)
+
+
+def define_flags() -> None:
+    """Defines the trainer's flags on absl's global FLAGS (idempotent)."""
+    for kind, name, default, help_text, choices in _FLAG_TABLE:
+        if name in FLAGS:
+            continue
+        if kind == "enum":
+            flags.DEFINE_enum(name, default, list(choices), help_text)
+        else:
+            getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
+
+
+def config_from_flags() -> types.SimpleNamespace:
+    """The parsed flag values as a namespace, with typed derived fields."""
+    cfg = types.SimpleNamespace(**{name: FLAGS[name].value for name in FLAG_NAMES})
+    cfg.rates = [int(r) for r in cfg.rates]
+    return cfg
+
+
+def parse_args(argv: Sequence[str]) -> types.SimpleNamespace:
+    """Parses ``argv`` (without the program name) for tests and tools."""
+    define_flags()
+    FLAGS.unparse_flags()
+    FLAGS(["crack_tf.train", *argv])
+    cfg = config_from_flags()
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: types.SimpleNamespace) -> None:
+    """Raises ValueError naming the flag for any bad value or combination."""
+    problems = []
+    if cfg.batch_size < 1:
+        problems.append("--batch_size must be >= 1")
+    if cfg.epochs < 1:
+        problems.append("--epochs must be >= 1")
+    if cfg.steps_per_epoch < 0:
+        problems.append("--steps_per_epoch must be >= 0 (0 = one pass over the data)")
+    if cfg.image_size < 16:
+        problems.append("--image_size must be >= 16")
+    if cfg.lr <= 0:
+        problems.append("--lr must be > 0")
+    if not 0 <= cfg.dropout < 1:
+        problems.append("--dropout must be in [0, 1)")
+    if not 0 <= cfg.label_smoothing < 1:
+        problems.append("--label_smoothing must be in [0, 1)")
+    if cfg.weight_decay < 0:
+        problems.append("--weight_decay must be >= 0")
+    if not 0 < cfg.threshold < 1:
+        problems.append("--threshold must be in (0, 1)")
+    if cfg.freeze_backbone_epochs < 0 or cfg.freeze_backbone_epochs >= cfg.epochs:
+        problems.append("--freeze_backbone_epochs must be in [0, epochs)")
+    elif cfg.freeze_backbone_epochs and cfg.model == "zhang2016":
+        problems.append("--freeze_backbone_epochs needs a ResNet50 backbone (zhang2016 has none)")
+    try:
+        rates = [int(r) for r in cfg.rates]
+        if not rates or min(rates) < 1:
+            raise ValueError
+    except ValueError:
+        problems.append(f"--rates must be a comma-separated list of integers >= 1, got {cfg.rates}")
+    if not 0 <= cfg.bn_momentum < 1:
+        problems.append("--bn_momentum must be in [0, 1) (0 = keep the default 0.99)")
+    if cfg.depth_multiplier < 1:
+        problems.append("--depth_multiplier must be >= 1")
+    if cfg.data_source != "synthetic" and not cfg.data_dir:
+        problems.append(f"--data_source={cfg.data_source} needs --data_dir")
+    if cfg.num_devices < 0:
+        problems.append("--num_devices must be >= 0 (0 = all)")
+    if cfg.num_processes < 1 or not 0 <= cfg.process_id < cfg.num_processes:
+        problems.append("--process_id must be in [0, num_processes)")
+    if cfg.num_processes > 1 and not cfg.coordinator_address:
+        problems.append("--num_processes > 1 needs --coordinator_address=host:port")
+    if cfg.checkpoint_every < 0:
+        problems.append("--checkpoint_every must be >= 0")
+    if problems:
+        raise ValueError("Invalid training configuration:\n  " + "\n  ".join(problems))
+
+
+def check_replicas(cfg: types.SimpleNamespace, num_replicas: int) -> None:
+    """The global batch must split evenly across replicas."""
+    if cfg.batch_size % num_replicas:
+        raise ValueError(
+            f"--batch_size={cfg.batch_size} is not divisible by the {num_replicas} replicas; "
+            f"use a multiple of {num_replicas} (e.g. {num_replicas * max(1, cfg.batch_size // num_replicas)})"
+        )

@@ -1,0 +1,152 @@
+"""Backend, devices, distribution and precision set-up for the trainer.
+
+* TensorFlow backend: ``tf.distribute.MirroredStrategy`` over the visible GPUs (or over
+  N logical CPU devices when ``--strategy=mirrored --num_devices=N`` on a CPU-only
+  machine); model, optimizer and metrics are built inside ``strategy.scope()``.
+* JAX backend: ``keras.distribution.DataParallel`` over the local (or, after
+  ``keras.distribution.initialize``, all processes') devices. TensorFlow is never
+  imported on this path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import types
+
+import keras
+
+
+@dataclasses.dataclass
+class Runtime:
+    """What the trainer runs on."""
+
+    backend: str
+    devices: list[str]
+    strategy_name: str
+    num_replicas: int
+    process_id: int = 0
+    num_processes: int = 1
+    strategy: object = None  # tf.distribute.Strategy on the TF backend
+
+    def scope(self):
+        """Context in which variables must be created (a no-op outside TF strategies)."""
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+    @property
+    def is_chief(self) -> bool:
+        return self.process_id == 0
+
+    def describe(self) -> str:
+        return (
+            f"backend={self.backend} strategy={self.strategy_name} replicas={self.num_replicas} "
+            f"processes={self.num_processes} devices={self.devices}"
+        )
+
+
+def _tf_runtime(cfg: types.SimpleNamespace) -> Runtime:
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    wanted = cfg.num_devices or (len(gpus) or 1)
+    if cfg.strategy == "mirrored" and not gpus and wanted > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        try:
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * wanted
+            )
+        except RuntimeError as err:  # already initialised with another split
+            existing = tf.config.list_logical_devices("CPU")
+            if len(existing) < wanted:
+                raise RuntimeError(
+                    f"Cannot split the CPU into {wanted} logical devices after TensorFlow "
+                    f"initialised ({err}); start a fresh process."
+                ) from err
+    kind = "GPU" if gpus else "CPU"
+    logical = [d.name for d in tf.config.list_logical_devices(kind)]
+    if cfg.strategy == "one_device":
+        device = logical[0]
+        strategy = tf.distribute.OneDeviceStrategy(device)
+        return Runtime("tensorflow", [device], "one_device", 1, strategy=strategy)
+    if cfg.strategy == "auto" and len(logical[:wanted]) < 2:  # Keras' default placement
+        return Runtime("tensorflow", logical[:1], "default", 1)
+    devices = logical[:wanted]
+    if len(devices) < wanted:
+        raise ValueError(f"--num_devices={wanted} but only {len(devices)} {kind} devices are visible")
+    strategy = tf.distribute.MirroredStrategy(devices=devices)
+    return Runtime("tensorflow", devices, "mirrored", strategy.num_replicas_in_sync, strategy=strategy)
+
+
+def _jax_runtime(cfg: types.SimpleNamespace) -> Runtime:
+    import jax
+
+    if cfg.num_processes > 1:
+        keras.distribution.initialize(
+            job_addresses=cfg.coordinator_address,
+            num_processes=cfg.num_processes,
+            process_id=cfg.process_id,
+        )
+    devices = jax.devices()
+    if cfg.num_devices and cfg.num_processes == 1:
+        if cfg.num_devices > len(devices):
+            raise ValueError(f"--num_devices={cfg.num_devices} but only {len(devices)} JAX devices exist")
+        devices = devices[: cfg.num_devices]
+    names = [f"{d.platform}:{d.id}" for d in devices]
+    if cfg.strategy == "one_device" or len(devices) == 1:
+        return Runtime("jax", names[:1], "one_device", 1, jax.process_index(), jax.process_count())
+    keras.distribution.set_distribution(
+        keras.distribution.DataParallel(devices=[f"{d.platform}:{d.id}" for d in devices])
+    )
+    return Runtime("jax", names, "data_parallel", len(devices), jax.process_index(), jax.process_count())
+
+
+def _single_runtime(backend: str) -> Runtime:
+    device = "cpu"
+    if backend == "torch":
+        import torch
+
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    return Runtime(backend, [device], "one_device", 1)
+
+
+def make_runtime(cfg: types.SimpleNamespace) -> Runtime:
+    """Creates the distribution for the current Keras backend."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return _tf_runtime(cfg)
+    if backend == "jax":
+        return _jax_runtime(cfg)
+    if cfg.strategy == "mirrored" or cfg.num_processes > 1:
+        raise ValueError(f"--strategy=mirrored / multi-process needs the tensorflow or jax backend, not {backend}")
+    return _single_runtime(backend)
+
+
+def accelerator_present(runtime: Runtime) -> bool:
+    """True when the run's devices are GPUs/TPUs (TF, JAX and torch device names)."""
+    return any(tag in d.lower() for d in runtime.devices for tag in ("gpu", "cuda", "tpu", "rocm"))
+
+
+def set_precision(cfg: types.SimpleNamespace, runtime: Runtime) -> str:
+    """Sets the global Keras dtype policy; returns its name."""
+    choice = cfg.mixed_precision
+    if choice == "auto":
+        choice = "bf16" if accelerator_present(runtime) else "float32"
+    policy = {"float32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[choice]
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def seed_everything(cfg: types.SimpleNamespace) -> None:
+    """Seeds Python, NumPy and the backend; deterministic TF ops when asked."""
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    if cfg.deterministic:
+        os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
+
+
+def jit_setting(cfg: types.SimpleNamespace) -> bool | str:
+    return {"auto": "auto", "true": True, "false": False}[cfg.jit_compile]
