@@ -86,3 +86,26 @@ def test_tfds_builder_matches_folder(folder, tmp_path):
     ds = tfds.load("bridge_crack", split="val", data_dir=str(tmp_path / "tfds"), as_supervised=True)
     labels = sorted(int(y) for _, y in ds.as_numpy_iterator())
     assert labels == [0] * 5 + [1] * 5
+
+
+def test_tfds_manual_dir_in_the_papers_layout(tmp_path):
+    """Class folders without splits (Positive = crack, Negative = background): 80/20 hash split."""
+    from PIL import Image
+
+    from crack_tf.data.tfds_bridge_crack.bridge_crack_dataset_builder import listings
+    from tests.test_data_common import rgb
+
+    for name in ("Positive", "Negative"):
+        (tmp_path / name).mkdir()
+        for i in range(30):
+            Image.fromarray(rgb(i, 20, 20)).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "Negative" / "bad.png").write_bytes(b"")
+    lists = listings(tmp_path)
+    assert sorted(lists) == ["test", "train"]
+    paths = [p for lst in lists.values() for p in lst.paths]
+    assert len(paths) == len(set(paths)) == 60
+    for lst in lists.values():
+        assert all((y == 1) == ("Positive" in p) for p, y in zip(lst.paths, lst.labels))
+    assert 6 <= len(lists["test"].paths) <= 20
+    assert [p for p, _ in lists["train"].skipped] == [str(tmp_path / "Negative" / "bad.png")]
+    assert listings(tmp_path)["test"].paths == lists["test"].paths  # deterministic

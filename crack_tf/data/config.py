@@ -50,7 +50,8 @@ class DataConfig:
     validate: str = "header"
     min_side: int = 8
     max_pixels: int = 64_000_000
-    num_parallel_calls: int = -1  # -1 = AUTOTUNE
+    num_parallel_calls: int = -1  # tf.data map parallelism; -1 = AUTOTUNE
+    workers: int = 1  # NumPy loader: keras PyDataset worker threads
 
     def __post_init__(self) -> None:
         for name, allowed in (

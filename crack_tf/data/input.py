@@ -83,7 +83,9 @@ def _folder(config, split, training, batch, global_batch, seed, backend, num_sha
     if backend == "numpy":
         from crack_tf.data.pipeline_np import FolderPyDataset
 
-        ds = FolderPyDataset(paths, labels, config, training, batch, seed, num_shards, shard_index, skip, steps)
+        ds = FolderPyDataset(
+            paths, labels, config, training, batch, seed, num_shards, shard_index, skip, steps, workers=config.workers
+        )
     else:
         from crack_tf.data.pipeline_tf import folder_dataset
 
