@@ -323,3 +323,24 @@ def test_parity_mirrored_strategy_two_replicas() -> None:
     for suffix, t, weights in (("@0.3", 0.3, None), ("@0.5w", 0.5, w)):
         want = _torch_results([slice(0, n)], labels, ref, weights, t)
         _assert_close({k: res[k + suffix] for k in KERAS_CLASSES}, want, f"mirrored {suffix}")
+
+
+AUC_CASES = 60
+
+
+@pytest.mark.parametrize("seed", range(AUC_CASES), ids=[f"auc{i:02d}" for i in range(AUC_CASES)])
+def test_parity_roc_auc_and_average_precision(seed: int) -> None:
+    """crack_tf.evaluation.stats ROC-AUC / PR-AUC vs torchmetrics BinaryAUROC / BinaryAveragePrecision."""
+    from crack_tf.evaluation import stats
+
+    rng = np.random.default_rng(3000 + seed)
+    n = int(rng.integers(2, 300))
+    y = (rng.random(n) < POS_FRACS[1 + seed % (len(POS_FRACS) - 2)]).astype(np.int64)
+    y[0], y[-1] = 1, 0  # both classes present
+    s = rng.random(n) * 0.5 + 0.5 * y * rng.random()  # imperfect separation
+    if seed % 3 == 0:
+        s = np.round(s, 1)  # many ties
+    want_auc = float(tmc.BinaryAUROC()(torch.from_numpy(s), torch.from_numpy(y)))
+    want_ap = float(tmc.BinaryAveragePrecision()(torch.from_numpy(s), torch.from_numpy(y)))
+    assert stats.roc_auc(s, y) == pytest.approx(want_auc, abs=TOL)
+    assert stats.average_precision(s, y) == pytest.approx(want_ap, abs=TOL)
