@@ -51,12 +51,21 @@ def load_model(path: str) -> keras.Model:
 
 
 def read_run_json(model_path: str) -> dict:
-    """``run.json`` next to the model (written by crack_tf.train), or ``{}``."""
-    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "run.json")
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    """``run.json`` next to the model (written by crack_tf.train), or ``{}``.
+
+    Falls back to the trainer's ``config.json`` (flags only) while a run has no run.json yet.
+    """
+    folder = os.path.dirname(os.path.abspath(model_path))
+    path = os.path.join(folder, "run.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    path = os.path.join(folder, "config.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as fh:
+            cfg = json.load(fh)
+        return {"config": cfg, **{k: cfg[k] for k in ("image_size", "small_policy") if k in cfg}}
+    return {}
 
 
 def next_version(export_dir: str) -> int:
@@ -269,10 +278,19 @@ def verify_export(model: keras.Model, version_dir: str, size: int, atol: float =
     return diff
 
 
+def quiet_tf_logs() -> None:
+    """WARNING-level absl logging (TF's INFO lines) unless --verbosity was given."""
+    from absl import flags, logging
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
 def main(argv: Sequence[str]) -> int:
     from absl import flags
 
     FLAGS = flags.FLAGS
+    quiet_tf_logs()
     if len(argv) > 1:
         print(f"crack_tf.export: unexpected arguments {list(argv[1:])}", file=sys.stderr)
         return 2

@@ -195,3 +195,13 @@ def test_resnet50_aspp_round_trip(tmp_path):
     meta = export.build_metadata(reloaded, {})
     path = export.export_saved_model(reloaded, str(tmp_path / "exp"), meta, warmup=False)
     assert export.verify_export(model, path, 32, atol=1e-5) <= 1e-5
+
+
+def test_read_run_json_prefers_run_json_then_config_json(tmp_path):
+    model_path = str(tmp_path / "best.keras")
+    assert export.read_run_json(model_path) == {}
+    (tmp_path / "config.json").write_text(json.dumps({"image_size": 96, "small_policy": "pad", "lr": 0.1}))
+    run = export.read_run_json(model_path)
+    assert run["image_size"] == 96 and run["small_policy"] == "pad" and run["config"]["lr"] == 0.1
+    (tmp_path / "run.json").write_text(json.dumps(RUN_JSON))
+    assert export.read_run_json(model_path) == RUN_JSON

@@ -126,6 +126,7 @@ def main(argv: list[str]) -> int:
 
     FLAGS = flags.FLAGS
     del argv
+    export.quiet_tf_logs()
     try:
         model = export.load_model(FLAGS.model)
         meta = export.build_metadata(model, export.read_run_json(FLAGS.model), FLAGS.image_size, FLAGS.small_policy)
