@@ -120,3 +120,13 @@ def test_class_weight_and_oversample(tmp_path):
     assert over.steps_per_epoch == 3  # 6 + 6 (oversampled) examples per epoch
     labels = np.concatenate([over.dataset[i][1] for i in range(3)])
     assert labels.sum() == 6
+
+
+def test_file_broken_after_listing_does_not_crash_training(tmp_path):
+    root = make_folder(tmp_path, splits=("train",), n=4)
+    split = make_input(DataConfig(path=str(root), image_size=32), "train", True, 4, backend="tf")
+    (root / "train" / "crack" / "crack_0.png").write_bytes(b"gone")  # after validation
+    it = iter(split.dataset)
+    for _ in range(4):  # two epochs: the broken file is dropped with a logged warning
+        x, y = next(it)
+        assert x.shape == (4, 32, 32, 3)

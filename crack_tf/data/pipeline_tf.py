@@ -51,6 +51,8 @@ def _transform(config: DataConfig, training: bool, seed: int, num_shards: int, s
 def _finish(ds, config, training, batch_size, skip_batches, load, transform, policy):
     ds = ds.enumerate().skip(skip_batches * batch_size)
     ds = ds.map(lambda g, elem: transform(*load(elem), g), num_parallel_calls=_calls(config))
+    if training:  # a file that breaks after listing (deleted, rewritten) is logged, not fatal
+        ds = ds.ignore_errors(log_warning=True)
     ds = ds.batch(batch_size, drop_remainder=training)
     return ds.prefetch(AUTOTUNE).with_options(_options(config, policy))
 
