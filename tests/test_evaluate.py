@@ -227,3 +227,16 @@ def test_bad_inputs(setup, tmp_path) -> None:
         evaluate(str(setup["model"]), str(setup["data"]), pick_threshold="precision@2")
     with pytest.raises(ValueError, match="threshold"):
         evaluate(str(setup["model"]), str(setup["data"]), threshold=1.5)
+
+
+@pytest.mark.shared_data
+def test_evaluate_on_uav75_tiles(setup, shared_data) -> None:
+    """Real tiles (128 px PNG, center-cropped to 64): every image counted, classes as documented."""
+    from crack_tf.evaluate import evaluate
+
+    out = setup["root"] / "out_uav75"
+    rep = evaluate(str(setup["model"]), str(shared_data / "uav75_tiles"), output_dir=str(out), loader="numpy",
+                   batch_size=32, n_resamples=50, worst=4, verbose=False)  # fmt: skip
+    assert rep["class_counts"] == {"background": 99, "crack": 52}
+    assert sum(rep["counts"].values()) == 151 and rep["skipped"] == []
+    assert all((out / f).is_file() for f in REPORT_FILES)
