@@ -89,6 +89,48 @@ def test_batching_parameters_file_is_valid_and_validator_is_strict():
         config.parse_batching_parameters("max_batch_size { value: 8 }\nallowed_batch_sizes: 4\n")
 
 
+def test_rest_client_needs_no_tensorflow():
+    code = (
+        "import sys, crack_tf.serving.client, crack_tf.serving.config;"
+        "bad = [m for m in ('tensorflow', 'tensorflow_serving', 'grpc') if m in sys.modules];"
+        "assert not bad, bad"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_request_building():
+    rest = client.RestClient("host:8501", model_name="m", version=3)
+    assert rest.url == "http://host:8501/v1/models/m/versions/3:predict"
+    assert client.RestClient("https://h:1/", version_label="canary").url == "https://h:1/v1/models/crack_tf/labels/canary:predict"
+    body = rest.request_body([b"\xff\xd8\xffabc"])
+    assert body == {"signature_name": "serving_default", "instances": [{"image_bytes": {"b64": "/9j/YWJj"}}]}
+    with pytest.raises(ValueError, match="either"):
+        client.RestClient("h:1", version=1, version_label="stable")
+    with pytest.raises(ValueError, match="host:port"):
+        client.make_client("rest", "localhost")
+    pytest.importorskip("tensorflow_serving")
+    req = client.GrpcClient("h:1", model_name="m", version_label="stable").request([b"a", b"bc"])
+    assert (req.model_spec.name, req.model_spec.version_label, req.model_spec.signature_name) == ("m", "stable", "serving_default")
+    tensor = req.inputs["image_bytes"]
+    assert tensor.dtype == 7 and [d.size for d in tensor.tensor_shape.dim] == [2] and list(tensor.string_val) == [b"a", b"bc"]
+
+
+def test_tensor_values_reads_proto_fields_and_tensor_content():
+    pytest.importorskip("tensorflow")
+    from tensorflow.core.framework import tensor_pb2
+
+    assert client._tensor_values(tensor_pb2.TensorProto(dtype=1, float_val=[0.25, 0.5])) == [0.25, 0.5]
+    assert client._tensor_values(tensor_pb2.TensorProto(dtype=3, int_val=[1, 0])) == [1, 0]
+    packed = tensor_pb2.TensorProto(dtype=1, tensor_content=np.array([0.25, 0.75], np.float32).tobytes())
+    assert client._tensor_values(packed) == [0.25, 0.75]
+
+
+def test_one_line_error_messages():
+    raw = "Graph execution error:\n\nDetected at node x\n<stack traces unavailable>\nassertion failed: [bad]\n\t [[{{node a}}]]"
+    assert client.one_line(raw) == "assertion failed: [bad]"
+
+
 # ----------------------------------------------------------------------------- end to end
 
 @pytest.fixture(scope="module")
