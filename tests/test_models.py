@@ -20,6 +20,9 @@ import crack_tf.models as models
 from crack_tf.models import ASPP, build_model
 from crack_tf.models.resnet_aspp import CaffePreprocess
 
+# Keras' own NumPy conversion of TF variables (not crack_tf code) emits it.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 # Keras ResNet50 stage-end layer names and their channels (paper summary, shared/PAPER.md).
@@ -173,12 +176,18 @@ def random_backbone_files(tmp_path_factory):
 
 
 @pytest.mark.parametrize("insert_after", [None, "layer2"])
-@pytest.mark.parametrize("fmt", ["legacy", "new"])
-def test_backbone_weights_preserved(fmt, insert_after, random_backbone_files):
+@pytest.mark.parametrize("fmt", ["legacy", "new", "imagenet"])
+def test_backbone_weights_preserved(fmt, insert_after, random_backbone_files, tmp_path, monkeypatch):
     paths, expected = random_backbone_files
     with h5py.File(paths["legacy"], "r") as f:  # really the legacy layout
         assert "layer_names" in f.attrs
-    model = build_model((SIZE, SIZE, 3), insert_after=insert_after, weights=paths[fmt])
+    weights = paths.get(fmt)
+    if fmt == "imagenet":  # "imagenet" = the legacy file where Keras caches it, never downloaded
+        (tmp_path / "models").mkdir()
+        os.symlink(paths["legacy"], tmp_path / "models" / IMAGENET_FILE)
+        monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+        weights = "imagenet"
+    model = build_model((SIZE, SIZE, 3), insert_after=insert_after, weights=weights)
     spliced = inner_model(model)
     assert len(expected) == 106  # every ResNet50 layer with weights
     for name, want in expected.items():
@@ -381,6 +390,7 @@ def test_missing_weights_fail_fast_without_network(weights, tmp_path, monkeypatc
     assert not any(tmp_path.iterdir())  # nothing downloaded or created
 
 
+@pytest.mark.filterwarnings("ignore:Skipping nested container:UserWarning")
 def test_incompatible_weights_file_is_a_clear_error(tmp_path):
     small = models.get("zhang2016", input_shape=(SIZE, SIZE, 3))
     path = tmp_path / "zhang.weights.h5"
