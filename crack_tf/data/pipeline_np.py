@@ -1,9 +1,11 @@
 """TF-free loader: a ``keras.utils.PyDataset`` over PIL-decoded files (any Keras backend).
 
-Same element stream semantics as the tf.data folder pipeline: training epochs are seeded
-permutations (``np.random.default_rng([seed, epoch])``) of the (oversampled) index list, element
-``g`` of this shard gets augmentation seed ``(seed, g * num_shards + shard_index)``, and batch
-``i`` of a loader built with ``skip_batches=k`` equals batch ``k + i`` of a fresh one.
+Same element stream semantics as the tf.data folder pipeline: training is an infinite stream
+(``num_batches`` is None, like a repeated tf.data dataset: pass ``steps_per_epoch`` to ``fit``;
+Keras then neither shuffles batch order nor restarts the index between epochs) whose epochs are
+seeded permutations (``np.random.default_rng([seed, epoch])``) of the (oversampled) index list;
+element ``g`` of this shard gets augmentation seed ``(seed, g * num_shards + shard_index)``, and
+batch ``i`` of a loader built with ``skip_batches=k`` equals batch ``k + i`` of a fresh one.
 Never imports TensorFlow.
 """
 
@@ -19,8 +21,8 @@ from crack_tf.data.image_np import decode_image_np, eval_transform_np, train_tra
 
 
 class FolderPyDataset(keras.utils.PyDataset):
-    """Batches (uint8 [B,S,S,3], int32 [B]). Training: ``len`` = steps per epoch, a new seeded
-    permutation each epoch (the epoch counter advances in ``on_epoch_end``); eval: ordered,
+    """Batches (uint8 [B,S,S,3], int32 [B]). Training: infinite, batch ``i`` is global batch
+    ``skip_batches + i`` (``len`` = steps per epoch, for information); eval: finite, ordered,
     remainder kept."""
 
     def __init__(
@@ -43,7 +45,7 @@ class FolderPyDataset(keras.utils.PyDataset):
         self.paths, self.labels = list(paths), np.asarray(labels, np.int32)
         self.config, self.training, self.batch_size = config, training, batch_size
         self.seed, self.num_shards, self.shard_index = seed, num_shards, shard_index
-        self.skip_batches, self.epoch = skip_batches, 0
+        self.skip_batches = skip_batches
         self._index = epoch_indices(self.labels, config.balance, seed) if training else np.arange(len(paths))
         self._steps = steps_per_epoch or (
             max(1, len(self._index) // batch_size) if training else math.ceil(len(paths) / batch_size)
@@ -52,6 +54,10 @@ class FolderPyDataset(keras.utils.PyDataset):
 
     def __len__(self) -> int:
         return self._steps
+
+    @property
+    def num_batches(self) -> int | None:
+        return None if self.training else self._steps
 
     def _perm(self, epoch: int) -> np.ndarray:
         if epoch not in self._perm_cache:
@@ -77,7 +83,7 @@ class FolderPyDataset(keras.utils.PyDataset):
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         if self.training:
-            start = (self.skip_batches + self.epoch * self._steps + i) * self.batch_size
+            start = (self.skip_batches + i) * self.batch_size
             stop = start + self.batch_size
         else:
             if i >= self._steps:
@@ -86,7 +92,3 @@ class FolderPyDataset(keras.utils.PyDataset):
             stop = min(start + self.batch_size, len(self.paths))
         items = [self.element(g) for g in range(start, stop)]
         return np.stack([x for x, _ in items]), np.asarray([y for _, y in items], np.int32)
-
-    def on_epoch_end(self) -> None:
-        if self.training:
-            self.epoch += 1
