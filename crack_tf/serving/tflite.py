@@ -155,7 +155,11 @@ def main(argv: list[str]) -> int:
         report["eval"] = {"data": FLAGS.eval_data, "n": len(labels), **evaluate(model, flatbuffers, images, labels)}
         for name, r in report["eval"].items():
             if isinstance(r, dict):
-                extra = f", delta {r['accuracy_delta']:+.3f}, agreement {r['agreement_with_float']:.3f}" if name != "keras_float" else ""
+                extra = (
+                    f", delta {r['accuracy_delta']:+.3f}, agreement {r['agreement_with_float']:.3f}, "
+                    f"max |dp| {r['max_abs_prob_diff']:.1e}, {r['size_bytes'] / 1e6:.1f} MB"
+                    if name != "keras_float" else ""
+                )
                 print(f"{name:<12} accuracy {r['accuracy']:.3f}{extra}")
     with open(os.path.join(FLAGS.output_dir, "tflite_report.json"), "w") as fh:
         json.dump(report, fh, indent=2)
