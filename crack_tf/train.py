@@ -101,6 +101,17 @@ def compile_model(model: keras.Model, cfg: types.SimpleNamespace, steps_per_epoc
     )
 
 
+class _StepDelay(keras.callbacks.Callback):
+    """Sleeps after each step (``CRACK_TF_STEP_DELAY`` seconds): fault-injection tests only."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+
+    def on_train_batch_end(self, batch, logs=None):
+        time.sleep(self.seconds)
+
+
 def _evaluate(model: keras.Model, split_input) -> dict:
     results = model.evaluate(split_input.dataset, verbose=0, return_dict=True)
     return {k: float(v) for k, v in results.items() if keras.ops.ndim(v) == 0}
@@ -157,6 +168,9 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
     checkpoints = cb.CheckpointAndBest(cfg.model_dir, cfg.checkpoint_every, cfg.best_metric, cfg.best_mode,
                                        state, runtime.is_chief)
     class_weight = probe.class_weight if cfg.balance == "class_weight" else None
+    callbacks = [progress, checkpoints]
+    if os.environ.get("CRACK_TF_STEP_DELAY"):
+        callbacks.append(_StepDelay(float(os.environ["CRACK_TF_STEP_DELAY"])))
 
     for epoch in range(start_step // steps_per_epoch, cfg.epochs):
         if frozen and epoch >= freeze_epochs:  # unfreeze: new optimizer slots, same step count
@@ -179,7 +193,7 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
             steps_per_epoch=remaining,
             validation_data=val_input.dataset if val_input else None,
             class_weight=class_weight,
-            callbacks=[progress, checkpoints],
+            callbacks=callbacks,
             verbose=1 if sys.stdout.isatty() else 0,
         )
 

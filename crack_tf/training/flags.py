@@ -123,7 +123,10 @@ def define_flags() -> None:
 def config_from_flags() -> types.SimpleNamespace:
     """The parsed flag values as a namespace, with typed derived fields."""
     cfg = types.SimpleNamespace(**{name: FLAGS[name].value for name in FLAG_NAMES})
-    cfg.rates = [int(r) for r in cfg.rates]
+    try:
+        cfg.rates = [int(r) for r in cfg.rates]
+    except ValueError:
+        pass  # validate() names the flag
     return cfg
 
 
