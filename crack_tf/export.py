@@ -206,15 +206,14 @@ def _sample_png(size: int, seed: int = 0) -> bytes:
 def _write_warmup(version_dir: str, model_name: str, size: int) -> bool:
     """TF Serving warmup record (one PNG through serving_default); False if the API is missing."""
     try:
-        from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+        from tensorflow_serving.apis import prediction_log_pb2
     except ImportError:
         return False
     import tensorflow as tf
 
-    req = predict_pb2.PredictRequest()
-    req.model_spec.name = model_name
-    req.model_spec.signature_name = DEFAULT_SIGNATURE
-    req.inputs[IMAGE_BYTES_INPUT].CopyFrom(tf.make_tensor_proto([_sample_png(size)], dtype=tf.string))
+    from crack_tf.serving.client import predict_request
+
+    req = predict_request([_sample_png(size)], model_name)
     log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req))
     extra = os.path.join(version_dir, "assets.extra")
     os.makedirs(extra, exist_ok=True)

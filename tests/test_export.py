@@ -77,6 +77,17 @@ def test_version_folder_and_metadata(trained):
     assert meta["export_version"] == 1
 
 
+def test_warmup_record_is_a_valid_predict_request(trained, loaded):
+    log_pb2 = pytest.importorskip("tensorflow_serving.apis.prediction_log_pb2")
+    records = list(tf.data.TFRecordDataset(str(trained["version_dir"] / "assets.extra" / export.WARMUP_FILE)))
+    assert len(records) == 1
+    req = log_pb2.PredictionLog.FromString(records[0].numpy()).predict_log.request
+    assert req.model_spec.signature_name == "serving_default"
+    images = tf.make_ndarray(req.inputs["image_bytes"])
+    out = loaded.signatures["serving_default"](image_bytes=tf.constant(images))
+    assert out["probabilities"].shape == (1, 2)
+
+
 def test_saved_model_cli_lists_both_signatures(trained):
     cli = shutil.which("saved_model_cli")
     cmd = [cli] if cli else [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]

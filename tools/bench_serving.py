@@ -31,6 +31,19 @@ def _pct(values, q):
     return float(np.percentile(np.asarray(values) * 1000.0, q))
 
 
+def _interleaved(paths: dict, rounds: int, progress: bool = False) -> dict[str, list[float]]:
+    """Seconds per call of each path, calling the paths in turn ``rounds`` times."""
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for i in range(rounds):
+        for name, fn in paths.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+        if progress and (i + 1) % 10 == 0:
+            print(f"      {i + 1}/{rounds}", flush=True)
+    return times
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet50_aspp", help="registry name (crack_tf.models)")
@@ -81,15 +94,8 @@ def main() -> int:
     np.testing.assert_allclose(
         paths["signature(jpeg)"](), tf.nn.softmax(model(x1, training=False)).numpy(), atol=1e-4
     )
-    times = {name: [] for name in paths}
     print(f"[3/4] latency: {args.iters} interleaved calls per path (1 JPEG {args.jpeg_size}px)", flush=True)
-    for i in range(args.iters):
-        for name, fn in paths.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-        if (i + 1) % 10 == 0:
-            print(f"      {i + 1}/{args.iters}", flush=True)
+    times = _interleaved(paths, args.iters, progress=True)
     latency = {name: {"p50_ms": _pct(v, 50), "p95_ms": _pct(v, 95)} for name, v in times.items()}
 
     print(f"[4/4] throughput: {args.batch_iters} batches of {args.batch}", flush=True)
@@ -101,13 +107,8 @@ def main() -> int:
         "signature(jpeg)": lambda: sig(image_bytes=batch_bytes)["probabilities"].numpy(),
         "keras predict_on_batch": lambda: model.predict_on_batch(batch_images),
     }
-    spent = dict.fromkeys(batch_paths, 0.0)
-    for _ in range(args.batch_iters):  # interleaved, like the latency loop
-        for name, fn in batch_paths.items():
-            t = time.perf_counter()
-            fn()
-            spent[name] += time.perf_counter() - t
-    tput = {name: args.batch * args.batch_iters / sec for name, sec in spent.items()}
+    spent = _interleaved(batch_paths, args.batch_iters)  # interleaved, like the latency loop
+    tput = {name: args.batch * args.batch_iters / sum(sec) for name, sec in spent.items()}
 
     best_keras = min(latency["keras model(x)"]["p50_ms"], latency["keras predict_on_batch"]["p50_ms"])
     overhead = latency["signature(jpeg)"]["p50_ms"] / best_keras

@@ -183,7 +183,7 @@ class GrpcClient(_Client):
         super().__init__(*args, **kwargs)
         try:
             import grpc
-            from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+            from tensorflow_serving.apis import prediction_service_pb2_grpc
         except ImportError as err:
             raise ImportError(
                 f"--protocol=grpc needs grpcio and tensorflow-serving-api ({err}); install them with "
@@ -191,7 +191,6 @@ class GrpcClient(_Client):
                 "or use --protocol=rest"
             ) from err
         self._grpc = grpc
-        self._predict_pb2 = predict_pb2
         target = self.server.split("://", 1)[-1]
         self._channel = grpc.insecure_channel(
             target, options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
@@ -203,18 +202,7 @@ class GrpcClient(_Client):
 
     def request(self, images: Sequence[bytes]):
         """The ``PredictRequest`` for ``images``."""
-        req = self._predict_pb2.PredictRequest()
-        req.model_spec.name = self.model_name
-        req.model_spec.signature_name = self.signature
-        if self.version is not None:
-            req.model_spec.version.value = self.version
-        elif self.version_label:
-            req.model_spec.version_label = self.version_label
-        tensor = req.inputs[IMAGE_BYTES_INPUT]
-        tensor.dtype = 7  # tensorflow.DataType.DT_STRING
-        tensor.tensor_shape.dim.add(size=len(images))
-        tensor.string_val.extend(images)
-        return req
+        return predict_request(images, self.model_name, self.signature, self.version, self.version_label)
 
     def predict(self, images: Sequence[bytes]) -> list[Prediction]:
         grpc = self._grpc
@@ -244,6 +232,30 @@ class GrpcClient(_Client):
             )
             for i in range(n)
         ]
+
+
+def predict_request(
+    images: Sequence[bytes],
+    model_name: str = "crack_tf",
+    signature: str = DEFAULT_SIGNATURE,
+    version: int | None = None,
+    version_label: str | None = None,
+):
+    """A ``tensorflow.serving.PredictRequest`` with ``images`` as the ``image_bytes`` tensor."""
+    from tensorflow_serving.apis import predict_pb2
+
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = model_name
+    req.model_spec.signature_name = signature
+    if version is not None:
+        req.model_spec.version.value = version
+    elif version_label:
+        req.model_spec.version_label = version_label
+    tensor = req.inputs[IMAGE_BYTES_INPUT]
+    tensor.dtype = 7  # tensorflow.DataType.DT_STRING
+    tensor.tensor_shape.dim.add(size=len(images))
+    tensor.string_val.extend(images)
+    return req
 
 
 def _tensor_values(tensor) -> list:
