@@ -80,3 +80,18 @@ def test_augmentation_is_a_pure_function_of_seed_and_index():
     plain = train_transform_np(img, 2, 3, 32, flips=False, rot90=False)
     hits = [(y, x) for y in range(19) for x in range(29) if np.array_equal(img[y : y + 32, x : x + 32], plain)]
     assert len(hits) == 1
+
+
+@pytest.mark.parametrize("backend", ["tf", "numpy"])
+def test_worker_shards_are_disjoint_and_complete(folder, backend):
+    cfg = DataConfig(path=str(folder), image_size=32)
+    full = make_input(cfg, "train", False, 4, backend=backend)
+    parts = [make_input(cfg, "train", False, 4, backend=backend, num_shards=2, shard_index=i) for i in (0, 1)]
+    a, b = (set(p.examples) for p in parts)
+    assert not a & b and a | b == set(full.examples)
+    assert all(p.num_examples == full.num_examples for p in parts)  # whole-split statistics
+    train = [make_input(cfg, "train", True, 4, seed=1, backend=backend, num_shards=2, shard_index=i) for i in (0, 1)]
+    take = _tf_batches if backend == "tf" else _np_batches
+    (x0, _), (x1, _) = take(train[0], 1)[0], take(train[1], 1)[0]
+    assert x0.shape == x1.shape == (2, 32, 32, 3)  # per-worker batch = global // num_shards
+    assert train[0].steps_per_epoch == full.num_examples // 4
