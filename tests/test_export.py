@@ -18,7 +18,7 @@ from crack_tf import CLASS_NAMES, export, models  # noqa: E402
 from crack_tf.data import decode_image_tf, eval_transform_tf  # noqa: E402
 
 SIZE = 64
-OUTPUTS = {"probabilities", "crack_probability", "class_id", "class_name"}
+OUTPUTS = {"probabilities", "crack_probability", "class_id", "class_name"}  # the contract, spelled out
 RUN_JSON = {
     "config": {"model": "zhang2016", "image_size": SIZE, "epochs": 1},
     "class_names": list(CLASS_NAMES),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pathlib
 
-#: Folder holding ``batching_parameters.txt`` and the example ``models.config``.
+#: Folder holding ``batching_parameters.txt`` and the default ``models.config``.
 SERVING_DIR = pathlib.Path(__file__).resolve().parent
 BATCHING_PARAMETERS_FILE = SERVING_DIR / "batching_parameters.txt"
 MODELS_CONFIG_FILE = SERVING_DIR / "models.config"

@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
 
-from crack_tf.serving import DEFAULT_SIGNATURE, IMAGE_BYTES_INPUT
+from crack_tf.serving import DEFAULT_SIGNATURE, IMAGE_BYTES_INPUT, OUTPUT_NAMES
 
 PROTOCOLS = ("rest", "grpc")
 
@@ -217,7 +217,7 @@ class GrpcClient(_Client):
             cls = InvalidInputError if code == grpc.StatusCode.INVALID_ARGUMENT else ServingError
             raise cls(f"{self.describe()} answered {code.name}: {details}") from err
         cols = {name: _tensor_values(t) for name, t in resp.outputs.items()}
-        missing = {"probabilities", "crack_probability", "class_id", "class_name"} - set(cols)
+        missing = set(OUTPUT_NAMES) - set(cols)
         if missing:
             raise ServingError(f"{self.describe()}: response lacks outputs {sorted(missing)}")
         n = len(cols["crack_probability"])
