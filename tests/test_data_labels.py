@@ -81,6 +81,8 @@ def eval_crop(img, s):
 
 
 def test_one_class_empty_and_missing_folders_fail_fast(tmp_path):
+    with pytest.raises(ValueError, match="path is empty"):
+        make_input(DataConfig(), "train", False, 4)
     with pytest.raises(ValueError, match="not a directory"):
         make_input(DataConfig(path=str(tmp_path / "nope")), "train", False, 4)
     (tmp_path / "train").mkdir()

@@ -63,6 +63,8 @@ def make_input(
         raise ValueError(f"shard_index={shard_index} must be in [0, num_shards={num_shards})")
     if skip_batches < 0:
         raise ValueError(f"skip_batches={skip_batches} must be >= 0")
+    if not config.path and config.source != "tfds":
+        raise ValueError(f"DataConfig.path is empty: set it to the {config.source} folder (--data_path)")
     if backend == "numpy" and config.source != "folder":
         raise ValueError(f"source={config.source!r} needs TensorFlow; use source='folder' with backend='numpy'")
     if config.source == "folder":
