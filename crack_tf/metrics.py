@@ -1,7 +1,7 @@
 """Streaming binary crack metrics as Keras 3 metrics (backend-agnostic: ``keras.ops`` only).
 
 Crack (label 1) is the positive class. Every metric keeps the same state, the weighted
-confusion counts TP, FP, TN, FN (one float [2,2] variable, ``aggregation="sum"``, so under
+confusion counts TP, FP, TN, FN (one float [4] variable, ``aggregation="sum"``, so under
 ``tf.distribute`` the per-replica counts are summed, never averaged ratios); ratios are
 computed only in ``result()`` from :data:`RATES`, the one definition the evaluator reuses.
 
@@ -115,9 +115,9 @@ class BinaryConfusionCounts(keras.metrics.Metric):
             raise ValueError(f"threshold must be in [0, 1] (a crack probability); got {threshold}")
         self.threshold = threshold
         self.from_logits = bool(from_logits)
-        # One [2,2] state variable, rows = true class, columns = predicted class:
-        # [[TN, FP], [FN, TP]]. A single variable keeps eager updates cheap.
-        self.confusion = self.add_variable(shape=(2, 2), initializer="zeros", aggregation="sum", name="confusion")
+        # One state variable: the flattened confusion matrix [TN, FP, FN, TP] (row-major
+        # [[TN, FP], [FN, TP]], rows = true class). A single variable keeps eager updates cheap.
+        self.confusion = self.add_variable(shape=(4,), initializer="zeros", aggregation="sum", name="confusion")
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
         pred = ops.cast(crack_probability(y_pred, self.from_logits) > self.threshold, "int32")
@@ -125,12 +125,15 @@ class BinaryConfusionCounts(keras.metrics.Metric):
         if sample_weight is None:
             counts = ops.sum(cell, axis=0)
         else:
-            counts = ops.matmul(ops.reshape(ops.cast(sample_weight, "float32"), (1, -1)), cell)
-        self.confusion.assign_add(ops.cast(ops.reshape(counts, (2, 2)), self.dtype))
+            weight = ops.cast(sample_weight, "float32")
+            if len(ops.shape(weight)) != 1:
+                weight = ops.reshape(weight, (-1,))
+            counts = ops.matmul(weight, cell)  # [B] @ [B,4] -> [4]
+        self.confusion.assign_add(ops.cast(counts, self.dtype))
 
     def counts(self) -> tuple[Any, Any, Any, Any]:
         """Current (tp, fp, tn, fn) tensors."""
-        tn, fp, fn, tp = ops.unstack(ops.reshape(self.confusion.value, (4,)), 4)
+        tn, fp, fn, tp = ops.unstack(self.confusion.value, 4)
         return tp, fp, tn, fn
 
     def result(self) -> Any:
@@ -197,7 +200,7 @@ class ConfusionMatrix(BinaryConfusionCounts):
     default_name = "confusion_matrix"
 
     def result(self) -> Any:
-        return ops.convert_to_tensor(self.confusion.value)
+        return ops.reshape(self.confusion.value, (2, 2))
 
 
 def default_metrics(threshold: float = 0.5, from_logits: bool = True) -> list[BinaryConfusionCounts]:
