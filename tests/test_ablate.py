@@ -1,0 +1,162 @@
+"""tools/ablate.py: grid parsing, shipped grids, results tables, kill + resume end to end."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_ablate():
+    spec = importlib.util.spec_from_file_location("ablate_tool", os.path.join(REPO, "tools", "ablate.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+ablate = _load_ablate()
+
+
+def test_parse_row_and_extra():
+    assert ablate.parse_row("l1:model=resnet50_aspp;rates=2,4,8; fusion=sum") == (
+        "l1", ["--model=resnet50_aspp", "--rates=2,4,8", "--fusion=sum"])
+    assert ablate.split_extra(["--epochs=2,--rates=2,4,6", "--lr=0.1"]) == ["--epochs=2", "--rates=2,4,6", "--lr=0.1"]
+    for bad in ("noflags", "bad name:model=x", "x:model"):
+        with pytest.raises(ValueError, match="--row"):
+            ablate.parse_row(bad)
+    with pytest.raises(ValueError, match="--extra"):
+        ablate.split_extra(["epochs=2"])
+    with pytest.raises(ValueError, match="duplicate"):
+        ablate.build_runs("t", "b.cfg", ["a:lr=1", "a:lr=2"], [0], "out", [])
+
+
+def test_build_runs_order_only_and_extra_last():
+    runs = ablate.build_runs("t", "base.cfg", ["a:lr=1", "b:lr=2"], [0, 1], "out", ["--epochs=3", "--lr=9"], only="^b")
+    assert [r.name for r in runs] == ["b_s0", "b_s1"]
+    assert runs[1].args == ["--flagfile=base.cfg", "--lr=2", "--seed=1", "--model_dir=out/b_s1", "--epochs=3", "--lr=9"]
+    assert runs[1].options["lr"] == "9"  # the last value wins, as in absl
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "ablation_*.cfg"))))
+def test_shipped_grids_use_real_trainer_flags_and_paper_rows(path):
+    from crack_tf.training.flags import FLAG_NAMES
+
+    lines = [ln.strip() for ln in open(path) if ln.strip() and not ln.startswith("#")]
+    table = next(ln.split("=", 1)[1] for ln in lines if ln.startswith("--table="))
+    rows = [ablate.parse_row(ln.split("=", 1)[1]) for ln in lines if ln.startswith("--row=")]
+    assert rows and table in ablate.PAPER
+    for name, args in rows:
+        for a in args:
+            key = a[2:].split("=", 1)[0]
+            assert key == "flagfile" or key in FLAG_NAMES, f"{path}: row {name} sets unknown flag --{key}"
+            if key == "flagfile":
+                assert os.path.isfile(os.path.join(REPO, a.split("=", 1)[1]))
+    if table != "ours":  # every paper row is in the grid, and nothing else
+        assert sorted(n for n, _ in rows) == sorted(ablate.PAPER[table])
+    base = next(ln.split("=", 1)[1] for ln in lines if ln.startswith("--base_flagfile="))
+    assert os.path.isfile(os.path.join(REPO, base))
+
+
+def _fake_run(model_dir, acc, seed, lr=0.01):
+    os.makedirs(model_dir, exist_ok=True)
+    m = {"accuracy": acc, "precision": 0.8, "recall": 0.6, "f1": 0.685, "missed_alarm_rate": 0.4,
+         "false_alarm_rate": 0.2, "loss": 0.5}
+    with open(os.path.join(model_dir, "run.json"), "w") as f:
+        json.dump({"config": {"model": "resnet50_aspp", "insert_after": "layer1", "depth_multiplier": 4,
+                              "rates": [2, 4, 8], "fusion": "max", "image_size": 64, "weights": "",
+                              "epochs": 1, "seed": seed, "lr": lr},
+                   "metrics": {"val": m, "train": dict(m, accuracy=0.99)}, "best": {"epoch": 3, "value": acc},
+                   "wall_seconds": 10.0, "throughput_images_per_second": 100.0}, f)
+
+
+def test_markdown_mean_std_and_paper_column(tmp_path):
+    runs = ablate.build_runs("table3", "b.cfg", ["rates_2_4_8:lr=0.01", "rates_3_6_9:lr=0.01"], [0, 1],
+                             str(tmp_path), [])
+    _fake_run(runs[0].model_dir, 0.90, 0)
+    _fake_run(runs[1].model_dir, 0.80, 1)
+    results = ablate.write_results(str(tmp_path), "table3", runs)
+    assert len(results) == 2
+    md = (tmp_path / "results.md").read_text()
+    line = next(ln for ln in md.splitlines() if ln.startswith("| rates_2_4_8"))
+    assert "| 2 | 85.00 ± 7.07 | 99.00 ± 0.00 | 80.00 ± 0.00 |" in line and line.endswith("| 96.70 |")
+    assert "| rates_3_6_9 | (not run) | 0 |" in md and "94.64" in md
+    # A finished run whose config no longer matches the grid is reported stale, not silently reused.
+    stale = ablate.build_runs("table3", "b.cfg", ["rates_2_4_8:lr=0.02"], [0], str(tmp_path), [])
+    ablate.run_grid(stale, str(tmp_path), "table3", log=lambda s: None)
+    assert stale[0].status == "stale"
+
+
+TINY_BASE = """--model=zhang2016
+--data_source=synthetic
+--synthetic_train=32
+--synthetic_val=16
+--synthetic_size=64
+--image_size=64
+--batch_size=16
+--epochs=1
+--steps_per_epoch=2
+--optimizer=sgd
+--tensorboard=false
+--checkpoint_every=1
+"""
+
+
+def _ablate_cmd(tmp_path):
+    grid = tmp_path / "grid.cfg"
+    grid.write_text(f"--table=ours\n--base_flagfile={tmp_path / 'base.cfg'}\n--output_dir={tmp_path / 'grid'}\n"
+                    "--row=a:lr=0.01\n--row=b:lr=0.02\n")
+    (tmp_path / "base.cfg").write_text(TINY_BASE + f"--data_dir={tmp_path / 'syn'}\n")
+    return [sys.executable, os.path.join(REPO, "tools", "ablate.py"), f"--flagfile={grid}", "--seeds=0"]
+
+
+@pytest.mark.slow
+def test_grid_killed_after_first_run_resumes_without_redoing_it(tmp_path):
+    from crack_tf.data.synthetic import generate_dataset
+
+    generate_dataset(tmp_path / "syn", 32, 16, 64, 0)
+    cmd = _ablate_cmd(tmp_path)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    first = tmp_path / "grid" / "a_s0" / "run.json"
+    with open(tmp_path / "first.log", "w") as out:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.time() + 240
+        while not first.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)  # the tool and its trainer child, mid-grid
+        proc.wait()
+    assert first.exists(), (tmp_path / "first.log").read_text()[-3000:]
+    assert not (tmp_path / "grid" / "b_s0" / "run.json").exists()
+    mtime = first.stat().st_mtime_ns
+
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "skipped a_s0 (run.json exists)" in done.stdout
+    assert "start   a_s0" not in done.stdout and "done    b_s0" in done.stdout
+    assert first.stat().st_mtime_ns == mtime
+    assert "summary: 1 done, 1 skipped" in done.stdout
+
+    with open(tmp_path / "grid" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == ["a_s0", "b_s0"]
+    for r in rows:
+        rj = json.loads((tmp_path / "grid" / r["run"] / "run.json").read_text())
+        for split in ("val", "train"):
+            for k in ablate.METRICS:
+                assert float(r[f"{split}_{k}"]) == pytest.approx(rj["metrics"][split][k], rel=1e-6)
+        assert r["model"] == "zhang2016" and r["image_size"] == "64" and int(r["best_epoch"]) == 1
+    md = (tmp_path / "grid" / "results.md").read_text()
+    acc = json.loads((tmp_path / "grid" / "b_s0" / "run.json").read_text())["metrics"]["val"]["accuracy"]
+    assert f"| b | zhang2016 | 1 | {100 * acc:.2f} |" in md
+    assert (tmp_path / "grid" / "logs" / "b_s0.log").read_text().count("=== ") >= 1

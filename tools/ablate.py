@@ -1,0 +1,426 @@
+"""Runs an ablation grid through the trainer and tabulates it next to the paper.
+
+  python tools/ablate.py --flagfile=configs/ablation_table2.cfg --parallel=4 --seeds=0,1,2
+  python tools/ablate.py --flagfile=configs/ablation_table1.cfg --extra=--epochs=2 --dry_run
+
+Grid format (an absl flagfile for THIS tool, see configs/ablation_*.cfg)::
+
+  --table=table2                       # key of the paper's numbers (PAPER below)
+  --base_flagfile=configs/uav75.cfg    # trainer flagfile shared by every row
+  --row=resnet50:model=resnet50        # one row: NAME:flag=value;flag=value;...
+  --row=layer1_x4:model=resnet50_aspp;insert_after=layer1;depth_multiplier=4;rates=2,4,8
+
+Each (row, seed) is one ``python -m crack_tf.train --flagfile=<base> --<row flags> --seed=<s>
+--model_dir=<output_dir>/<row>_s<seed> <extra>`` subprocess (later flags win, so ``--extra``
+overrides everything; a row may name its own ``flagfile=...``). Logs go to
+``<output_dir>/logs/<run>.log`` (appended). A run whose ``run.json`` exists is skipped; a run
+killed mid-way resumes from its checkpoint when the grid is launched again. The backend is
+inherited (``KERAS_BACKEND``). Writes ``results.csv`` (one line per finished run) and
+``results.md`` (mean +- sample std over seeds, n, the paper's figures alongside).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import csv
+import json
+import os
+import queue
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: The paper's accuracies in percent (train, test); shared/PAPER.md tables 1-3.
+PAPER: dict[str, dict[str, tuple[float, float]]] = {
+    "table1": {"resnet50": (84.93, 73.78), "resnet50_aspp": (85.83, 81.86)},
+    "table2": {
+        "resnet50": (99.79, 93.65),
+        "conv1_x4": (98.41, 95.80), "conv1_x8": (98.93, 93.16), "conv1_x32": (98.50, 92.66),
+        "layer1_x4": (99.03, 96.70), "layer1_x8": (98.72, 92.75), "layer1_x16": (98.19, 91.76),
+        "layer2_x8": (98.99, 91.76), "layer2_x16": (98.95, 93.65),
+        "layer3_x4": (99.81, 91.92), "layer3_x8": (99.69, 89.12),
+        "layer4_x8": (99.81, 87.96), "layer4_x16": (99.81, 88.29),
+    },
+    "table3": {"rates_2_4_8": (float("nan"), 96.70), "rates_2_4_6": (float("nan"), 94.31),
+               "rates_3_6_9": (float("nan"), 94.64)},
+    "ours": {},
+}
+#: Headline precision / false-alarm rate of the paper's best model (percent).
+PAPER_HEADLINE = {"precision": 96.69, "false_alarm_rate": 3.31}
+
+METRICS = ("accuracy", "precision", "recall", "f1", "missed_alarm_rate", "false_alarm_rate", "loss")
+OPTION_KEYS = ("model", "insert_after", "depth_multiplier", "rates", "fusion", "image_size", "weights", "epochs")
+CSV_FIELDS = (["table", "row", "seed", "run"] + list(OPTION_KEYS)
+              + [f"val_{m}" for m in METRICS] + [f"train_{m}" for m in METRICS]
+              + ["best_epoch", "best_value", "wall_seconds", "images_per_second", "backend"])
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The tool's flags (defined only when run as a script, so tests can import it)."""
+    flags.DEFINE_string("table", "ours", "Table key: table1 | table2 | table3 | ours (selects the paper's numbers).")
+    flags.DEFINE_string("base_flagfile", "configs/uav75.cfg", "Trainer flagfile every row starts from.")
+    flags.DEFINE_multi_string("row", [], "Grid row NAME:flag=value;flag=value (repeat the flag per row).")
+    flags.DEFINE_string("output_dir", None, "Grid folder (default runs/ablation_<table>).")
+    flags.DEFINE_list("seeds", ["0"], "Seeds; every row runs once per seed.")
+    flags.DEFINE_integer("parallel", 1, "Runs at the same time (several small runs fit one GPU).")
+    flags.DEFINE_list("gpus", [], "GPU ids handed out round-robin to concurrent runs (CUDA_VISIBLE_DEVICES).")
+    flags.DEFINE_string("only", None, "Run only rows whose name matches this regex (re.search).")
+    flags.DEFINE_multi_string("extra", [], "Trainer flags appended to every run, comma separated: "
+                              "--extra=--epochs=2,--rates=2,4,6 (split before each '--').")
+    flags.DEFINE_bool("dry_run", False, "Print the commands and exit.")
+    flags.DEFINE_bool("report_only", False, "Only rebuild results.csv / results.md from finished runs.")
+
+
+@dataclass
+class Run:
+    table: str
+    row: str
+    seed: int
+    args: list[str]
+    model_dir: str
+    log: str
+    status: str = "pending"
+    seconds: float = 0.0
+    options: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.model_dir)
+
+
+def parse_row(spec: str) -> tuple[str, list[str]]:
+    """``"name:flag=v;flag=v"`` -> ``("name", ["--flag=v", ...])``."""
+    name, sep, body = spec.partition(":")
+    name = name.strip()
+    if not sep or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+        raise ValueError(f"--row={spec!r}: expected NAME:flag=value;flag=value with NAME made of [A-Za-z0-9_.-]")
+    args = []
+    for item in filter(None, (s.strip() for s in body.split(";"))):
+        key, eq, value = item.lstrip("-").partition("=")
+        if not eq or not key:
+            raise ValueError(f"--row={spec!r}: {item!r} is not flag=value")
+        args.append(f"--{key}={value}")
+    return name, args
+
+
+def split_extra(values: list[str]) -> list[str]:
+    """``["--epochs=2,--rates=2,4,6"]`` -> ``["--epochs=2", "--rates=2,4,6"]``."""
+    out = []
+    for value in values:
+        for part in re.split(r",(?=--)", value.strip()):
+            if part:
+                if not part.startswith("--"):
+                    raise ValueError(f"--extra: {part!r} must start with '--'")
+                out.append(part)
+    return out
+
+
+def flag_values(args: list[str]) -> dict[str, str]:
+    """The last value of each ``--flag=value`` (flagfiles excluded)."""
+    out = {}
+    for a in args:
+        key, _, value = a[2:].partition("=")
+        if key != "flagfile":
+            out[key] = value
+    return out
+
+
+def build_runs(table: str, base_flagfile: str, rows: list[str], seeds: list[int], output_dir: str,
+               extra: list[str], only: str | None = None) -> list[Run]:
+    """Expands the grid into runs (row-major, then seeds)."""
+    if not rows:
+        raise ValueError("no --row given: define the grid in the ablation flagfile (see --help)")
+    parsed = [parse_row(r) for r in rows]
+    names = [n for n, _ in parsed]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate row names in the grid: {sorted({n for n in names if names.count(n) > 1})}")
+    runs = []
+    for name, row_args in parsed:
+        if only and not re.search(only, name):
+            continue
+        for seed in seeds:
+            model_dir = os.path.join(output_dir, f"{name}_s{seed}")
+            args = [f"--flagfile={base_flagfile}", *row_args, f"--seed={seed}", f"--model_dir={model_dir}", *extra]
+            runs.append(Run(table, name, seed, args, model_dir, os.path.join(output_dir, "logs", f"{name}_s{seed}.log"),
+                            options=flag_values(args)))
+    return runs
+
+
+def _norm(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _same_number(a: str, b: str) -> bool:
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return False
+
+
+def stale_flags(run: Run, run_json: dict) -> list[str]:
+    """Flags set by the grid whose value differs from the finished run's config."""
+    config = run_json.get("config", {})
+    bools = {"true": "true", "false": "false", "1": "true", "0": "false"}
+    differ = []
+    for key, value in run.options.items():
+        if key in config and key not in ("model_dir",):
+            want, have = value, _norm(config[key])
+            if isinstance(config[key], bool):
+                want = bools.get(value.lower(), value)
+            if want != have and not _same_number(want, have):
+                differ.append(key)
+    return differ
+
+
+def read_json(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def child_env(slot_gpu: str | None, parallel: int) -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if parallel > 1:  # several processes share a GPU: no process may grab all of its memory
+        env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / parallel:.2f}")
+        env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    if slot_gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = slot_gpu
+    return env
+
+
+class Launcher:
+    """Runs the trainer subprocesses (at most ``parallel`` at once) and kills them on exit."""
+
+    def __init__(self, parallel: int, gpus: list[str]):
+        self.parallel = max(1, parallel)
+        self.slots: queue.Queue = queue.Queue()
+        for i in range(self.parallel):
+            self.slots.put(gpus[i % len(gpus)] if gpus else None)
+        self.procs: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+
+    def run(self, run: Run) -> Run:
+        gpu = self.slots.get()
+        try:
+            os.makedirs(os.path.dirname(run.log), exist_ok=True)
+            started = time.time()
+            with open(run.log, "a", encoding="utf-8") as log:
+                log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command(run))}\n")
+                log.flush()
+                proc = subprocess.Popen(self.command(run), stdout=log, stderr=subprocess.STDOUT,
+                                        env=child_env(gpu, self.parallel))
+                with self.lock:
+                    self.procs.add(proc)
+                code = proc.wait()
+                with self.lock:
+                    self.procs.discard(proc)
+            run.seconds = time.time() - started
+            ok = code == 0 and os.path.isfile(os.path.join(run.model_dir, "run.json"))
+            run.status = "done" if ok else f"failed (exit {code}, see {run.log})"
+            return run
+        finally:
+            self.slots.put(gpu)
+
+    @staticmethod
+    def command(run: Run) -> list[str]:
+        return [sys.executable, "-m", "crack_tf.train", *run.args]
+
+    def kill_all(self) -> None:
+        with self.lock:
+            for proc in self.procs:
+                if proc.poll() is None:
+                    proc.terminate()
+
+
+def _row_dict(run: Run, rj: dict) -> dict:
+    cfg = rj.get("config", {})
+    m = rj.get("metrics", {})
+    row = {"table": run.table, "row": run.row, "seed": run.seed, "run": run.name}
+    row.update({k: _norm(cfg.get(k, "")) for k in OPTION_KEYS})
+    for split in ("val", "train"):
+        for k in METRICS:
+            row[f"{split}_{k}"] = m.get(split, {}).get(k, "")
+    best = rj.get("best") or {}
+    row.update(best_epoch=best.get("epoch", ""), best_value=best.get("value", ""),
+               wall_seconds=rj.get("wall_seconds", ""), images_per_second=rj.get("throughput_images_per_second", ""),
+               backend=rj.get("runtime", {}).get("backend", rj.get("versions", {}).get("backend", "")))
+    return row
+
+
+def collect(runs: list[Run]) -> list[dict]:
+    """One dict per run that has a run.json (in grid order)."""
+    rows = []
+    for run in runs:
+        rj = read_json(os.path.join(run.model_dir, "run.json"))
+        if rj is not None:
+            rows.append(_row_dict(run, rj))
+    return rows
+
+
+def _pct(values: list[float]) -> str:
+    values = [100 * float(v) for v in values if v != ""]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def _paper(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.2f}"
+
+
+def options_text(r: dict) -> str:
+    if r["model"] == "resnet50_aspp":
+        text = f"aspp@{r['insert_after']} x{r['depth_multiplier']} rates {r['rates']} {r['fusion']}"
+    else:
+        text = r["model"]
+    return text + (" +w" if r.get("weights") else "")
+
+
+def markdown(table: str, results: list[dict], row_order: list[str]) -> str:
+    """Paper-shaped Markdown: one line per grid row, mean ± std over seeds (percent)."""
+    paper = PAPER.get(table, {})
+    lines = [f"## {table}", "",
+             "Val/train accuracy, P, R, F1, MA, FA in percent, mean ± sample std over n seeds; paper = its "
+             "train / test accuracy (different data: the paper's test set is not available).", "",
+             "| row | options | n | val acc | train acc | P | R | F1 | MA | FA | best ep | s/run | paper train | "
+             "paper test |", "|" + "---|" * 14]
+    for name in row_order:
+        rs = [r for r in results if r["row"] == name]
+        if not rs:
+            lines.append(f"| {name} | (not run) | 0 |" + " - |" * 9 + f" {_paper((paper.get(name) or (None,))[0])} | "
+                         f"{_paper((paper.get(name) or (None, None))[1])} |")
+            continue
+        cells = [_pct([r[f"val_{k}"] for r in rs]) for k in ("accuracy",)]
+        cells.append(_pct([r["train_accuracy"] for r in rs]))
+        cells += [_pct([r[f"val_{k}"] for r in rs]) for k in
+                  ("precision", "recall", "f1", "missed_alarm_rate", "false_alarm_rate")]
+        epochs = sorted({str(r["best_epoch"]) for r in rs})
+        secs = [float(r["wall_seconds"]) for r in rs if r["wall_seconds"] != ""]
+        p_train, p_test = paper.get(name, (None, None))
+        lines.append(f"| {name} | {options_text(rs[0])} | {len(rs)} | " + " | ".join(cells)
+                     + f" | {','.join(epochs)} | {statistics.fmean(secs) if secs else 0:.0f} | "
+                     f"{_paper(p_train)} | {_paper(p_test)} |")
+    lines += ["", f"Paper headline (best model): P {PAPER_HEADLINE['precision']}, FA "
+              f"{PAPER_HEADLINE['false_alarm_rate']}.", ""]
+    return "\n".join(lines)
+
+
+def write_results(output_dir: str, table: str, runs: list[Run]) -> list[dict]:
+    results = collect(runs)
+    os.makedirs(output_dir, exist_ok=True)
+    tmp = os.path.join(output_dir, "results.csv.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(results)
+    os.replace(tmp, os.path.join(output_dir, "results.csv"))
+    order = list(dict.fromkeys(r.row for r in runs))
+    with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as f:
+        f.write(markdown(table, results, order))
+    return results
+
+
+def run_grid(runs: list[Run], output_dir: str, table: str, parallel: int = 1, gpus: list[str] | None = None,
+             log=print) -> list[Run]:
+    """Skips finished runs, launches the rest, rewrites the results after each one."""
+    todo = []
+    for run in runs:
+        rj = read_json(os.path.join(run.model_dir, "run.json"))
+        if rj is None:
+            todo.append(run)
+            continue
+        differ = stale_flags(run, rj)
+        if differ:
+            run.status = "stale"
+            log(f"stale   {run.name}: run.json differs in {', '.join('--' + d for d in differ)}; delete "
+                f"{run.model_dir} or use another --output_dir (kept out of the results)")
+        else:
+            run.status = "skipped"
+            log(f"skipped {run.name} (run.json exists)")
+    launcher = Launcher(parallel, gpus or [])
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum, frame):
+        launcher.kill_all()
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_term)
+    started, finished = time.time(), 0
+    try:
+        with cf.ThreadPoolExecutor(max_workers=launcher.parallel) as pool:
+            futures = []
+            for run in todo:
+                resume = os.path.isfile(os.path.join(run.model_dir, "ckpt", "state.json"))
+                log(f"start   {run.name}{' (resuming from its checkpoint)' if resume else ''}; log {run.log}")
+                futures.append(pool.submit(launcher.run, run))
+            for fut in cf.as_completed(futures):
+                run = fut.result()
+                finished += 1
+                write_results(output_dir, table, [r for r in runs if r.status != "stale"])
+                log(f"{run.status:7s} {run.name} in {run.seconds:.0f}s  [{finished}/{len(todo)}, "
+                    f"{time.time() - started:.0f}s elapsed]")
+    except BaseException:
+        launcher.kill_all()
+        raise
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+    write_results(output_dir, table, [r for r in runs if r.status != "stale"])
+    return runs
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    output_dir = FLAGS.output_dir or os.path.join("runs", f"ablation_{FLAGS.table}")
+    try:
+        seeds = [int(s) for s in FLAGS.seeds]
+        extra = split_extra(FLAGS.extra)
+        runs = build_runs(FLAGS.table, FLAGS.base_flagfile, FLAGS.row, seeds, output_dir, extra, FLAGS.only)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    if not os.path.isfile(FLAGS.base_flagfile):
+        raise app.UsageError(f"--base_flagfile={FLAGS.base_flagfile} not found (paths are relative to {os.getcwd()})")
+    if FLAGS.dry_run:
+        for run in runs:
+            print(" ".join(Launcher.command(run)))
+        print(f"{len(runs)} runs ({FLAGS.table}) -> {output_dir}")
+        return 0
+    if FLAGS.report_only:
+        results = write_results(output_dir, FLAGS.table, runs)
+        print(f"{len(results)}/{len(runs)} runs finished; wrote {output_dir}/results.csv and results.md")
+        return 0
+    print(f"{FLAGS.table}: {len(runs)} runs ({len(FLAGS.row)} rows x {len(seeds)} seeds), parallel={FLAGS.parallel}, "
+          f"backend={os.environ.get('KERAS_BACKEND', 'tensorflow (default)')} -> {output_dir}", flush=True)
+    run_grid(runs, output_dir, FLAGS.table, FLAGS.parallel, FLAGS.gpus, log=lambda s: print(s, flush=True))
+    counts = {s: sum(r.status.startswith(s) for r in runs) for s in ("done", "skipped", "stale", "failed")}
+    print(f"summary: {counts['done']} done, {counts['skipped']} skipped, {counts['stale']} stale, "
+          f"{counts['failed']} failed of {len(runs)}; results in {output_dir}/results.md", flush=True)
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
