@@ -240,3 +240,50 @@ def test_evaluate_on_uav75_tiles(setup, shared_data) -> None:
     assert rep["class_counts"] == {"background": 99, "crack": 52}
     assert sum(rep["counts"].values()) == 151 and rep["skipped"] == []
     assert all((out / f).is_file() for f in REPORT_FILES)
+
+
+_TF_FREE_WORKER = """
+import importlib.abc, importlib.machinery, json, os, sys
+
+class _NoTF(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    # "tensorflow" is found but fails to import, as on a machine without it.
+    def find_spec(self, name, path, target=None):
+        if name == "tensorflow" or name.startswith("tensorflow."):
+            return importlib.machinery.ModuleSpec(name, self)
+        return None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        raise ImportError("tensorflow blocked for this test")
+
+sys.meta_path.insert(0, _NoTF())
+os.environ["KERAS_BACKEND"] = "torch"
+from crack_tf.evaluate import evaluate
+
+rep = evaluate(sys.argv[1], sys.argv[2], threshold=float(sys.argv[3]), output_dir=sys.argv[4], loader="auto",
+               n_resamples=50, verbose=False)
+assert "tensorflow" not in sys.modules
+print("RESULT " + json.dumps({"counts": rep["counts"], "backend": rep["versions"]["backend"]}))
+"""
+
+
+def test_evaluate_without_tensorflow(setup) -> None:
+    """KERAS_BACKEND=torch with TensorFlow blocked: --loader=auto falls back to the NumPy loader."""
+    pytest.importorskip("torch")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    t = _threshold(setup)
+    out = setup["root"] / "out_torch"
+    proc = subprocess.run(
+        [sys.executable, "-c", _TF_FREE_WORKER, str(setup["model"]), str(setup["data"]), str(t), str(out)],
+        capture_output=True, text=True, env=env, timeout=300, cwd=root,
+    )  # fmt: skip
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    res = json.loads(lines[-1][len("RESULT ") :])
+    assert res["backend"] == "torch"
+    _, labels, probs = _direct(setup)
+    assert res["counts"] == {k: float(v) for k, v in _expected_counts(labels, probs, t).items()}
+    assert (out / "report.md").is_file()
