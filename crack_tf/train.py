@@ -58,6 +58,7 @@ def data_config(cfg: types.SimpleNamespace):
         source=source, path=path, image_size=cfg.image_size, small_policy=cfg.small_policy,
         flips=cfg.flips, rot90=cfg.rot90, brightness=cfg.brightness, contrast=cfg.contrast,
         balance=cfg.balance, deterministic=cfg.deterministic,
+        workers=cfg.loader_workers or min(8, os.cpu_count() or 1),
     )
 
 
@@ -201,10 +202,14 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
     train_eval = make_input(dcfg, cfg.train_split, training=False, global_batch_size=cfg.batch_size,
                             seed=cfg.seed, backend=cfg.loader, **shards)
     results["train"] = _evaluate(model, train_eval)
+    out_dir = rundir.output_dir(cfg.model_dir, runtime.is_chief)
+    model.save(os.path.join(out_dir, "final.keras"))  # every process: saving is collective
+    if state.get("best") is None:  # no validation: the final model is the best we know
+        model.save(os.path.join(out_dir, "best.keras"))
+    digest = rundir.weights_digest(model)
+    if runtime.num_processes > 1:
+        print(f"process {runtime.process_id}: weights_sha256={digest}", flush=True)
     if runtime.is_chief:
-        model.save(os.path.join(cfg.model_dir, "final.keras"))
-        if state.get("best") is None:  # no validation: the final model is the best we know
-            model.save(os.path.join(cfg.model_dir, "best.keras"))
         rundir.write_json(os.path.join(cfg.model_dir, "run.json"), {
             "config": vars(cfg), "class_names": list(CLASS_NAMES), "image_size": cfg.image_size,
             "small_policy": cfg.small_policy, "metrics": results,
@@ -215,7 +220,7 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
                         "devices": runtime.devices},
             "versions": rundir.versions(), "data": {"train": probe.class_counts, "steps_per_epoch": steps_per_epoch,
                                                     "skipped": probe.skipped},
-            "wall_seconds": time.time() - started,
+            "wall_seconds": time.time() - started, "weights_sha256": digest,
         })
     return results
 

@@ -175,13 +175,14 @@ class CheckpointAndBest(keras.callbacks.Callback):
     """Resumable checkpoints every N steps and each epoch; keeps ``best.keras``.
 
     ``state`` (``{"global_step", "best"}``) is shared with the trainer so a resumed run
-    continues with the best value seen before the interruption.
+    continues with the best value seen before the interruption. Every process saves
+    (a collective in multi-process runs); non-chief processes write to scratch.
     """
 
     def __init__(self, model_dir: str, every: int, monitor: str, mode: str, state: dict,
                  is_chief: bool = True):
         super().__init__()
-        self.model_dir = model_dir
+        self.model_dir = rundir.output_dir(model_dir, is_chief)
         self.every = every
         self.monitor = monitor
         self.better = np.greater if mode == "max" else np.less
@@ -190,8 +191,7 @@ class CheckpointAndBest(keras.callbacks.Callback):
 
     def _save(self):
         self.state["global_step"] = global_step(self.model)
-        if self.is_chief:
-            rundir.save_checkpoint(self.model, self.model_dir, self.state)
+        rundir.save_checkpoint(self.model, self.model_dir, self.state)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.every and global_step(self.model) % self.every == 0:
@@ -202,6 +202,5 @@ class CheckpointAndBest(keras.callbacks.Callback):
         if value is not None and (self.state.get("best") is None or self.better(value, self.state["best"])):
             self.state["best"] = float(value)
             self.state["best_epoch"] = epoch + 1
-            if self.is_chief:
-                self.model.save(os.path.join(self.model_dir, "best.keras"))
+            self.model.save(os.path.join(self.model_dir, "best.keras"))
         self._save()

@@ -61,6 +61,7 @@ _FLAG_TABLE = [
     ("enum", "balance", "none", "Class balancing: loss weights or oversampling.", BALANCE),
     ("enum", "loader", "auto", "Input pipeline: tf.data, NumPy PyDataset, or auto (tf.data if TF imports).",
      LOADERS),
+    ("integer", "loader_workers", 0, "NumPy loader threads; 0 = min(8, CPU count).", None),
     # Optimisation.
     ("integer", "batch_size", 32, "GLOBAL batch size (split across replicas).", None),
     ("integer", "epochs", 10, "Training epochs.", None),
@@ -104,7 +105,7 @@ FLAG_NAMES = tuple(row[1] for row in _FLAG_TABLE)
 
 # Flags that do not change what a run computes; they may differ when resuming.
 NON_IDENTITY_FLAGS = frozenset(
-    {"overwrite", "log_every", "tensorboard", "backend_check", "checkpoint_every",
+    {"overwrite", "log_every", "tensorboard", "backend_check", "checkpoint_every", "loader_workers",
      "coordinator_address", "process_id"}
 )
 

@@ -11,11 +11,13 @@ Layout of ``--model_dir``::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import shutil
 import sys
+import tempfile
 import types
 
 import keras
@@ -58,6 +60,27 @@ def prepare_model_dir(cfg: types.SimpleNamespace, is_chief: bool = True) -> None
         os.makedirs(cfg.model_dir, exist_ok=True)
         with open(path, "w") as f:
             json.dump(wanted, f, indent=2, sort_keys=True)
+
+
+def output_dir(model_dir: str, is_chief: bool) -> str:
+    """Where this process writes models and checkpoints.
+
+    Saving is a collective operation in multi-process JAX runs, so every process saves;
+    only the chief writes into ``model_dir``, the others into a private scratch folder.
+    """
+    if is_chief:
+        return model_dir
+    scratch = os.path.join(tempfile.gettempdir(), f"crack_tf_worker_{os.getpid()}")
+    os.makedirs(scratch, exist_ok=True)
+    return scratch
+
+
+def weights_digest(model: keras.Model) -> str:
+    """SHA-256 of all weights: equal digests mean identical replicas across processes."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight.value)).tobytes())
+    return digest.hexdigest()
 
 
 def _seed_states(model: keras.Model) -> list:

@@ -82,23 +82,26 @@ def _jax_runtime(cfg: types.SimpleNamespace) -> Runtime:
     import jax
 
     if cfg.num_processes > 1:
+        # Cross-process collectives of CPU arrays need gloo (tests, CPU clusters); GPU
+        # arrays use NCCL regardless of this setting.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         keras.distribution.initialize(
             job_addresses=cfg.coordinator_address,
             num_processes=cfg.num_processes,
             process_id=cfg.process_id,
         )
-    devices = jax.devices()
+    devices = keras.distribution.list_devices()  # all processes' devices
     if cfg.num_devices and cfg.num_processes == 1:
         if cfg.num_devices > len(devices):
             raise ValueError(f"--num_devices={cfg.num_devices} but only {len(devices)} JAX devices exist")
         devices = devices[: cfg.num_devices]
-    names = [f"{d.platform}:{d.id}" for d in devices]
     if cfg.strategy == "one_device" or len(devices) == 1:
-        return Runtime("jax", names[:1], "one_device", 1, jax.process_index(), jax.process_count())
+        return Runtime("jax", devices[:1], "one_device", 1, jax.process_index(), jax.process_count())
+    # Each process already reads only its own shard (make_input num_shards/shard_index).
     keras.distribution.set_distribution(
-        keras.distribution.DataParallel(devices=[f"{d.platform}:{d.id}" for d in devices])
+        keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
     )
-    return Runtime("jax", names, "data_parallel", len(devices), jax.process_index(), jax.process_count())
+    return Runtime("jax", devices, "data_parallel", len(devices), jax.process_index(), jax.process_count())
 
 
 def _single_runtime(backend: str) -> Runtime:
