@@ -31,6 +31,7 @@ import crack_tf
 from crack_tf import metrics as M
 
 FLAGS = flags.FLAGS
+ENDPOINTS = ("predict_images", "serving_default")  # SavedModel endpoints tried, in order
 Predictor = Callable[[np.ndarray], np.ndarray]
 
 
@@ -87,21 +88,33 @@ def _png_bytes(images: np.ndarray) -> list[bytes]:
     return out
 
 
+def _endpoint_input(fn: Any) -> tuple[str | None, Any]:
+    """(keyword name or None for positional, TensorSpec or None) of an endpoint's single input."""
+    signature = getattr(fn, "structured_input_signature", None)  # concrete signature function
+    if signature:
+        args, kwargs = signature
+        if kwargs:
+            return next(iter(kwargs.items()))
+        if args:
+            return None, args[0]
+    specs = getattr(fn, "input_signature", None)  # tf.function endpoint
+    return None, (specs[0] if specs else None)
+
+
 def _savedmodel_predictor(path: str) -> tuple[Predictor, dict[str, Any]]:
     import tensorflow as tf
 
     layer, endpoint = None, None
-    for endpoint in ("predict_images", "serving_default"):
+    for endpoint in ENDPOINTS:
         try:
             layer = keras.layers.TFSMLayer(path, call_endpoint=endpoint)
             break
         except ValueError:
             continue
     if layer is None:
-        raise ValueError(f"--model={path}: SavedModel has neither a 'predict_images' nor a 'serving_default' signature")
+        raise ValueError(f"--model={path}: the SavedModel has none of the endpoints {ENDPOINTS}")
     fn = layer.call_endpoint_fn
-    kwargs_spec = dict(fn.structured_input_signature[1]) if getattr(fn, "structured_input_signature", None) else {}
-    input_name, input_spec = next(iter(kwargs_spec.items()), (None, None))
+    input_name, input_spec = _endpoint_input(fn)
     meta = _read_json(os.path.join(path, "assets", "crack_tf_metadata.json"))
     run = _read_json(os.path.join(os.path.dirname(os.path.abspath(path.rstrip("/"))), "run.json"))
     size = meta.get("image_size") or run.get("image_size")

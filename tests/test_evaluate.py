@@ -188,7 +188,8 @@ def test_evaluate_keras_model(setup, loader) -> None:
     assert rep["picked_threshold"]["f1"] == pytest.approx(S.pick_threshold(probs, labels, "f1")["f1"], abs=1e-6)
 
 
-def test_evaluate_savedmodel(setup) -> None:
+def test_evaluate_savedmodel(setup, monkeypatch) -> None:
+    from crack_tf import evaluate as E
     from crack_tf import export
     from crack_tf.evaluate import evaluate
 
@@ -199,6 +200,11 @@ def test_evaluate_savedmodel(setup) -> None:
     out = setup["root"] / "out_sm"
     rep = evaluate(version_dir, str(setup["data"]), threshold=t, output_dir=str(out), n_resamples=50, verbose=False)
     assert rep["endpoint"] == "predict_images"
+    _check_report(out, setup, t)
+    # serving_default takes encoded image bytes: the evaluator sends PNGs of the cropped images
+    monkeypatch.setattr(E, "ENDPOINTS", ("serving_default",))
+    rep = evaluate(version_dir, str(setup["data"]), threshold=t, output_dir=str(out), n_resamples=50, verbose=False)
+    assert rep["endpoint"] == "serving_default"
     _check_report(out, setup, t)
 
 
