@@ -293,3 +293,19 @@ def test_evaluate_without_tensorflow(setup) -> None:
     _, labels, probs = _direct(setup)
     assert res["counts"] == {k: float(v) for k, v in _expected_counts(labels, probs, t).items()}
     assert (out / "report.md").is_file()
+
+
+def test_evaluate_tfrecords(setup) -> None:
+    """A TFRecord folder (detected by its sidecar) gives the same counts as the image folder."""
+    from crack_tf.data import DataConfig, list_folder
+    from crack_tf.data.tfrecord import write_sidecar, write_split
+    from crack_tf.evaluate import evaluate
+
+    data, rec = str(setup["data"]), str(setup["root"] / "records")
+    info = write_split(list_folder(data, "val", DataConfig(path=data)), data, rec, "val", 2)
+    write_sidecar(rec, {"val": info}, data)
+    t = _threshold(setup)
+    out = setup["root"] / "out_rec"
+    rep = evaluate(str(setup["model"]), rec, threshold=t, output_dir=str(out), n_resamples=50, verbose=False)
+    assert rep["source"] == "tfrecord"
+    _check_report(out, setup, t)

@@ -57,12 +57,13 @@ def build_report(
     pick: str | None = None,
     info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report dict; ``counts`` / ``keras_rates`` come from the streamed crack_tf.metrics."""
+    """The report dict. ``counts`` / ``keras_rates`` come from the streamed crack_tf.metrics; the
+    rates are reported from the float64 NumPy evaluation of the same formulas, checked against them."""
     point = stats.all_metrics(scores, labels, threshold)
     for name, value in keras_rates.items():  # the Keras metrics and NumPy must agree
         if not np.isclose(value, point[name], atol=1e-5):
             raise RuntimeError(f"metric {name}: Keras {value} != NumPy {point[name]}; please report this bug")
-    metrics = {name: keras_rates.get(name, point[name]) for name in METRIC_ORDER}
+    metrics = {name: point[name] for name in METRIC_ORDER}  # float64; same RATES formulas
     ci = stats.bootstrap_ci(scores, labels, threshold, n_resamples=n_resamples, seed=seed) if n_resamples else {}
     report = {
         **(info or {}),
