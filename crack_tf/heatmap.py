@@ -1,0 +1,354 @@
+"""Sliding-window crack heatmaps of photos of any size.
+
+  python -m crack_tf.heatmap --model=runs/uav75/best.keras photo.jpg [more.jpg ...] \\
+      --window=128 --stride=64 --output_dir=heatmaps --boxes=geojson
+
+Every ``window`` x ``window`` crop on a ``stride`` grid (the last row / column is shifted so
+the border is covered; photos smaller than a window are reflect-padded) is resized to the
+model input size with the evaluation's bilinear resize and classified; windows stream row by
+row in batches, so memory is the photo plus one batch, never all windows.
+
+Outputs per photo ``<stem>``:
+- ``<stem>_grid.npy``: float32 [rows, cols], p(crack) of each window (row-major window grid);
+- ``<stem>_heatmap.npy``: float16 [H, W], one value per pixel = the mean p(crack) of all windows
+  covering it (written band by band, never held whole in memory);
+- ``<stem>_overlay.png``: the photo (longest side <= --overlay_max_side) with the map in red;
+- ``<stem>_boxes.geojson`` / ``.csv``: crack boxes = 8-connected components of the window grid
+  thresholded at ``--threshold``; a box is the union of its windows (pixel coordinates, x right,
+  y down), with the max / mean p(crack) and the number of windows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from crack_tf.data.image_np import decode_image_np, resize_bilinear_np
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class Heatmap:
+    """The window grid of one photo and how it maps back to pixels."""
+
+    grid: np.ndarray  # float32 [ny, nx]
+    ys: np.ndarray  # window top rows
+    xs: np.ndarray  # window left columns
+    window: int
+    height: int
+    width: int
+    seconds: float
+
+    def pixel_map(self, rows: slice | None = None, scale: float = 1.0) -> np.ndarray:
+        """Mean p(crack) of the windows covering each pixel (rows of the map at ``1/scale`` size)."""
+        out_h, out_w = int(round(self.height / scale)), int(round(self.width / scale))
+        rows = rows or slice(0, out_h)
+        centres_y = (np.arange(out_h)[rows] + 0.5) * scale
+        centres_x = (np.arange(out_w) + 0.5) * scale
+        ay = _cover(centres_y, self.ys, self.window)
+        ax = _cover(centres_x, self.xs, self.window)
+        total = ay @ self.grid @ ax.T
+        count = np.outer(ay.sum(1), ax.sum(1))
+        return (total / np.maximum(count, 1)).astype(np.float32)
+
+
+def _cover(centres: np.ndarray, starts: np.ndarray, window: int) -> np.ndarray:
+    """[len(centres), len(starts)] float32: 1 where the window starting there covers the pixel."""
+    return ((centres[:, None] >= starts[None, :]) & (centres[:, None] < starts[None, :] + window)).astype(np.float32)
+
+
+def window_starts(length: int, window: int, stride: int) -> np.ndarray:
+    """Start offsets on a ``stride`` grid, the last one moved so the window ends at the border."""
+    if length <= window:
+        return np.zeros(1, dtype=np.int64)
+    starts = list(range(0, length - window + 1, stride))
+    if starts[-1] != length - window:
+        starts.append(length - window)
+    return np.asarray(starts, dtype=np.int64)
+
+
+def _windows(photo: np.ndarray, ys: np.ndarray, xs: np.ndarray, window: int, size: int,
+             batch: int) -> Iterator[np.ndarray]:
+    """Batches of resized windows, row-major; at most ``batch`` windows exist at a time."""
+    buf = np.empty((batch, size, size, 3), dtype=np.uint8)
+    n = 0
+    for y in ys:
+        for x in xs:
+            crop = photo[y : y + window, x : x + window]
+            buf[n] = crop if window == size else resize_bilinear_np(crop, size, size)
+            n += 1
+            if n == batch:
+                yield buf
+                n = 0
+    if n:
+        yield buf[:n]
+
+
+def _pad_to_window(photo: np.ndarray, window: int) -> np.ndarray:
+    h, w = photo.shape[:2]
+    if h >= window and w >= window:
+        return photo
+    ph, pw = max(window - h, 0), max(window - w, 0)
+    return np.pad(photo, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
+
+
+def sliding_heatmap(predict: Predictor, photo: np.ndarray, image_size: int, window: int = 128,
+                    stride: int = 64, batch: int = 64, progress: bool | None = None) -> Heatmap:
+    """Classifies every window of ``photo`` (uint8 HxWx3) with ``predict`` (uint8 [B,S,S,3] -> p [B])."""
+    if window < 1 or stride < 1 or batch < 1:
+        raise ValueError(f"--window ({window}), --stride ({stride}) and --batch ({batch}) must be >= 1")
+    started = time.perf_counter()
+    height, width = photo.shape[:2]
+    padded = _pad_to_window(photo, window)
+    ys = window_starts(padded.shape[0], window, stride)
+    xs = window_starts(padded.shape[1], window, stride)
+    total = len(ys) * len(xs)
+    probs = np.empty(total, dtype=np.float32)
+    show = total >= 2000 if progress is None else progress
+    done = 0
+    for images in _windows(padded, ys, xs, window, image_size, batch):
+        p = np.asarray(predict(images), dtype=np.float32).reshape(-1)
+        if p.shape[0] != images.shape[0]:
+            raise ValueError(f"the model returned {p.shape[0]} probabilities for {images.shape[0]} windows")
+        probs[done : done + len(p)] = p
+        done += len(p)
+        if show:
+            frac = done / total
+            sys.stderr.write(f"\r  windows [{'#' * int(30 * frac):<30}] {done}/{total} "
+                             f"({done / max(time.perf_counter() - started, 1e-9):.0f}/s)")
+            sys.stderr.flush()
+    if show:
+        sys.stderr.write("\n")
+    return Heatmap(probs.reshape(len(ys), len(xs)), ys, xs, window, height, width,
+                   time.perf_counter() - started)
+
+
+def write_pixel_map(heatmap: Heatmap, path: str, band: int = 256) -> None:
+    """Writes the per-pixel float16 map as ``.npy`` band by band (bounded memory)."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f2")), "fortran_order": False,
+                "shape": (heatmap.height, heatmap.width)})
+        for top in range(0, heatmap.height, band):
+            rows = slice(top, min(top + band, heatmap.height))
+            f.write(heatmap.pixel_map(rows).astype("<f2").tobytes())
+
+
+def _components(mask: np.ndarray) -> list[list[tuple[int, int]]]:
+    """8-connected components of a small boolean grid (BFS)."""
+    seen = np.zeros_like(mask, dtype=bool)
+    comps = []
+    for start in zip(*np.nonzero(mask)):
+        if seen[start]:
+            continue
+        seen[start] = True
+        stack, comp = [start], []
+        while stack:
+            i, j = stack.pop()
+            comp.append((int(i), int(j)))
+            for di in (-1, 0, 1):
+                for dj in (-1, 0, 1):
+                    a, b = i + di, j + dj
+                    if 0 <= a < mask.shape[0] and 0 <= b < mask.shape[1] and mask[a, b] and not seen[a, b]:
+                        seen[a, b] = True
+                        stack.append((a, b))
+        comps.append(comp)
+    return comps
+
+
+def crack_boxes(heatmap: Heatmap, threshold: float = 0.5) -> list[dict]:
+    """Boxes (x0, y0, x1, y1 exclusive, clipped to the photo) of the thresholded window grid."""
+    boxes = []
+    for comp in _components(heatmap.grid > threshold):
+        ii, jj = np.array([c[0] for c in comp]), np.array([c[1] for c in comp])
+        values = heatmap.grid[ii, jj]
+        boxes.append({
+            "x0": int(heatmap.xs[jj].min()), "y0": int(heatmap.ys[ii].min()),
+            "x1": int(min(heatmap.xs[jj].max() + heatmap.window, heatmap.width)),
+            "y1": int(min(heatmap.ys[ii].max() + heatmap.window, heatmap.height)),
+            "max_prob": float(values.max()), "mean_prob": float(values.mean()), "windows": len(comp),
+        })
+    return sorted(boxes, key=lambda b: -b["max_prob"])
+
+
+def write_boxes(boxes: list[dict], path: str, fmt: str, photo_name: str) -> None:
+    if fmt == "csv":
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["photo", "x0", "y0", "x1", "y1", "max_prob", "mean_prob", "windows"])
+            writer.writeheader()
+            writer.writerows({"photo": photo_name, **b} for b in boxes)
+        return
+    features = [{"type": "Feature", "properties": {"photo": photo_name, **{k: b[k] for k in
+                                                                           ("max_prob", "mean_prob", "windows")}},
+                 "geometry": {"type": "Polygon", "coordinates": [[[b["x0"], b["y0"]], [b["x1"], b["y0"]],
+                                                                  [b["x1"], b["y1"]], [b["x0"], b["y1"]],
+                                                                  [b["x0"], b["y0"]]]]}} for b in boxes]
+    with open(path, "w") as f:
+        json.dump({"type": "FeatureCollection", "properties": {"coordinates": "pixels, x right, y down"},
+                   "features": features}, f)
+
+
+def write_overlay(photo: np.ndarray, heatmap: Heatmap, path: str, max_side: int = 2048) -> None:
+    """The photo (downscaled to ``max_side``) blended with the map in red."""
+    from PIL import Image
+
+    scale = max(1.0, max(heatmap.height, heatmap.width) / max_side)
+    img = Image.fromarray(photo)
+    if scale > 1:
+        img = img.resize((int(round(heatmap.width / scale)), int(round(heatmap.height / scale))), Image.BILINEAR)
+    base = np.asarray(img, dtype=np.float32)
+    prob = heatmap.pixel_map(scale=scale)[: base.shape[0], : base.shape[1], None]
+    red = np.array([255.0, 0.0, 0.0], dtype=np.float32)
+    alpha = 0.6 * prob
+    out = base * (1 - alpha) + red * alpha
+    Image.fromarray(np.clip(out, 0, 255).astype(np.uint8)).save(path)
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation with a (2r+1)^2 square via 2-D cumulative sums."""
+    if radius <= 0:
+        return mask.astype(bool)
+    h, w = mask.shape
+    c = np.pad(mask.astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    y0 = np.clip(np.arange(h) - radius, 0, h)
+    y1 = np.clip(np.arange(h) + radius + 1, 0, h)
+    x0 = np.clip(np.arange(w) - radius, 0, w)
+    x1 = np.clip(np.arange(w) + radius + 1, 0, w)
+    s = c[y1][:, x1] - c[y0][:, x1] - c[y1][:, x0] + c[y0][:, x0]
+    return s > 0
+
+
+def pixel_metrics(prob_map: np.ndarray, mask: np.ndarray, threshold: float = 0.5,
+                  tolerance: int = 64) -> dict:
+    """Pixel IoU / F1 of ``prob_map > threshold`` against a UAV75 mask (channel 0 or 2-D).
+
+    Mask values: 255 = crack (positive); 204 = planking joint and 0 = background (negative).
+    Strict: every pixel counts. Tolerant (labels are 1-3 px lines): a crack pixel is found if
+    a predicted pixel lies within ``tolerance`` px (Chebyshev); a predicted pixel is correct if a
+    crack pixel lies within ``tolerance`` px; F1 from those recall / precision, IoU = F1/(2-F1).
+    Also the fraction of planking-joint pixels predicted positive. Returns the counts too, so
+    several photos can be pooled with :func:`pool_metrics`.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    if mask.shape != prob_map.shape:
+        raise ValueError(f"mask shape {mask.shape} != map shape {prob_map.shape}")
+    crack, joint, pred = mask == 255, mask == 204, prob_map > threshold
+    near_crack, near_pred = _dilate(crack, tolerance), _dilate(pred, tolerance)
+    counts = {
+        "tp": int((pred & crack).sum()), "fp": int((pred & ~crack).sum()), "fn": int((~pred & crack).sum()),
+        "crack_found": int((crack & near_pred).sum()), "crack": int(crack.sum()),
+        "pred_near_crack": int((pred & near_crack).sum()), "pred": int(pred.sum()),
+        "joint_pred": int((joint & pred).sum()), "joint": int(joint.sum()),
+    }
+    return pool_metrics([counts])
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+def pool_metrics(items: Sequence[dict]) -> dict:
+    """Sums the counts of several photos and recomputes the metrics (micro average)."""
+    keys = ("tp", "fp", "fn", "crack_found", "crack", "pred_near_crack", "pred", "joint_pred", "joint")
+    c = {k: sum(int(it[k]) for it in items) for k in keys}
+    recall_t, precision_t = _ratio(c["crack_found"], c["crack"]), _ratio(c["pred_near_crack"], c["pred"])
+    f1_t = _ratio(2 * precision_t * recall_t, precision_t + recall_t)
+    return {
+        **c,
+        "iou": _ratio(c["tp"], c["tp"] + c["fp"] + c["fn"]),
+        "f1": _ratio(2 * c["tp"], 2 * c["tp"] + c["fp"] + c["fn"]),
+        "tolerant_recall": recall_t, "tolerant_precision": precision_t, "tolerant_f1": f1_t,
+        "tolerant_iou": _ratio(f1_t, 2 - f1_t),
+        "joint_positive_rate": _ratio(c["joint_pred"], c["joint"]),
+    }
+
+
+def load_photo(path: str) -> np.ndarray:
+    try:
+        return decode_image_np(path)
+    except Exception as e:  # noqa: BLE001  (re-raised naming the file)
+        raise ValueError(f"{path}: cannot read this photo ({e}); pass a JPEG/PNG/BMP/TIFF image") from e
+
+
+def process_photo(predict: Predictor, image_size: int, path: str, output_dir: str, window: int, stride: int,
+                  batch: int, threshold: float, boxes: str = "geojson", overlay_max_side: int = 2048) -> dict:
+    """Heatmap of one photo file, written to ``output_dir``; returns a summary dict."""
+    photo = load_photo(path)
+    heatmap = sliding_heatmap(predict, photo, image_size, window, stride, batch)
+    stem = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0])
+    np.save(stem + "_grid.npy", heatmap.grid)
+    write_pixel_map(heatmap, stem + "_heatmap.npy")
+    write_overlay(photo, heatmap, stem + "_overlay.png", overlay_max_side)
+    found = crack_boxes(heatmap, threshold)
+    if boxes != "none":
+        write_boxes(found, f"{stem}_boxes.{boxes}", boxes, os.path.basename(path))
+    mpix = heatmap.height * heatmap.width / 1e6
+    return {"photo": path, "height": heatmap.height, "width": heatmap.width, "windows": int(heatmap.grid.size),
+            "max_prob": float(heatmap.grid.max()), "boxes": len(found), "seconds": heatmap.seconds,
+            "seconds_per_megapixel": heatmap.seconds / max(mpix, 1e-9)}
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("model", None, ".keras file or SavedModel folder (crack_tf.train / export output).",
+                        required=True)
+    flags.DEFINE_integer("window", 128, "Window side in photo pixels (resized to the model input size).")
+    flags.DEFINE_integer("stride", 64, "Window step in pixels.")
+    flags.DEFINE_integer("batch", 64, "Windows per model call.")
+    flags.DEFINE_string("output_dir", "heatmaps", "Where the maps, overlays and boxes go.")
+    flags.DEFINE_float("threshold", 0.5, "Crack iff p(crack) > threshold (boxes).")
+    flags.DEFINE_enum("boxes", "geojson", ["geojson", "csv", "none"], "Crack-box file format.")
+    flags.DEFINE_integer("overlay_max_side", 2048, "Longest side of the overlay PNG.")
+    flags.DEFINE_integer("image_size", None, "Model input size if neither run.json nor the model fixes it.")
+
+
+def main(argv: list[str]) -> int:
+    from absl import app, flags
+
+    from crack_tf.evaluate import load_predictor
+
+    photos = argv[1:]
+    if not photos:
+        raise app.UsageError("pass one or more photo paths after the flags")
+    missing = [p for p in photos if not os.path.isfile(p)]
+    if missing:
+        raise app.UsageError(f"photo(s) not found: {missing}")
+    cfg = flags.FLAGS
+    predict, info = load_predictor(cfg.model)
+    size = cfg.image_size or info.get("image_size")
+    if not size:
+        raise app.UsageError(f"--model={cfg.model}: its input size is unknown; pass --image_size")
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    total_s, total_mp = 0.0, 0.0
+    for i, path in enumerate(photos, 1):
+        s = process_photo(predict, int(size), path, cfg.output_dir, cfg.window, cfg.stride, cfg.batch,
+                          cfg.threshold, cfg.boxes, cfg.overlay_max_side)
+        total_s += s["seconds"]
+        total_mp += s["height"] * s["width"] / 1e6
+        print(f"[{i}/{len(photos)}] {path}: {s['width']}x{s['height']}, {s['windows']} windows, "
+              f"max p={s['max_prob']:.3f}, {s['boxes']} boxes, {s['seconds']:.1f}s", flush=True)
+    print(f"summary: {len(photos)} photos, {total_mp:.1f} MP in {total_s:.1f}s "
+          f"({total_s / max(total_mp, 1e-9):.2f} s/MP); outputs in {cfg.output_dir}", flush=True)
+    return 0
+
+
+def run() -> None:
+    from absl import app
+
+    _define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
