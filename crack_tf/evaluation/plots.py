@@ -35,7 +35,7 @@ def confusion_png(matrix: Any, path: str | os.PathLike, title: str = "") -> None
     ax.set_yticks([0, 1], [f"true {c}" for c in CLASS_NAMES])
     ax.set_title(title or "confusion matrix")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -57,7 +57,7 @@ def pr_curve_png(
         ax.legend(loc="lower left", fontsize=8)
     ax.set_title(title or "precision-recall")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -85,5 +85,5 @@ def error_grid_png(
             ax.axis("on")
         row += n_rows
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
