@@ -186,11 +186,11 @@ def run_predictions(predict: Predictor, split: Any, threshold: float, worst: int
     scores, labels = [], []
     bar = keras.utils.Progbar(split.steps_per_epoch, unit_name="batch") if verbose else None
     for step, (images, y) in enumerate(_batches(split.dataset), start=1):
-        p = np.asarray(predict(images), np.float64).reshape(-1)
+        p = np.asarray(predict(images), np.float32).reshape(-1)
         y = np.asarray(y).reshape(-1).astype(np.int64)
         for m in streaming:
-            m.update_state(y, p.astype(np.float32))
-        for j in np.flatnonzero((p > threshold) != (y == 1)):
+            m.update_state(y, p)
+        for j in np.flatnonzero((p > np.float32(threshold)) != (y == 1)):
             i = len(scores) + j
             name = names[i] if i < len(names) else f"#{i}"
             (fps if y[j] == 0 else fns).push(float(p[j]), np.asarray(images[j]), name)
@@ -202,7 +202,7 @@ def run_predictions(predict: Predictor, split: Any, threshold: float, worst: int
         raise ValueError("the split produced no examples")
     tp, fp, tn, fn = (float(v) for v in keras.ops.convert_to_numpy(keras.ops.stack(streaming[-1].counts())))
     return {
-        "scores": np.asarray(scores, np.float32).astype(np.float64),
+        "scores": np.asarray(scores, np.float64),  # float32 values
         "labels": np.asarray(labels, np.int64),
         "names": names if len(names) == len(scores) else [f"#{i}" for i in range(len(scores))],
         "counts": {"tp": tp, "fp": fp, "tn": tn, "fn": fn},

@@ -92,6 +92,23 @@ def test_pick_threshold_errors() -> None:
         S.pick_threshold([0.2, 0.7], [0, 0], "f1")
 
 
+def test_report_float32_ties_match_keras() -> None:
+    """Scores exactly float32(threshold): the report counts them as the Keras metrics do (not crack)."""
+    from crack_tf import metrics as M
+    from crack_tf.evaluation.report import build_report
+
+    scores = np.array([0.3, 0.3, 0.9, 0.1], np.float32)
+    labels = np.array([1, 0, 1, 0])
+    ms = [*M.default_metrics(0.3, from_logits=False), M.ConfusionMatrix(0.3, from_logits=False)]
+    for m in ms:
+        m.update_state(labels, scores)
+    tp, fp, tn, fn = (float(v) for v in ms[-1].counts())
+    rates = {m.name: float(m.result()) for m in ms[:-1]}
+    rep = build_report(scores.astype(np.float64), labels, 0.3, {"tp": tp, "fp": fp, "tn": tn, "fn": fn}, rates, 20)
+    assert rep["counts"] == {"tp": 1.0, "fp": 0.0, "tn": 2.0, "fn": 1.0}
+    assert rep["metrics"]["recall"] == 0.5 and rep["metrics"]["precision"] == 1.0
+
+
 # ---------------------------------------------------------------- the tool end to end
 
 

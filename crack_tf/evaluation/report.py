@@ -59,12 +59,14 @@ def build_report(
 ) -> dict[str, Any]:
     """The report dict. ``counts`` / ``keras_rates`` come from the streamed crack_tf.metrics; the
     rates are reported from the float64 NumPy evaluation of the same formulas, checked against them."""
-    point = stats.all_metrics(scores, labels, threshold)
+    # Scores are float32 model outputs; compare as the Keras metric (and torch) do, in float32.
+    t32 = float(np.float32(threshold))
+    point = stats.all_metrics(scores, labels, t32)
     for name, value in keras_rates.items():  # the Keras metrics and NumPy must agree
         if not np.isclose(value, point[name], atol=1e-5):
             raise RuntimeError(f"metric {name}: Keras {value} != NumPy {point[name]}; please report this bug")
     metrics = {name: point[name] for name in METRIC_ORDER}  # float64; same RATES formulas
-    ci = stats.bootstrap_ci(scores, labels, threshold, n_resamples=n_resamples, seed=seed) if n_resamples else {}
+    ci = stats.bootstrap_ci(scores, labels, t32, n_resamples=n_resamples, seed=seed) if n_resamples else {}
     report = {
         **(info or {}),
         "num_examples": int(len(labels)),
