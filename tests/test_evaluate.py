@@ -113,7 +113,7 @@ def test_report_float32_ties_match_keras() -> None:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def ctx(tmp_path_factory):
     import keras
 
     import crack_tf.models as models
@@ -132,20 +132,20 @@ def setup(tmp_path_factory):
     return {"root": root, "data": pathlib.Path(data), "model": model_path, "keras_model": model}
 
 
-def _direct(setup) -> tuple[list[str], np.ndarray, np.ndarray]:
+def _direct(ctx) -> tuple[list[str], np.ndarray, np.ndarray]:
     """p(crack) from the in-memory model on images decoded and cropped independently of the tool."""
     from crack_tf.data import decode_image_np, eval_transform_np
 
     files, labels = [], []
     for label, cls in enumerate(("background", "crack")):
-        for p in sorted((setup["data"] / "val" / cls).glob("*.png")):
+        for p in sorted((ctx["data"] / "val" / cls).glob("*.png")):
             files.append(p.name)
             labels.append(label)
     images = np.stack(
-        [eval_transform_np(decode_image_np(str(setup["data"] / "val" / ("crack" if y else "background") / f)), 64)
+        [eval_transform_np(decode_image_np(str(ctx["data"] / "val" / ("crack" if y else "background") / f)), 64)
          for f, y in zip(files, labels)]  # fmt: skip
     ).astype("float32")
-    logits = np.asarray(setup["keras_model"].predict(images, verbose=0), np.float64)
+    logits = np.asarray(ctx["keras_model"].predict(images, verbose=0), np.float64)
     return files, np.asarray(labels), 1 / (1 + np.exp(logits[:, 0] - logits[:, 1]))
 
 
@@ -159,11 +159,11 @@ def _expected_counts(labels, probs, t):
     }
 
 
-def _check_report(out: pathlib.Path, setup, threshold: float, worst: int = 16) -> dict:
+def _check_report(out: pathlib.Path, ctx, threshold: float, worst: int = 16) -> dict:
     for f in REPORT_FILES:
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     rep = json.loads((out / "report.json").read_text())
-    files, labels, probs = _direct(setup)
+    files, labels, probs = _direct(ctx)
     # threshold near the data so both predicted classes occur; no sample within 1e-4 of it
     assert np.abs(probs - threshold).min() > 1e-4
     want = _expected_counts(labels, probs, threshold)
@@ -184,81 +184,81 @@ def _check_report(out: pathlib.Path, setup, threshold: float, worst: int = 16) -
     return rep
 
 
-def _threshold(setup) -> float:
-    _, _, probs = _direct(setup)
+def _threshold(ctx) -> float:
+    _, _, probs = _direct(ctx)
     q = np.sort(probs)
     k = int(np.argmax(np.diff(q)[5:-5])) + 5  # the widest gap away from both ends
     return float((q[k] + q[k + 1]) / 2)
 
 
 @pytest.mark.parametrize("loader", ["tf", "numpy"])
-def test_evaluate_keras_model(setup, loader) -> None:
+def test_evaluate_keras_model(ctx, loader) -> None:
     from crack_tf.evaluate import evaluate
 
-    t = _threshold(setup)
-    out = setup["root"] / f"out_{loader}"
-    rep = evaluate(str(setup["model"]), str(setup["data"]), threshold=t, output_dir=str(out), loader=loader,
+    t = _threshold(ctx)
+    out = ctx["root"] / f"out_{loader}"
+    rep = evaluate(str(ctx["model"]), str(ctx["data"]), threshold=t, output_dir=str(out), loader=loader,
                    batch_size=7, n_resamples=200, pick_threshold="f1", worst=4, verbose=False)  # fmt: skip
-    _check_report(out, setup, t, worst=4)
+    _check_report(out, ctx, t, worst=4)
     assert rep["image_size"] == 64 and rep["loader"] == loader
-    _, labels, probs = _direct(setup)
+    _, labels, probs = _direct(ctx)
     assert rep["picked_threshold"]["f1"] == pytest.approx(S.pick_threshold(probs, labels, "f1")["f1"], abs=1e-6)
 
 
-def test_evaluate_savedmodel(setup, monkeypatch) -> None:
+def test_evaluate_savedmodel(ctx, monkeypatch) -> None:
     from crack_tf import evaluate as E
     from crack_tf import export
     from crack_tf.evaluate import evaluate
 
-    model = setup["keras_model"]
-    meta = export.build_metadata(model, {}, 64, "resize", str(setup["model"]))
-    version_dir = export.export_saved_model(model, str(setup["root"] / "export"), meta, warmup=False)
-    t = _threshold(setup)
-    out = setup["root"] / "out_sm"
-    rep = evaluate(version_dir, str(setup["data"]), threshold=t, output_dir=str(out), n_resamples=50, verbose=False)
+    model = ctx["keras_model"]
+    meta = export.build_metadata(model, {}, 64, "resize", str(ctx["model"]))
+    version_dir = export.export_saved_model(model, str(ctx["root"] / "export"), meta, warmup=False)
+    t = _threshold(ctx)
+    out = ctx["root"] / "out_sm"
+    rep = evaluate(version_dir, str(ctx["data"]), threshold=t, output_dir=str(out), n_resamples=50, verbose=False)
     assert rep["endpoint"] == "predict_images"
-    _check_report(out, setup, t)
+    _check_report(out, ctx, t)
     # serving_default takes encoded image bytes: the evaluator sends PNGs of the cropped images
     monkeypatch.setattr(E, "ENDPOINTS", ("serving_default",))
-    rep = evaluate(version_dir, str(setup["data"]), threshold=t, output_dir=str(out), n_resamples=50, verbose=False)
+    rep = evaluate(version_dir, str(ctx["data"]), threshold=t, output_dir=str(out), n_resamples=50, verbose=False)
     assert rep["endpoint"] == "serving_default"
-    _check_report(out, setup, t)
+    _check_report(out, ctx, t)
 
 
-def test_python_dash_m(setup) -> None:
+def test_python_dash_m(ctx) -> None:
     root = pathlib.Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    t = _threshold(setup)
-    out = setup["root"] / "out_cli"
-    cmd = [sys.executable, "-m", "crack_tf.evaluate", f"--model={setup['model']}", f"--data={setup['data']}",
+    t = _threshold(ctx)
+    out = ctx["root"] / "out_cli"
+    cmd = [sys.executable, "-m", "crack_tf.evaluate", f"--model={ctx['model']}", f"--data={ctx['data']}",
            f"--output_dir={out}", f"--threshold={t}", "--pick_threshold=precision@0.9", "--bootstrap=100"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "precision@0.9 picks threshold" in proc.stdout and "report written" in proc.stdout
-    rep = _check_report(out, setup, t)
+    rep = _check_report(out, ctx, t)
     assert rep["picked_threshold"]["recall"] >= 0.9
 
 
-def test_bad_inputs(setup, tmp_path) -> None:
+def test_bad_inputs(ctx, tmp_path) -> None:
     from crack_tf.evaluate import evaluate
 
     with pytest.raises(FileNotFoundError, match="nonexistent.keras"):
-        evaluate(str(tmp_path / "nonexistent.keras"), str(setup["data"]))
+        evaluate(str(tmp_path / "nonexistent.keras"), str(ctx["data"]))
     with pytest.raises(ValueError, match="saved_model.pb"):
-        evaluate(str(tmp_path), str(setup["data"]))
+        evaluate(str(tmp_path), str(ctx["data"]))
     with pytest.raises(ValueError, match="pick_threshold"):
-        evaluate(str(setup["model"]), str(setup["data"]), pick_threshold="precision@2")
+        evaluate(str(ctx["model"]), str(ctx["data"]), pick_threshold="precision@2")
     with pytest.raises(ValueError, match="threshold"):
-        evaluate(str(setup["model"]), str(setup["data"]), threshold=1.5)
+        evaluate(str(ctx["model"]), str(ctx["data"]), threshold=1.5)
 
 
 @pytest.mark.shared_data
-def test_evaluate_on_uav75_tiles(setup, shared_data) -> None:
+def test_evaluate_on_uav75_tiles(ctx, shared_data) -> None:
     """Real tiles (128 px PNG, center-cropped to 64): every image counted, classes as documented."""
     from crack_tf.evaluate import evaluate
 
-    out = setup["root"] / "out_uav75"
-    rep = evaluate(str(setup["model"]), str(shared_data / "uav75_tiles"), output_dir=str(out), loader="numpy",
+    out = ctx["root"] / "out_uav75"
+    rep = evaluate(str(ctx["model"]), str(shared_data / "uav75_tiles"), output_dir=str(out), loader="numpy",
                    batch_size=32, n_resamples=50, worst=4, verbose=False)  # fmt: skip
     assert rep["class_counts"] == {"background": 99, "crack": 52}
     assert sum(rep["counts"].values()) == 151 and rep["skipped"] == []
@@ -292,37 +292,37 @@ print("RESULT " + json.dumps({"counts": rep["counts"], "backend": rep["versions"
 """
 
 
-def test_evaluate_without_tensorflow(setup) -> None:
+def test_evaluate_without_tensorflow(ctx) -> None:
     """KERAS_BACKEND=torch with TensorFlow blocked: --loader=auto falls back to the NumPy loader."""
     pytest.importorskip("torch")
     root = pathlib.Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    t = _threshold(setup)
-    out = setup["root"] / "out_torch"
+    t = _threshold(ctx)
+    out = ctx["root"] / "out_torch"
     proc = subprocess.run(
-        [sys.executable, "-c", _TF_FREE_WORKER, str(setup["model"]), str(setup["data"]), str(t), str(out)],
+        [sys.executable, "-c", _TF_FREE_WORKER, str(ctx["model"]), str(ctx["data"]), str(t), str(out)],
         capture_output=True, text=True, env=env, timeout=300, cwd=root,
     )  # fmt: skip
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     res = json.loads(lines[-1][len("RESULT ") :])
     assert res["backend"] == "torch"
-    _, labels, probs = _direct(setup)
+    _, labels, probs = _direct(ctx)
     assert res["counts"] == {k: float(v) for k, v in _expected_counts(labels, probs, t).items()}
     assert (out / "report.md").is_file()
 
 
-def test_evaluate_tfrecords(setup) -> None:
+def test_evaluate_tfrecords(ctx) -> None:
     """A TFRecord folder (detected by its sidecar) gives the same counts as the image folder."""
     from crack_tf.data import DataConfig, list_folder
     from crack_tf.data.tfrecord import write_sidecar, write_split
     from crack_tf.evaluate import evaluate
 
-    data, rec = str(setup["data"]), str(setup["root"] / "records")
+    data, rec = str(ctx["data"]), str(ctx["root"] / "records")
     info = write_split(list_folder(data, "val", DataConfig(path=data)), data, rec, "val", 2)
     write_sidecar(rec, {"val": info}, data)
-    t = _threshold(setup)
-    out = setup["root"] / "out_rec"
-    rep = evaluate(str(setup["model"]), rec, threshold=t, output_dir=str(out), n_resamples=50, verbose=False)
+    t = _threshold(ctx)
+    out = ctx["root"] / "out_rec"
+    rep = evaluate(str(ctx["model"]), rec, threshold=t, output_dir=str(out), n_resamples=50, verbose=False)
     assert rep["source"] == "tfrecord"
-    _check_report(out, setup, t)
+    _check_report(out, ctx, t)
