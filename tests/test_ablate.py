@@ -160,3 +160,43 @@ def test_grid_killed_after_first_run_resumes_without_redoing_it(tmp_path):
     acc = json.loads((tmp_path / "grid" / "b_s0" / "run.json").read_text())["metrics"]["val"]["accuracy"]
     assert f"| b | zhang2016 | 1 | {100 * acc:.2f} |" in md
     assert (tmp_path / "grid" / "logs" / "b_s0.log").read_text().count("=== ") >= 1
+
+
+FAKE_TRAINER = r"""
+import json, os, sys, time
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if "=" in a)
+start = time.time()
+time.sleep(0.6)
+os.makedirs(args["model_dir"], exist_ok=True)
+m = {"accuracy": 0.5 + 0.1 * int(args["seed"]), "precision": 0.5, "recall": 0.5, "f1": 0.5,
+     "missed_alarm_rate": 0.5, "false_alarm_rate": 0.5, "loss": 0.7}
+env = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "XLA_PYTHON_CLIENT_MEM_FRACTION")}
+json.dump({"config": {"model": "zhang2016", "seed": int(args["seed"]), "lr": float(args["lr"])},
+           "metrics": {"val": m, "train": m}, "best": {"epoch": 1}, "env": env, "span": [start, time.time()]},
+          open(os.path.join(args["model_dir"], "run.json"), "w"))
+"""
+
+
+def test_parallel_runs_overlap_and_get_their_own_gpu(tmp_path, monkeypatch):
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAINER)
+    monkeypatch.setattr(ablate.Launcher, "command", staticmethod(lambda run: [sys.executable, str(script), *run.args]))
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+    runs = ablate.build_runs("ours", "b.cfg", ["a:lr=0.1", "b:lr=0.2"], [0, 1], str(tmp_path / "g"), [])
+    lines = []
+    ablate.run_grid(runs, str(tmp_path / "g"), "ours", parallel=2, gpus=["0", "1"], log=lines.append)
+    assert [r.status for r in runs] == ["done"] * 4
+    rjs = [json.loads((tmp_path / "g" / r.name / "run.json").read_text()) for r in runs]
+    assert {rj["env"]["XLA_PYTHON_CLIENT_MEM_FRACTION"] for rj in rjs} == {"0.45"}
+    spans = sorted(rj["span"] for rj in rjs)
+    assert spans[1][0] < spans[0][1]  # two runs at the same time...
+    assert max(sum(s[0] < t < s[1] for s in spans) for t in [s[0] + 0.01 for s in spans]) <= 2  # ...never three
+    for i, a in enumerate(spans):  # concurrent runs hold different GPUs
+        for b in spans[i + 1:]:
+            if b[0] < a[1]:
+                ra = next(rj for rj in rjs if rj["span"] == a)
+                rb = next(rj for rj in rjs if rj["span"] == b)
+                assert ra["env"]["CUDA_VISIBLE_DEVICES"] != rb["env"]["CUDA_VISIBLE_DEVICES"]
+    md = (tmp_path / "g" / "results.md").read_text()
+    assert "| a | zhang2016 | 2 | 55.00 ± 7.07 |" in md
+    assert sum(ln.startswith("done") for ln in lines) == 4

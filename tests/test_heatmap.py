@@ -155,3 +155,30 @@ def test_cli_writes_maps_overlay_and_boxes(tmp_path):
     bad = subprocess.run(cmd[:-1] + [str(tmp_path / "bad.jpg")], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode != 0 and "bad.jpg: cannot read this photo" in bad.stderr
+
+
+def test_heatmap_eval_tool_on_photos_with_masks(tmp_path):
+    model = darkness_model(32)
+    model.save(tmp_path / "m.keras")
+    for sub in ("images", "masks"):
+        (tmp_path / "val" / sub).mkdir(parents=True)
+    for i in range(2):
+        photo, crack = crack_photo(seed=i)
+        mask = np.where(crack, 255, 0).astype(np.uint8)
+        mask[350, 20:200] = 204  # a planking joint, drawn faintly in the photo (not dark enough to fire)
+        photo[350, 20:200] = 120
+        Image.fromarray(photo).save(tmp_path / "val" / "images" / f"p{i}.jpg", quality=95)
+        Image.fromarray(np.stack([mask] * 3 + [np.full_like(mask, 255)], -1)).save(tmp_path / "val" / "masks" / f"p{i}.png")
+    cmd = [sys.executable, os.path.join(REPO, "tools", "heatmap_eval.py"), f"--model={tmp_path / 'm.keras'}",
+           f"--data={tmp_path / 'val'}", "--window=64", "--stride=32", "--image_size=32",
+           f"--json_out={tmp_path / 'e.json'}"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "summary: 2 photos" in done.stdout and "s/MP" in done.stdout
+    report = json.loads((tmp_path / "e.json").read_text())
+    pooled = report["pooled"]
+    assert report["tolerance"] == 32 and len(report["photos"]) == 2
+    assert pooled["tolerant_recall"] == 1.0 and pooled["joint_positive_rate"] == 0.0
+    assert pooled["crack"] == 2 * int(crack.sum()) and 0 < pooled["iou"] < 0.2  # a window map vs 3-px lines
+    assert pooled["tolerant_precision"] > 0.3
