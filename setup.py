@@ -21,6 +21,7 @@ setup(
         "pillow",
         "tensorflow-datasets",
         "importlib_resources",  # TFDS builder code needs it
+        "matplotlib",  # evaluation report plots
     ],
     extras_require={
         "cpu": ["tensorflow-cpu>=2.16", "tensorboard"],
@@ -35,6 +36,7 @@ setup(
     entry_points={
         "console_scripts": [
             "crack-tf-train=crack_tf.train:run",
+            "crack-tf-evaluate=crack_tf.evaluate:run",
         ]
     },
 )
