@@ -68,6 +68,24 @@ def test_shipped_grids_use_real_trainer_flags_and_paper_rows(path):
     assert os.path.isfile(os.path.join(REPO, base))
 
 
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "ablation_*.cfg"))))
+def test_every_shipped_grid_run_is_a_valid_trainer_command(path, monkeypatch):
+    from crack_tf.training import flags as train_flags
+
+    monkeypatch.chdir(REPO)
+    lines = [ln.strip() for ln in open(path) if ln.strip() and not ln.startswith("#")]
+    get = lambda key: [ln.split("=", 1)[1] for ln in lines if ln.startswith(f"--{key}=")]  # noqa: E731
+    runs = ablate.build_runs(get("table")[0], get("base_flagfile")[0], get("row"), [0], "runs/x", [])
+    for run in runs:
+        cfg = train_flags.parse_args(run.args)  # raises on unknown flags / bad combinations
+        assert cfg.model_dir == run.model_dir and cfg.seed == 0
+        for key, value in run.options.items():
+            assert ablate._norm(getattr(cfg, key)) == value or ablate._same_number(value, getattr(cfg, key))
+        if run.row == "zhang2016":
+            assert (cfg.model, cfg.image_size, cfg.data_dir) == ("zhang2016", 99, "../shared/data/uav75_tiles")
+    train_flags.FLAGS.unparse_flags()
+
+
 def _fake_run(model_dir, acc, seed, lr=0.01):
     os.makedirs(model_dir, exist_ok=True)
     m = {"accuracy": acc, "precision": 0.8, "recall": 0.6, "f1": 0.685, "missed_alarm_rate": 0.4,
