@@ -195,12 +195,13 @@ def read_json(path: str) -> dict | None:
         return None
 
 
-def child_env(slot_gpu: str | None, parallel: int) -> dict:
+def child_env(slot_gpu: str | None, per_gpu: int) -> dict:
+    """The trainer's environment; ``per_gpu`` = how many runs may share one GPU."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if parallel > 1:  # several processes share a GPU: no process may grab all of its memory
-        env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / parallel:.2f}")
+    if per_gpu > 1:  # several processes share a GPU: no process may grab all of its memory
+        env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / per_gpu:.2f}")
         env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
     if slot_gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot_gpu
@@ -215,6 +216,7 @@ class Launcher:
         self.slots: queue.Queue = queue.Queue()
         for i in range(self.parallel):
             self.slots.put(gpus[i % len(gpus)] if gpus else None)
+        self.per_gpu = -(-self.parallel // max(1, len(gpus)))
         self.procs: set[subprocess.Popen] = set()
         self.lock = threading.Lock()
 
@@ -227,7 +229,7 @@ class Launcher:
                 log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command(run))}\n")
                 log.flush()
                 proc = subprocess.Popen(self.command(run), stdout=log, stderr=subprocess.STDOUT,
-                                        env=child_env(gpu, self.parallel))
+                                        env=child_env(gpu, self.per_gpu))
                 with self.lock:
                     self.procs.add(proc)
                 code = proc.wait()

@@ -62,6 +62,7 @@ def define_flags() -> None:
     flags.DEFINE_float("bn_momentum", 0.9, "BatchNorm momentum.")
     flags.DEFINE_integer("seed", 0, "Seed of the weights, tiles, crops and augmentation.")
     flags.DEFINE_integer("log_every", 50, "Steps per progress line.")
+    flags.DEFINE_integer("data_workers", 4, "Threads building batches (simclr crops are CPU-heavy).")
     flags.DEFINE_enum("precision", "float32", ["float32", "bf16"], "Compute precision (bf16 on GPUs).")
     # synthetic
     flags.DEFINE_integer("tile_size", 0, "Synthetic tile size (0 = image_size); larger tiles are randomly cropped.")
@@ -202,7 +203,7 @@ def pretrain(mode: str, output: str, image_size: int = 128, steps: int = 100, ba
              lr: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0, log_every: int = 50,
              tile_size: int = 0, num_tiles: int = 8192, workers: int = 0, photos: list[str] | None = None,
              crop: int = 128, temperature: float = 0.2, bn_momentum: float = 0.9, precision: str = "float32",
-             save_model: str | None = None) -> dict:
+             save_model: str | None = None, data_workers: int = 1) -> dict:
     """Runs the pretraining and saves the backbone; returns the sidecar record."""
     if not output.endswith(".weights.h5"):
         raise ValueError(f"--output={output} must end in .weights.h5 (Keras' weights format)")
@@ -230,7 +231,8 @@ def pretrain(mode: str, output: str, image_size: int = 128, steps: int = 100, ba
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) if supervised
                   else nt_xent(temperature),
                   metrics=["sparse_categorical_accuracy"] if supervised else None)
-    batches = Batches(lambda i: make_batch(mode, i, batch_size, image_size, seed, **data), log_every)
+    batches = Batches(lambda i: make_batch(mode, i, batch_size, image_size, seed, **data), log_every,
+                      workers=max(1, data_workers), max_queue_size=max(10, 2 * data_workers))
     print(f"pretrain {mode}: {epochs * log_every} steps x {batch_size} at {image_size} px, "
           f"backend {keras.backend.backend()}, params {backbone.count_params():,}", flush=True)
     history = model.fit(batches, epochs=epochs, verbose=1 if sys.stdout.isatty() else 2)
@@ -257,7 +259,8 @@ def main(argv: list[str]) -> int:
     try:
         pretrain(FLAGS.mode, FLAGS.output, FLAGS.image_size, FLAGS.steps, FLAGS.batch_size, FLAGS.lr,
                  FLAGS.weight_decay, FLAGS.seed, FLAGS.log_every, FLAGS.tile_size, FLAGS.num_tiles, FLAGS.workers,
-                 FLAGS.photos, FLAGS.crop, FLAGS.temperature, FLAGS.bn_momentum, FLAGS.precision, FLAGS.save_model)
+                 FLAGS.photos, FLAGS.crop, FLAGS.temperature, FLAGS.bn_momentum, FLAGS.precision, FLAGS.save_model,
+                 FLAGS.data_workers)
     except (ValueError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from e
     return 0
