@@ -303,15 +303,16 @@ def markdown(table: str, results: list[dict], row_order: list[str]) -> str:
     """Paper-shaped Markdown: one line per grid row, mean ± std over seeds (percent)."""
     paper = PAPER.get(table, {})
     lines = [f"## {table}", "",
-             "Val/train accuracy, P, R, F1, MA, FA in percent, mean ± sample std over n seeds; paper = its "
-             "train / test accuracy (different data: the paper's test set is not available).", "",
+             "Val/train accuracy, P, R, F1, MA, FA (of the final model, on val) in percent, mean ± sample std "
+             "over n seeds; best ep = epoch(s) of the best val accuracy; paper = its train / test accuracy "
+             "(different data: the paper's test set is not available).", "",
              "| row | options | n | val acc | train acc | P | R | F1 | MA | FA | best ep | s/run | paper train | "
              "paper test |", "|" + "---|" * 14]
     for name in row_order:
         rs = [r for r in results if r["row"] == name]
+        p_train, p_test = paper.get(name, (None, None))
         if not rs:
-            lines.append(f"| {name} | (not run) | 0 |" + " - |" * 9 + f" {_paper((paper.get(name) or (None,))[0])} | "
-                         f"{_paper((paper.get(name) or (None, None))[1])} |")
+            lines.append(f"| {name} | (not run) | 0 |" + " - |" * 9 + f" {_paper(p_train)} | {_paper(p_test)} |")
             continue
         cells = [_pct([r[f"val_{k}"] for r in rs]) for k in ("accuracy",)]
         cells.append(_pct([r["train_accuracy"] for r in rs]))
@@ -319,7 +320,6 @@ def markdown(table: str, results: list[dict], row_order: list[str]) -> str:
                   ("precision", "recall", "f1", "missed_alarm_rate", "false_alarm_rate")]
         epochs = sorted({str(r["best_epoch"]) for r in rs})
         secs = [float(r["wall_seconds"]) for r in rs if r["wall_seconds"] != ""]
-        p_train, p_test = paper.get(name, (None, None))
         lines.append(f"| {name} | {options_text(rs[0])} | {len(rs)} | " + " | ".join(cells)
                      + f" | {','.join(epochs)} | {statistics.fmean(secs) if secs else 0:.0f} | "
                      f"{_paper(p_train)} | {_paper(p_test)} |")
