@@ -113,14 +113,15 @@ def sliding_heatmap(predict: Predictor, photo: np.ndarray, image_size: int, wind
     total = len(ys) * len(xs)
     probs = np.empty(total, dtype=np.float32)
     show = total >= 2000 if progress is None else progress
-    done = 0
+    done, last_draw = 0, 0.0
     for images in _windows(padded, ys, xs, window, image_size, batch):
         p = np.asarray(predict(images), dtype=np.float32).reshape(-1)
         if p.shape[0] != images.shape[0]:
             raise ValueError(f"the model returned {p.shape[0]} probabilities for {images.shape[0]} windows")
         probs[done : done + len(p)] = p
         done += len(p)
-        if show:
+        if show and (done == total or time.perf_counter() - last_draw > 0.2):
+            last_draw = time.perf_counter()
             frac = done / total
             sys.stderr.write(f"\r  windows [{'#' * int(30 * frac):<30}] {done}/{total} "
                              f"({done / max(time.perf_counter() - started, 1e-9):.0f}/s)")
@@ -201,7 +202,8 @@ def write_overlay(photo: np.ndarray, heatmap: Heatmap, path: str, max_side: int 
     from PIL import Image
 
     scale = max(1.0, max(heatmap.height, heatmap.width) / max_side)
-    img = Image.fromarray(photo)
+    step = int(scale)  # subsample first (a view) so PIL never copies a huge photo
+    img = Image.fromarray(np.ascontiguousarray(photo[::step, ::step]) if step > 1 else photo)
     if scale > 1:
         img = img.resize((int(round(heatmap.width / scale)), int(round(heatmap.height / scale))), Image.BILINEAR)
     base = np.asarray(img, dtype=np.float32)
