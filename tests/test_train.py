@@ -56,7 +56,8 @@ def test_flagfile_then_command_line_override(tmp_path):
 
 def test_every_shipped_config_parses():
     configs = os.path.join(REPO, "configs")
-    names = sorted(f for f in os.listdir(configs) if f.endswith(".cfg"))
+    # ablation_*.cfg are flagfiles of tools/ablate.py, not of the trainer.
+    names = sorted(f for f in os.listdir(configs) if f.endswith(".cfg") and not f.startswith("ablation_"))
     assert "quickstart.cfg" in names
     for name in names:
         cfg = train_flags.parse_args([f"--flagfile={os.path.join(configs, name)}", "--data_dir=/some/where"])
