@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from crack_tf.models.aspp import ASPP, IMPLS, resolve_impl
+from crack_tf.models.aspp import ASPP, IMPLS, _accelerator_present, resolve_impl
 
 pytestmark = pytest.mark.parity
 FAST_IMPLS = [impl for impl in IMPLS if impl not in ("auto", "separable")]
@@ -111,5 +111,12 @@ def test_checkpoint_loads_across_impls(save_impl, load_impl, data, tmp_path):
 
 def test_auto_resolves_to_a_concrete_impl():
     assert resolve_impl("auto") in IMPLS[1:]
+    assert resolve_impl("dense", "bfloat16") == "dense"
+    if not _accelerator_present():  # the CPU choice depends on the compute dtype
+        assert resolve_impl("auto", "float32") == "separable"
+        assert resolve_impl("auto", "bfloat16") == "dense_s2b"
+        layer = ASPP(dtype="mixed_bfloat16")
+        layer.build((1, 8, 8, 4))
+        assert layer._resolved_impl == "dense_s2b"
     with pytest.raises(ValueError, match="impl must be one of"):
         ASPP(impl="winograd")
