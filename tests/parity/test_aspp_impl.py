@@ -120,3 +120,17 @@ def test_auto_resolves_to_a_concrete_impl():
         assert layer._resolved_impl == "dense_s2b"
     with pytest.raises(ValueError, match="impl must be one of"):
         ASPP(impl="winograd")
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_mixed_bfloat16_close_to_float32(impl, data):
+    """Under mixed_bfloat16 every impl stays within bf16 rounding of the float32 reference."""
+    x, _ = data
+    ref_layer = _layer("separable")
+    layer = ASPP(rates=RATES, impl=impl, dtype="mixed_bfloat16", name="aspp")
+    layer.build(SHAPE)
+    layer.set_weights(ref_layer.get_weights())
+    expected = keras.ops.convert_to_numpy(ref_layer(x, training=True))
+    got = keras.ops.convert_to_numpy(keras.ops.cast(layer(x, training=True), "float32"))
+    assert keras.backend.standardize_dtype(layer(x).dtype) == "bfloat16"
+    np.testing.assert_allclose(got, expected, atol=5e-2 * float(np.abs(expected).max()), rtol=0)
