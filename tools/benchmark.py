@@ -7,7 +7,7 @@ steps are excluded, every step is synchronised. One JSON line per result, then a
 table (each model vs plain resnet50 of the same implementation; keras vs torch).
 
   KERAS_BACKEND=jax python tools/benchmark.py --models=resnet50,resnet50_aspp \
-      --aspp_impls=dense,taps --batch=128 --size=224 --precision=bf16 --json_out=bench.jsonl
+      --aspp_impls=dense_s2b,dense --batch=128 --size=224 --precision=bf16 --json_out=bench.jsonl
   python tools/benchmark.py --models=aspp_module ...     # the ASPP layer alone (micro)
   python tools/benchmark.py --check_curves               # float32 vs bf16 loss curves
 
