@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import importlib.util
 import json
 import os
 import signal
@@ -14,18 +13,12 @@ import time
 
 import pytest
 
+from tests.tool_loader import load_tool
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_ablate():
-    spec = importlib.util.spec_from_file_location("ablate_tool", os.path.join(REPO, "tools", "ablate.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ablate = _load_ablate()
+ablate = load_tool("ablate")
 
 
 def test_parse_row_and_extra():

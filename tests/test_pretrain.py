@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,18 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.tool_loader import load_tool
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("pretrain_tool", os.path.join(REPO, "tools", "pretrain.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-pt = _load_tool()
+pt = load_tool("pretrain")
 
 
 @pytest.fixture
