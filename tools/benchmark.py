@@ -214,6 +214,7 @@ def keras_child(spec: dict) -> None:
             raise SystemExit(f"keras backend {backend} is not benchmarked; use jax or tensorflow")
         result = dict(spec, mode=mode, backend=backend, **_time(run, FLAGS.warmup, FLAGS.steps))
         result["peak_bytes"] = _peak_bytes()
+        result["tensorflow_imported"] = "tensorflow" in sys.modules  # must stay False on JAX
         print("RESULT " + json.dumps(result), flush=True)
 
 
