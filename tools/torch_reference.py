@@ -19,16 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crack_tf.models.resnet_aspp import STAGE_CHANNELS, STAGE_ENDS  # Keras' names and widths
+
 BN_EPS = 1.001e-5
 STAGES = (("conv2", 64, 3, 1), ("conv3", 128, 4, 2), ("conv4", 256, 6, 2), ("conv5", 512, 3, 2))
-STAGE_ENDS = {
-    "conv1": "pool1_pool",
-    "layer1": "conv2_block3_out",
-    "layer2": "conv3_block4_out",
-    "layer3": "conv4_block6_out",
-    "layer4": "conv5_block3_out",
-}
-STAGE_CHANNELS = {"conv1": 64, "layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
 

@@ -13,12 +13,13 @@ from collections.abc import Sequence
 
 from absl import flags
 
+from crack_tf.models.aspp import IMPLS as ASPP_IMPLS
+
 FLAGS = flags.FLAGS
 
 MODELS = ("resnet50", "resnet50_aspp", "zhang2016")
 STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
 FUSIONS = ("max", "sum", "concat")
-ASPP_IMPLS = ("auto", "separable", "dense")
 DATA_SOURCES = ("synthetic", "folder", "tfrecord", "tfds")
 SMALL_POLICIES = ("resize", "pad")
 BALANCE = ("none", "class_weight", "oversample")
