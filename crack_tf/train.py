@@ -28,6 +28,7 @@ from crack_tf.training import rundir  # noqa: E402
 from crack_tf.training.optim import SparseCrossEntropy, effective_lr, make_optimizer  # noqa: E402
 from crack_tf.training.runtime import (  # noqa: E402
     Runtime,
+    accelerator_present,
     jit_setting,
     make_runtime,
     seed_everything,
@@ -242,8 +243,8 @@ def main(argv: list[str]) -> None:
     runtime = make_runtime(cfg)
     if cfg.backend_check:
         print(runtime.describe())
-        print(f"keras={keras.__version__} replicas={runtime.num_replicas} accelerator="
-              f"{any(t in d.lower() for d in runtime.devices for t in ('gpu', 'cuda', 'tpu'))}")
+        print(f"keras={keras.__version__} replicas={runtime.num_replicas} "
+              f"accelerator={accelerator_present(runtime)}")
         return
     train_flags.check_replicas(cfg, runtime.num_replicas)
     started = time.time()

@@ -161,3 +161,13 @@ def test_kill9_mid_epoch_then_resume_gives_identical_weights(tmp_path):
     assert len(straight) == len(resumed)
     for a, b in zip(straight, resumed):
         np.testing.assert_array_equal(a, b)
+
+
+def test_backend_check_reports_replicas_and_exits(tmp_path):
+    proc = _run_train(["--backend_check", "--strategy=mirrored", "--num_devices=2",
+                       f"--model_dir={tmp_path / 'unused'}"])
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-2000:]
+    assert "backend=tensorflow strategy=mirrored replicas=2" in out
+    assert "accelerator=False" in out
+    assert not (tmp_path / "unused").exists()  # nothing trained, nothing written
