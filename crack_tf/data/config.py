@@ -52,6 +52,7 @@ class DataConfig:
     max_pixels: int = 64_000_000
     num_parallel_calls: int = -1  # tf.data map parallelism; -1 = AUTOTUNE
     workers: int = 1  # NumPy loader: keras PyDataset worker threads
+    cache_mb: int = 1024  # NumPy loader: decoded, upscaled images kept in memory per process
 
     def __post_init__(self) -> None:
         for name, allowed in (

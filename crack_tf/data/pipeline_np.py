@@ -12,12 +12,37 @@ Never imports TensorFlow.
 from __future__ import annotations
 
 import math
+import os
+import threading
 
 import keras
 import numpy as np
 
 from crack_tf.data.config import DataConfig, epoch_indices
-from crack_tf.data.image_np import decode_image_np, eval_transform_np, train_transform_np
+from crack_tf.data.image_np import decode_image_np, eval_transform_np, fit_small_np, train_transform_np
+
+# Decoded images, already made >= image_size (the deterministic first step of both
+# transforms), shared by every loader of this process: the trainer builds a new loader each
+# epoch, and decoding + upscaling is most of the NumPy loader's time. Keyed by the file's
+# identity (path, mtime, size), so a changed file is decoded again.
+_FITTED: dict[tuple, np.ndarray] = {}
+_FITTED_BYTES = [0]
+_FITTED_LOCK = threading.Lock()
+
+
+def fitted_image(path: str, image_size: int, small_policy: str, cache_mb: int) -> np.ndarray:
+    """``fit_small_np(decode_image_np(path))``, cached up to ``cache_mb`` MB per process."""
+    stat = os.stat(path)
+    key = (path, stat.st_mtime_ns, stat.st_size, image_size, small_policy)
+    image = _FITTED.get(key)
+    if image is None:
+        image = fit_small_np(decode_image_np(path), image_size, small_policy)
+        image.setflags(write=False)
+        with _FITTED_LOCK:
+            if _FITTED_BYTES[0] + image.nbytes <= cache_mb * 2**20:
+                _FITTED[key] = image
+                _FITTED_BYTES[0] += image.nbytes
+    return image
 
 
 class FolderPyDataset(keras.utils.PyDataset):
@@ -70,13 +95,13 @@ class FolderPyDataset(keras.utils.PyDataset):
         """Element ``g`` of this shard's training stream (or eval element ``g``)."""
         cfg = self.config
         if not self.training:
-            return eval_transform_np(decode_image_np(self.paths[g]), cfg.image_size, cfg.small_policy), int(
-                self.labels[g]
-            )
+            image = fitted_image(self.paths[g], cfg.image_size, cfg.small_policy, cfg.cache_mb)
+            return eval_transform_np(image, cfg.image_size, cfg.small_policy), int(self.labels[g])
         epoch, pos = divmod(g, len(self._index))
         i = int(self._perm(epoch)[pos])
         image = train_transform_np(
-            decode_image_np(self.paths[i]), self.seed, g * self.num_shards + self.shard_index,
+            fitted_image(self.paths[i], cfg.image_size, cfg.small_policy, cfg.cache_mb),
+            self.seed, g * self.num_shards + self.shard_index,
             cfg.image_size, cfg.small_policy, cfg.flips, cfg.rot90, cfg.brightness, cfg.contrast,
         )  # fmt: skip
         return image, int(self.labels[i])
