@@ -37,6 +37,7 @@ setup(
         "console_scripts": [
             "crack-tf-train=crack_tf.train:run",
             "crack-tf-evaluate=crack_tf.evaluate:run",
+            "crack-tf-heatmap=crack_tf.heatmap:run",
         ]
     },
 )
