@@ -135,14 +135,16 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
     policy = set_precision(cfg, runtime)
     rundir.prepare_model_dir(cfg, runtime.is_chief)
     dcfg = data_config(cfg)
-    shards = {"num_shards": runtime.num_processes, "shard_index": runtime.process_id}
-    probe = make_input(dcfg, cfg.train_split, training=True, global_batch_size=cfg.batch_size,
-                       seed=cfg.seed, backend=cfg.loader, **shards)
+
+    def split_input(split: str, training: bool, skip_batches: int = 0):
+        """This process' shard of ``split`` with the run's batch, seed and loader."""
+        return make_input(dcfg, split, training=training, global_batch_size=cfg.batch_size, seed=cfg.seed,
+                          backend=cfg.loader, num_shards=runtime.num_processes,
+                          shard_index=runtime.process_id, skip_batches=skip_batches)
+
+    probe = split_input(cfg.train_split, training=True)
     steps_per_epoch = cfg.steps_per_epoch or probe.steps_per_epoch
-    val_input = None
-    if cfg.val_split:
-        val_input = make_input(dcfg, cfg.val_split, training=False, global_batch_size=cfg.batch_size,
-                               seed=cfg.seed, backend=cfg.loader, **shards)
+    val_input = split_input(cfg.val_split, training=False) if cfg.val_split else None
     print(f"data: {cfg.train_split}={probe.num_examples} {probe.class_counts} "
           f"{cfg.val_split}={val_input.num_examples if val_input else 0}; skipped "
           f"{len(probe.skipped) + (len(val_input.skipped) if val_input else 0)} unreadable files", flush=True)
@@ -186,8 +188,7 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
             print(f"epoch {epoch + 1}: backbone unfrozen", flush=True)
         done = cb.global_step(model)
         remaining = (epoch + 1) * steps_per_epoch - done
-        train_input = make_input(dcfg, cfg.train_split, training=True, global_batch_size=cfg.batch_size,
-                                 seed=cfg.seed, backend=cfg.loader, skip_batches=done, **shards)
+        train_input = split_input(cfg.train_split, training=True, skip_batches=done)
         model.fit(
             train_input.dataset,
             initial_epoch=epoch,
@@ -200,9 +201,7 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
         )
 
     results = {"val": _evaluate(model, val_input) if val_input else {}}
-    train_eval = make_input(dcfg, cfg.train_split, training=False, global_batch_size=cfg.batch_size,
-                            seed=cfg.seed, backend=cfg.loader, **shards)
-    results["train"] = _evaluate(model, train_eval)
+    results["train"] = _evaluate(model, split_input(cfg.train_split, training=False))
     out_dir = rundir.output_dir(cfg.model_dir, runtime.is_chief)
     model.save(os.path.join(out_dir, "final.keras"))  # every process: saving is collective
     if state.get("best") is None:  # no validation: the final model is the best we know

@@ -18,11 +18,8 @@ def _scalar(value) -> float:
 
 
 def current_lr(model: keras.Model) -> float:
-    opt = model.optimizer
-    lr = opt.learning_rate
-    if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):  # pragma: no cover
-        lr = lr(opt.iterations)
-    return _scalar(lr)
+    """The learning rate now (Keras evaluates a schedule at the optimizer's step)."""
+    return _scalar(model.optimizer.learning_rate)
 
 
 def global_step(model: keras.Model) -> int:

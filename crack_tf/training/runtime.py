@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import types
 
 import keras
@@ -147,8 +146,6 @@ def seed_everything(cfg: types.SimpleNamespace) -> None:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    if cfg.deterministic:
-        os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
 
 
 def jit_setting(cfg: types.SimpleNamespace) -> bool | str:
