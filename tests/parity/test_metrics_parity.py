@@ -287,6 +287,9 @@ _MIRRORED_WORKER = textwrap.dedent(
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="logits")])
+        # Fixed weights (not a random init): the scores, and their distance to both thresholds, are
+        # then the same on every run.
+        model.get_layer("logits").set_weights([rng.normal(size=(4, 2)).astype("float32"), np.zeros(2, "float32")])
         # `metrics` ignore sample weights (Keras), `weighted_metrics` use them: check both.
         metrics = [FirstReplicaCount(), M.ConfusionMatrix(threshold=0.3, name="confusion_matrix@0.3")]
         metrics += [type(m)(threshold=0.3, name=f"{m.name}@0.3") for m in M.default_metrics(0.3)]
