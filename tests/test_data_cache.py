@@ -40,3 +40,29 @@ def test_cache_limit_is_respected(tmp_path):
     b = fitted_image(path, 64, "resize", cache_mb=0)
     assert a is not b
     np.testing.assert_array_equal(a, b)
+
+
+def test_relisting_reads_only_changed_files_and_sees_a_newly_broken_one(tmp_path, monkeypatch):
+    from crack_tf.data import listing
+    from tests.test_data_common import make_folder
+
+    root = make_folder(tmp_path / "data", splits=("train",), n=4)
+    first = listing.list_folder(root, "train")
+    assert len(first.paths) == 8 and not first.skipped
+
+    reads = []
+    real_check = listing.check_file
+    monkeypatch.setattr(listing, "check_file", lambda p, c=None: reads.append(p) or real_check(p, c))
+    again = listing.list_folder(root, "train")
+    assert again.paths == first.paths and reads == []  # unchanged: no header re-read
+
+    broken = first.paths[0]
+    data = open(broken, "rb").read()
+    with open(broken, "wb") as f:
+        f.write(data[: len(data) // 2])  # truncated: size (and mtime) change
+    third = listing.list_folder(root, "train")
+    assert reads == [broken]
+    assert broken not in third.paths and [p for p, _ in third.skipped] == [broken]
+    # a different validation setting is a different check: every file is read again
+    listing.list_folder(root, "train", listing.DataConfig(validate="full"))
+    assert len(reads) == 1 + 8

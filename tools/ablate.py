@@ -372,11 +372,12 @@ def run_grid(runs: list[Run], output_dir: str, table: str, parallel: int = 1, gp
     started, finished = time.time(), 0
     try:
         with cf.ThreadPoolExecutor(max_workers=launcher.parallel) as pool:
-            futures = []
-            for run in todo:
+            def start(run: Run) -> Run:
                 resume = os.path.isfile(os.path.join(run.model_dir, "ckpt", "state.json"))
                 log(f"start   {run.name}{' (resuming from its checkpoint)' if resume else ''}; log {run.log}")
-                futures.append(pool.submit(launcher.run, run))
+                return launcher.run(run)
+
+            futures = [pool.submit(start, run) for run in todo]  # "start" is logged when a slot frees
             for fut in cf.as_completed(futures):
                 run = fut.result()
                 finished += 1

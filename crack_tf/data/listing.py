@@ -79,7 +79,15 @@ def check_file(path: str | os.PathLike, config: DataConfig | None = None) -> Fil
     return FileCheck(None, needs_pil=needs_pil, size=(w, h))
 
 
+_REPORTED: set[tuple[str, str]] = set()
+
+
 def report_skipped(skipped: list[tuple[str, str]], where: str) -> None:
+    """Logs skipped files (at most _MAX_LOGGED by name) once: a re-listing of the same folder
+    (the trainer's next epoch) with nothing new skipped logs nothing."""
+    if not skipped or _REPORTED.issuperset(skipped):
+        return
+    _REPORTED.update(skipped)
     for path, reason in skipped[:_MAX_LOGGED]:
         log.warning("skipped %s: %s", path, reason)
     if len(skipped) > _MAX_LOGGED:
@@ -119,9 +127,36 @@ def candidate_files(class_dir: pathlib.Path) -> tuple[list[str], list[tuple[str,
     return files, skipped
 
 
+#: Results of check_file by (path, size, mtime_ns, validation settings): the trainer lists a
+#: split again every epoch, and re-reading every header of a large folder would cost seconds.
+#: A changed file (size or mtime) is checked again. Bounded: cleared when it reaches the limit.
+_CHECKED: dict[tuple, FileCheck] = {}
+_CHECKED_MAX = 2_000_000
+
+
+def _check_key(path: str, config: DataConfig) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # let check_file report it
+    return (path, st.st_size, st.st_mtime_ns, config.validate, config.min_side, config.max_pixels)
+
+
 def check_files(paths: list[str], config: DataConfig, threads: int = 8) -> list[FileCheck]:
+    """check_file of every path (threaded); files unchanged since an earlier call are not re-read."""
+    keys = [_check_key(p, config) for p in paths]
+    todo = [p for p, k in zip(paths, keys) if k is None or k not in _CHECKED]
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(lambda p: check_file(p, config), paths))
+        fresh = dict(zip(todo, pool.map(lambda p: check_file(p, config), todo)))
+    if len(_CHECKED) + len(fresh) > _CHECKED_MAX:
+        _CHECKED.clear()
+    out = []
+    for p, k in zip(paths, keys):
+        chk = fresh[p] if p in fresh else _CHECKED[k]
+        if k is not None:
+            _CHECKED[k] = chk
+        out.append(chk)
+    return out
 
 
 def list_folder(root: str | os.PathLike, split: str, config: DataConfig | None = None) -> Listing:
