@@ -1,7 +1,9 @@
 """The road-crack CNN of Zhang et al. (ICIP 2016), the paper's non-ResNet baseline.
 
 99x99x3 input; conv 4x4x48 + maxpool; conv 5x5x48 + maxpool; conv 3x3x48 + maxpool;
-conv 4x4x48 + maxpool; FC 200 + dropout 0.5; FC 2. Takes raw 0-255 RGB.
+conv 4x4x48 + maxpool; FC 200 + dropout 0.5; FC 2. Takes raw 0-255 RGB and scales it to [-1, 1]
+inside the model: with [0, 1] inputs (mean ~0.7 on concrete) the ReLU stack sat on a plateau at
+loss ln 2 and predicted one class on the UAV75 tiles (docs/RESULTS.md, Zhang baseline).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ def build_zhang2016(
 ) -> keras.Model:
     """Builds the Zhang 2016 CNN with float32 logits."""
     inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
     for i, k in enumerate(_CONV_KERNELS, start=1):
         x = keras.layers.Conv2D(48, k, activation="relu", name=f"conv{i}")(x)
         x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
