@@ -171,7 +171,7 @@ def test_heatmap_eval_tool_on_photos_with_masks(tmp_path):
         Image.fromarray(np.stack([mask] * 3 + [np.full_like(mask, 255)], -1)).save(tmp_path / "val" / "masks" / f"p{i}.png")
     cmd = [sys.executable, os.path.join(REPO, "tools", "heatmap_eval.py"), f"--model={tmp_path / 'm.keras'}",
            f"--data={tmp_path / 'val'}", "--window=64", "--stride=32", "--image_size=32",
-           f"--json_out={tmp_path / 'e.json'}"]
+           f"--json_out={tmp_path / 'e.json'}", f"--figure={tmp_path / 'maps.png'}"]
     done = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -182,3 +182,5 @@ def test_heatmap_eval_tool_on_photos_with_masks(tmp_path):
     assert pooled["tolerant_recall"] == 1.0 and pooled["joint_positive_rate"] == 0.0
     assert pooled["crack"] == 2 * int(crack.sum()) and 0 < pooled["iou"] < 0.2  # a window map vs 3-px lines
     assert pooled["tolerant_precision"] > 0.3
+    with Image.open(tmp_path / "maps.png") as fig:  # two panels side by side
+        assert fig.width > fig.height > 100

@@ -39,6 +39,8 @@ flags.DEFINE_integer("tolerance", None, "Tolerant-metric radius in px (default w
 flags.DEFINE_integer("image_size", None, "Model input size if neither run.json nor the model fixes it.")
 flags.DEFINE_string("output_dir", None, "Also write each photo's heatmap outputs here.")
 flags.DEFINE_string("json_out", None, "Write per-photo and pooled metrics as JSON.")
+flags.DEFINE_string("figure", None, "Write a PNG grid of every photo's p(crack) map with its mask drawn on it "
+                    "(red = crack, white = planking joint); the photo itself is not shown.")
 FLAGS = flags.FLAGS
 
 _SHOWN = ("iou", "f1", "tolerant_precision", "tolerant_recall", "tolerant_f1", "joint_positive_rate")
@@ -61,6 +63,34 @@ def _line(name: str, m: dict) -> str:
     return f"{name:<16}" + " ".join(f"{m[k]:>8.4f}" for k in _SHOWN)
 
 
+def save_figure(path: str, panels: list[tuple[str, object, object]], threshold: float) -> None:
+    """One panel per photo: the map (viridis, 0..1), crack-mask pixels red, joint pixels white,
+    the map's threshold contour black."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cols = min(5, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (name, pmap, mask) in zip(axes.flat, panels):
+        rgb = plt.get_cmap("viridis")(np.clip(pmap, 0, 1))[..., :3]
+        rgb[mask == 204] = 1.0
+        rgb[mask == 255] = (1.0, 0.0, 0.0)
+        ax.imshow(rgb)
+        ax.contour(pmap > threshold, levels=[0.5], colors="black", linewidths=0.8)
+        ax.set_title(name, fontsize=9)
+    fig.suptitle(f"p(crack) map (viridis 0..1), map > {threshold} outlined; mask: red crack, white joint",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def main(argv: list[str]) -> int:
     from crack_tf.evaluate import load_predictor
 
@@ -77,7 +107,7 @@ def main(argv: list[str]) -> int:
     print(f"{len(items)} photos, window {FLAGS.window} stride {FLAGS.stride} -> {size} px, threshold "
           f"{FLAGS.threshold}, tolerance {tolerance} px")
     print(f"{'photo':<16}" + " ".join(f"{k[:8]:>8}" for k in _SHOWN))
-    results, seconds, mpix = [], 0.0, 0.0
+    results, seconds, mpix, panels = [], 0.0, 0.0, []
     for photo_path, mask_path in items:
         photo = H.load_photo(photo_path)
         mask = decode_image_np(mask_path)[..., 0]
@@ -85,7 +115,10 @@ def main(argv: list[str]) -> int:
             H.process_photo(predict, int(size), photo_path, FLAGS.output_dir, FLAGS.window, FLAGS.stride,
                             FLAGS.batch, FLAGS.threshold)
         hm = H.sliding_heatmap(predict, photo, int(size), FLAGS.window, FLAGS.stride, FLAGS.batch)
-        m = H.pixel_metrics(hm.pixel_map(), mask, FLAGS.threshold, tolerance)
+        pmap = hm.pixel_map()
+        m = H.pixel_metrics(pmap, mask, FLAGS.threshold, tolerance)
+        if FLAGS.figure:
+            panels.append((os.path.splitext(os.path.basename(photo_path))[0], pmap, mask))
         m.update(photo=os.path.basename(photo_path), seconds=hm.seconds, megapixels=hm.height * hm.width / 1e6)
         seconds += hm.seconds
         mpix += m["megapixels"]
@@ -96,6 +129,9 @@ def main(argv: list[str]) -> int:
     print(f"summary: {len(items)} photos, pooled IoU {pooled['iou']:.4f} F1 {pooled['f1']:.4f}, tolerant F1 "
           f"{pooled['tolerant_f1']:.4f} (P {pooled['tolerant_precision']:.4f} R {pooled['tolerant_recall']:.4f}), "
           f"joints flagged {pooled['joint_positive_rate']:.4f}, {seconds / max(mpix, 1e-9):.2f} s/MP")
+    if FLAGS.figure:
+        save_figure(FLAGS.figure, panels, FLAGS.threshold)
+        print(f"figure -> {FLAGS.figure}")
     if FLAGS.json_out:
         with open(FLAGS.json_out, "w") as f:
             json.dump({"model": FLAGS.model, "window": FLAGS.window, "stride": FLAGS.stride,
