@@ -66,3 +66,15 @@ def test_relisting_reads_only_changed_files_and_sees_a_newly_broken_one(tmp_path
     # a different validation setting is a different check: every file is read again
     listing.list_folder(root, "train", listing.DataConfig(validate="full"))
     assert len(reads) == 1 + 8
+
+
+def test_check_cache_overflow_keeps_results_correct(tmp_path, monkeypatch):
+    from crack_tf.data import listing
+    from tests.test_data_common import make_folder
+
+    root = make_folder(tmp_path / "data", splits=("train",), n=3)
+    first = listing.list_folder(root, "train")
+    monkeypatch.setattr(listing, "_CHECKED_MAX", 4)  # 6 files > 4: the cache is cleared on the next call
+    again = listing.list_folder(root, "train")
+    assert again.paths == first.paths and again.needs_pil == first.needs_pil
+    assert len(listing._CHECKED) <= 6

@@ -148,14 +148,10 @@ def check_files(paths: list[str], config: DataConfig, threads: int = 8) -> list[
     todo = [p for p, k in zip(paths, keys) if k is None or k not in _CHECKED]
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         fresh = dict(zip(todo, pool.map(lambda p: check_file(p, config), todo)))
+    out = [fresh[p] if p in fresh else _CHECKED[k] for p, k in zip(paths, keys)]
     if len(_CHECKED) + len(fresh) > _CHECKED_MAX:
         _CHECKED.clear()
-    out = []
-    for p, k in zip(paths, keys):
-        chk = fresh[p] if p in fresh else _CHECKED[k]
-        if k is not None:
-            _CHECKED[k] = chk
-        out.append(chk)
+    _CHECKED.update((k, chk) for k, chk in zip(keys, out) if k is not None)
     return out
 
 
