@@ -21,11 +21,12 @@ from crack_tf.training import flags as train_flags
 train_flags.define_flags()
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 from crack_tf import CLASS_NAMES  # noqa: E402
 from crack_tf.training import callbacks as cb  # noqa: E402
 from crack_tf.training import rundir  # noqa: E402
-from crack_tf.training.optim import SparseCrossEntropy, effective_lr, make_optimizer  # noqa: E402
+from crack_tf.training.optim import SparseCrossEntropy, effective_lr, make_optimizer, make_schedule  # noqa: E402
 from crack_tf.training.runtime import (  # noqa: E402
     Runtime,
     accelerator_present,
@@ -60,7 +61,18 @@ def data_config(cfg: types.SimpleNamespace):
         flips=cfg.flips, rot90=cfg.rot90, brightness=cfg.brightness, contrast=cfg.contrast,
         balance=cfg.balance, deterministic=cfg.deterministic,
         workers=cfg.loader_workers or min(8, os.cpu_count() or 1),
+        data_root=cfg.data_root, crops_per_epoch=cfg.crops_per_epoch, crop_side=tuple(cfg.crop_side),
+        min_crack_pixels=cfg.min_crack_pixels, crack_fraction=cfg.crack_fraction, max_padding=cfg.max_padding,
+        saturation=cfg.saturation, blur=cfg.blur, noise=cfg.noise, jpeg=cfg.jpeg, val_tile=cfg.val_tile,
+        val_fraction=cfg.val_fraction,
     )
+
+
+def eval_sources_config(cfg: types.SimpleNamespace, dcfg):
+    """The photos DataConfig whose val tiles ``--eval_sources`` names (None when unset)."""
+    if not cfg.eval_sources:
+        return None
+    return dcfg.replace(source="photos", path=cfg.eval_sources)
 
 
 def build_model(cfg: types.SimpleNamespace) -> keras.Model:
@@ -101,6 +113,12 @@ def compile_model(model: keras.Model, cfg: types.SimpleNamespace, steps_per_epoc
         metrics=default_metrics(threshold=cfg.threshold, from_logits=True),
         jit_compile=jit_setting(cfg),
     )
+    # Build the compiled loss and metrics now, symbolically (no computation). Otherwise the first
+    # fit() pulls one batch from the training stream to build them and drops it: with an
+    # infinite PyDataset that batch is lost and every later batch shifts by one, so a resumed
+    # run (whose later fit() calls pull nothing) would see other batches than a straight one.
+    spec = np.zeros((1, cfg.image_size, cfg.image_size, 3), np.uint8), np.zeros((1,), np.int32)
+    model._symbolic_build(data_batch=spec)
 
 
 class _StepDelay(keras.callbacks.Callback):
@@ -126,9 +144,55 @@ def _sample_batch(dataset):
     return dataset[0][0]
 
 
+def fit_segments(start_step: int, steps_per_epoch: int, epochs: int, freeze_epochs: int
+                 ) -> list[tuple[int, int, int, bool]]:
+    """The ``model.fit`` calls of a run: (first epoch, end epoch, steps per epoch, backbone frozen).
+
+    One call for all epochs (the input is built once), split where the backbone is unfrozen, and
+    a first call for the rest of an epoch that a resumed run re-enters mid-way.
+    """
+    epoch, done_in_epoch = divmod(start_step, steps_per_epoch)
+    out = []
+    if done_in_epoch:
+        out.append((epoch, epoch + 1, steps_per_epoch - done_in_epoch, epoch < freeze_epochs))
+        epoch += 1
+    if epoch < min(freeze_epochs, epochs):
+        out.append((epoch, freeze_epochs, steps_per_epoch, True))
+        epoch = freeze_epochs
+    if epoch < epochs:
+        out.append((epoch, epochs, steps_per_epoch, False))
+    return out
+
+
+def _final_metrics(model, cfg, dcfg, split_input, val_input) -> dict:
+    """run.json ``metrics``: val and train (pooled and per source for the photos source), and the
+    ``--eval_sources`` val tiles."""
+    from crack_tf.data import make_input
+    from crack_tf.training.validation import evaluate_sources
+
+    results = {}
+    if val_input is not None:
+        if val_input.by_source:
+            results["val"], results["val_by_source"] = evaluate_sources(model, val_input.by_source)
+        else:
+            results["val"] = _evaluate(model, val_input)
+    train_eval = split_input(cfg.train_split, training=False, eval_max_tiles=1024)
+    if train_eval.by_source:
+        results["train"], results["train_by_source"] = evaluate_sources(model, train_eval.by_source)
+    else:
+        results["train"] = _evaluate(model, train_eval)
+    extra = eval_sources_config(cfg, dcfg)
+    if extra is not None:
+        tiles = make_input(extra, cfg.val_split or "val", training=False, global_batch_size=cfg.batch_size,
+                           backend=cfg.loader)
+        results["eval_sources"], results["eval_sources_by_source"] = evaluate_sources(model, tiles.by_source)
+    return results
+
+
 def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
     """Runs (or resumes) training; returns the final metrics written to run.json."""
     from crack_tf.data import make_input
+    from crack_tf.training.validation import SourceValidation
 
     started = time.time()
     seed_everything(cfg)
@@ -136,25 +200,30 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
     rundir.prepare_model_dir(cfg, runtime.is_chief)
     dcfg = data_config(cfg)
 
-    def split_input(split: str, training: bool, skip_batches: int = 0):
+    def split_input(split: str, training: bool, skip_batches: int = 0, **changes):
         """This process' shard of ``split`` with the run's batch, seed and loader."""
-        return make_input(dcfg, split, training=training, global_batch_size=cfg.batch_size, seed=cfg.seed,
-                          backend=cfg.loader, num_shards=runtime.num_processes,
+        return make_input(dcfg.replace(**changes), split, training=training, global_batch_size=cfg.batch_size,
+                          seed=cfg.seed, backend=cfg.loader, num_shards=runtime.num_processes,
                           shard_index=runtime.process_id, skip_batches=skip_batches)
 
     probe = split_input(cfg.train_split, training=True)
+    train_summary = (probe.class_counts, probe.skipped, probe.info)
     steps_per_epoch = cfg.steps_per_epoch or probe.steps_per_epoch
     val_input = split_input(cfg.val_split, training=False) if cfg.val_split else None
     print(f"data: {cfg.train_split}={probe.num_examples} {probe.class_counts} "
           f"{cfg.val_split}={val_input.num_examples if val_input else 0}; skipped "
           f"{len(probe.skipped) + (len(val_input.skipped) if val_input else 0)} unreadable files", flush=True)
+    for name, info in probe.info.get("sources", {}).items():
+        tiles = val_input.by_source[name].class_counts if val_input and name in val_input.by_source else {}
+        print(f"  source {name}: weight {info['weight']}, {info['photos']} photos ({info['fold']}, "
+              f"{info['decoded_mb']} MB decoded, {info['skipped']} skipped); val tiles {tiles}", flush=True)
 
     state = rundir.load_state(cfg.model_dir) or {"global_step": 0, "best": None}
     start_step = state["global_step"]
-    freeze_epochs = cfg.freeze_backbone_epochs
+    segments = fit_segments(start_step, steps_per_epoch, cfg.epochs, cfg.freeze_backbone_epochs)
     with runtime.scope():
         model = build_model(cfg)
-        frozen = start_step < freeze_epochs * steps_per_epoch
+        frozen = bool(segments) and segments[0][3]
         set_backbone_frozen(model, frozen)
         compile_model(model, cfg, steps_per_epoch)
         if start_step:
@@ -167,17 +236,24 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
                              else None)
     if writer.kind != "none" and not start_step:
         writer.images("train/sample_batch", _sample_batch(probe.dataset), 0)
-    progress = cb.ProgressLogger(cfg.model_dir, steps_per_epoch, cfg.epochs, cfg.batch_size, cfg.log_every,
-                                 writer, print_lines=not sys.stdout.isatty(), is_chief=runtime.is_chief)
-    checkpoints = cb.CheckpointAndBest(cfg.model_dir, cfg.checkpoint_every, cfg.best_metric, cfg.best_mode,
+    clock = cb.StepClock()
+    sources = tuple(val_input.by_source) if val_input else ()
+    progress = cb.ProgressLogger(cfg.model_dir, clock, steps_per_epoch, cfg.epochs, cfg.batch_size, cfg.log_every,
+                                 writer, print_lines=not sys.stdout.isatty(),
+                                 lr_at=make_schedule(cfg, steps_per_epoch).value, is_chief=runtime.is_chief,
+                                 sources=sources, async_logs=runtime.num_processes == 1)
+    checkpoints = cb.CheckpointAndBest(cfg.model_dir, clock, cfg.checkpoint_every, cfg.best_metric, cfg.best_mode,
                                        state, runtime.is_chief)
     class_weight = probe.class_weight if cfg.balance == "class_weight" else None
     callbacks = [progress, checkpoints]
+    if sources:  # per-source val: evaluated by the callback, first, so the others see its logs
+        callbacks.insert(0, SourceValidation(val_input.by_source, before=progress.mark_train_end))
     if os.environ.get("CRACK_TF_STEP_DELAY"):
         callbacks.append(_StepDelay(float(os.environ["CRACK_TF_STEP_DELAY"])))
 
-    for epoch in range(start_step // steps_per_epoch, cfg.epochs):
-        if frozen and epoch >= freeze_epochs:  # unfreeze: new optimizer slots, same step count
+    done = start_step
+    for first_epoch, end_epoch, steps, seg_frozen in segments:
+        if frozen and not seg_frozen:  # unfreeze: new optimizer slots, same step count
             frozen = False
             with runtime.scope():
                 iterations = cb.global_step(model)
@@ -185,23 +261,23 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
                 compile_model(model, cfg, steps_per_epoch)
                 model.optimizer.build(model.trainable_variables)
                 model.optimizer.iterations.assign(iterations)
-            print(f"epoch {epoch + 1}: backbone unfrozen", flush=True)
-        done = cb.global_step(model)
-        remaining = (epoch + 1) * steps_per_epoch - done
-        train_input = split_input(cfg.train_split, training=True, skip_batches=done)
+            print(f"epoch {first_epoch + 1}: backbone unfrozen", flush=True)
+        train_input = probe if done == 0 else split_input(cfg.train_split, training=True, skip_batches=done)
+        probe = None  # the first segment reuses the input built above; later ones start where it stopped
+        clock.begin_fit(done, first_epoch, steps)
         model.fit(
             train_input.dataset,
-            initial_epoch=epoch,
-            epochs=epoch + 1,
-            steps_per_epoch=remaining,
-            validation_data=val_input.dataset if val_input else None,
+            initial_epoch=first_epoch,
+            epochs=end_epoch,
+            steps_per_epoch=steps,
+            validation_data=val_input.dataset if val_input and not sources else None,
             class_weight=class_weight,
             callbacks=callbacks,
             verbose=1 if sys.stdout.isatty() else 0,
         )
+        done += (end_epoch - first_epoch - 1) * steps_per_epoch + steps
 
-    results = {"val": _evaluate(model, val_input) if val_input else {}}
-    results["train"] = _evaluate(model, split_input(cfg.train_split, training=False))
+    results = _final_metrics(model, cfg, dcfg, split_input, val_input)
     out_dir = rundir.output_dir(cfg.model_dir, runtime.is_chief)
     model.save(os.path.join(out_dir, "final.keras"))  # every process: saving is collective
     if state.get("best") is None:  # no validation: the final model is the best we know
@@ -215,11 +291,13 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
             "small_policy": cfg.small_policy, "metrics": results,
             "best": {"metric": cfg.best_metric, "value": state.get("best"), "epoch": state.get("best_epoch")},
             "throughput_images_per_second": progress.last_throughput, "dtype_policy": policy,
+            "epoch_seconds": progress.epoch_seconds,
             "runtime": {"backend": runtime.backend, "strategy": runtime.strategy_name,
                         "replicas": runtime.num_replicas, "processes": runtime.num_processes,
                         "devices": runtime.devices},
-            "versions": rundir.versions(), "data": {"train": probe.class_counts, "steps_per_epoch": steps_per_epoch,
-                                                    "skipped": probe.skipped},
+            "versions": rundir.versions(),
+            "data": {"train": train_summary[0], "steps_per_epoch": steps_per_epoch, "skipped": train_summary[1],
+                     **train_summary[2]},
             "wall_seconds": time.time() - started, "weights_sha256": digest,
         })
     return results

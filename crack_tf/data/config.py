@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-SOURCES = ("folder", "tfrecord", "tfds")
+SOURCES = ("folder", "tfrecord", "tfds", "photos")
 SMALL_POLICIES = ("resize", "pad")
 BALANCE = ("none", "class_weight", "oversample")
 VALIDATE = ("header", "full")
@@ -32,6 +32,14 @@ class DataConfig:
     minority class in each training epoch. ``validate``: "header" = cheap PIL checks when listing,
     "full" = decode every file once. Files whose shorter side is < ``min_side`` or with more than
     ``max_pixels`` pixels are skipped.
+
+    ``source="photos"``: ``path`` lists photo + mask folders with weights
+    (``uav75:0.6,uavcrack:0.4``, relative to ``data_root``); training draws ``crops_per_epoch``
+    random crops per epoch (see ``crack_tf.data.crops``: ``crop_side`` range in photo pixels,
+    ``min_crack_pixels`` per ``val_tile``^2, ``crack_fraction``, ``max_padding`` and the extra
+    augmentations ``saturation`` / ``blur`` / ``noise`` / ``jpeg``); evaluation uses the fixed
+    ``val_tile`` grid tiles of each source (``eval_max_tiles`` per source, 0 = all), and a source
+    without ``val/`` holds out ``val_fraction`` of its source images as its val fold.
     """
 
     source: str = "folder"
@@ -53,6 +61,20 @@ class DataConfig:
     num_parallel_calls: int = -1  # tf.data map parallelism; -1 = AUTOTUNE
     workers: int = 1  # NumPy loader: keras PyDataset worker threads
     cache_mb: int = 1024  # NumPy loader: decoded, upscaled images kept in memory per process
+    # Photos source.
+    data_root: str = ""
+    crops_per_epoch: int = 4096
+    crop_side: tuple[int, int] = (96, 192)
+    min_crack_pixels: int = 40
+    crack_fraction: float = 0.5
+    max_padding: float = 0.1
+    saturation: float = 0.0
+    blur: float = 0.0
+    noise: float = 0.0
+    jpeg: float = 0.0
+    val_tile: int = 128
+    val_fraction: float = 0.2
+    eval_max_tiles: int = 0
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -81,6 +103,8 @@ class InputSplit:
     class_weight: dict[int, float] | None
     examples: list[tuple[str, int]]
     skipped: list[tuple[str, str]]
+    by_source: dict[str, InputSplit] = dataclasses.field(default_factory=dict)  # photos source: each source's part
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)  # what the split is made of (for logs, run.json)
 
 
 def class_counts(labels: np.ndarray | list[int]) -> dict[int, int]:

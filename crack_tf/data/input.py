@@ -65,8 +65,14 @@ def make_input(
         raise ValueError(f"skip_batches={skip_batches} must be >= 0")
     if not config.path and config.source != "tfds":
         raise ValueError(f"DataConfig.path is empty: set it to the {config.source} folder (--data_path)")
-    if backend == "numpy" and config.source != "folder":
-        raise ValueError(f"source={config.source!r} needs TensorFlow; use source='folder' with backend='numpy'")
+    if backend == "numpy" and config.source not in ("folder", "photos"):
+        raise ValueError(f"source={config.source!r} needs TensorFlow; use source='folder' or 'photos' with "
+                         "backend='numpy'")
+    if config.source == "photos":
+        from crack_tf.data.photo_input import photos_input
+
+        return photos_input(config, split, training, batch, global_batch_size, seed, backend, num_shards,
+                            shard_index, skip_batches)
     if config.source == "folder":
         return _folder(config, split, training, batch, global_batch_size, seed, backend, num_shards, shard_index, skip_batches)
     return _records(config, split, training, batch, global_batch_size, seed, num_shards, shard_index, skip_batches)

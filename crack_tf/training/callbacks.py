@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 
 import keras
@@ -15,11 +16,6 @@ from crack_tf.training import rundir
 
 def _scalar(value) -> float:
     return float(np.asarray(keras.ops.convert_to_numpy(value)).reshape(-1)[0])
-
-
-def current_lr(model: keras.Model) -> float:
-    """The learning rate now (Keras evaluates a schedule at the optimizer's step)."""
-    return _scalar(model.optimizer.learning_rate)
 
 
 def global_step(model: keras.Model) -> int:
@@ -99,41 +95,82 @@ def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
     return grid
 
 
-class ProgressLogger(keras.callbacks.Callback):
-    """Progress lines (non-TTY), per-epoch summaries, TensorBoard and history.jsonl."""
+class StepClock:
+    """The global optimizer step, counted on the host: reading ``optimizer.iterations`` after
+    every step would wait for the device each time (no overlap of data and compute)."""
 
-    def __init__(self, model_dir: str, steps_per_epoch: int, epochs: int, global_batch: int,
-                 log_every: int, writer: ScalarWriter, print_lines: bool, is_chief: bool = True):
+    def __init__(self):
+        self.fit_start = self.initial_epoch = 0
+        self.fit_steps = 1
+
+    def begin_fit(self, start_step: int, initial_epoch: int, steps_per_epoch: int) -> None:
+        """Before each ``model.fit``: its first step, first epoch and steps per epoch."""
+        self.fit_start, self.initial_epoch, self.fit_steps = start_step, initial_epoch, steps_per_epoch
+
+    def epoch_start(self, epoch: int) -> int:
+        """Steps done before ``epoch`` of the current fit began."""
+        return self.fit_start + (epoch - self.initial_epoch) * self.fit_steps
+
+
+class ProgressLogger(keras.callbacks.Callback):
+    """Progress lines (non-TTY), per-epoch summaries, TensorBoard and history.jsonl.
+
+    ``async_safe``: Keras may then run ``on_train_batch_end`` in a worker thread (JAX), so training
+    never waits for the device to log; it only reads ``logs``, never the model. Not in
+    multi-process runs: reading a global array there is a collective, and collectives issued
+    from another thread can interleave differently in each process.
+    """
+
+    def __init__(self, model_dir: str, clock: StepClock, steps_per_epoch: int, epochs: int, global_batch: int,
+                 log_every: int, writer: ScalarWriter, print_lines: bool, lr_at, is_chief: bool = True,
+                 sources: tuple[str, ...] = (), async_logs: bool = True):
         super().__init__()
         self.history_path = os.path.join(model_dir, "history.jsonl")
+        self.clock = clock
         self.steps_per_epoch = steps_per_epoch
         self.epochs = epochs
         self.global_batch = global_batch
         self.log_every = max(1, log_every)
         self.writer = writer
         self.print_lines = print_lines
+        self.lr_at = lr_at  # step -> learning rate (host-side schedule)
         self.is_chief = is_chief
-        self._epoch_start = 0.0
+        self.async_safe = async_logs
+        self.sources = sources  # per-source val metrics val_<source>_<metric> shown after the pooled ones
+        self._lock = threading.Lock()
+        self._epoch = 0
+        self._epoch_start = self._train_end = 0.0
         self._epoch_start_step = 0
         self._window_start = 0.0
         self._window_step = 0
         self.last_throughput = 0.0
+        self.epoch_seconds: list[float] = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         self._epoch_start = self._window_start = time.perf_counter()
-        self._epoch_start_step = self._window_step = global_step(self.model)
+        self._train_end = 0.0
+        self._epoch_start_step = self._window_step = self.clock.epoch_start(epoch)
+
+    def mark_train_end(self) -> None:
+        """The epoch's training steps are done (validation starts): throughput stops here."""
+        if not self._train_end:
+            self._train_end = time.perf_counter()
+
+    def on_test_begin(self, logs=None):
+        self.mark_train_end()
 
     def on_train_batch_end(self, batch, logs=None):
-        step = global_step(self.model)
+        step = self._epoch_start_step + batch + 1
         if step % self.log_every:
             return
-        now = time.perf_counter()
-        rate = (step - self._window_step) * self.global_batch / max(now - self._window_start, 1e-9)
-        self._window_start, self._window_step = now, step
+        with self._lock:
+            now = time.perf_counter()
+            rate = (step - self._window_step) * self.global_batch / max(now - self._window_start, 1e-9)
+            self._window_start, self._window_step = now, step
         logs = logs or {}
         values = {f"train/{k}": float(v) for k, v in logs.items() if np.ndim(v) == 0}
-        values["train/learning_rate"] = current_lr(self.model)
+        values["train/learning_rate"] = self.lr_at(step)
         values["train/images_per_second"] = rate
         if self.is_chief:
             self.writer.scalars(values, step)
@@ -147,12 +184,15 @@ class ProgressLogger(keras.callbacks.Callback):
             )
 
     def on_epoch_end(self, epoch, logs=None):
+        self.mark_train_end()
         logs = {k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0}
-        step = global_step(self.model)
+        step = self._epoch_start_step + self.clock.fit_steps
         seconds = time.perf_counter() - self._epoch_start
-        self.last_throughput = (step - self._epoch_start_step) * self.global_batch / max(seconds, 1e-9)
-        record = {"epoch": epoch + 1, "step": step, "seconds": seconds,
-                  "images_per_second": self.last_throughput, "learning_rate": current_lr(self.model), **logs}
+        train_seconds = self._train_end - self._epoch_start
+        self.last_throughput = (step - self._epoch_start_step) * self.global_batch / max(train_seconds, 1e-9)
+        self.epoch_seconds.append(seconds)
+        record = {"epoch": epoch + 1, "step": step, "seconds": seconds, "train_seconds": train_seconds,
+                  "images_per_second": self.last_throughput, "learning_rate": self.lr_at(step), **logs}
         if not self.is_chief:
             return
         with open(self.history_path, "a") as f:
@@ -164,8 +204,13 @@ class ProgressLogger(keras.callbacks.Callback):
         keys = ("loss", "accuracy", "precision", "recall", "val_loss", "val_accuracy", "val_precision",
                 "val_recall")
         shown = " ".join(f"{k}={logs[k]:.4f}" for k in keys if k in logs)
-        print(f"epoch {epoch + 1}/{self.epochs} done in {seconds:.1f}s ({self.last_throughput:.1f} img/s): {shown}",
-              file=sys.stdout, flush=True)
+        for name in self.sources:
+            p = f"val_{name}_"
+            if p + "accuracy" in logs:
+                shown += (f" | {name} acc={logs[p + 'accuracy']:.4f} P={logs.get(p + 'precision', 0):.4f} "
+                          f"R={logs.get(p + 'recall', 0):.4f}")
+        print(f"epoch {epoch + 1}/{self.epochs} done in {seconds:.1f}s (train {train_seconds:.1f}s, "
+              f"{self.last_throughput:.1f} img/s): {shown}", file=sys.stdout, flush=True)
 
 
 class CheckpointAndBest(keras.callbacks.Callback):
@@ -173,25 +218,35 @@ class CheckpointAndBest(keras.callbacks.Callback):
 
     ``state`` (``{"global_step", "best"}``) is shared with the trainer so a resumed run
     continues with the best value seen before the interruption. Every process saves
-    (a collective in multi-process runs); non-chief processes write to scratch.
+    (a collective in multi-process runs); non-chief processes write to scratch. Step
+    checkpoints are taken in ``on_train_batch_begin`` on the main thread, so no per-step hook
+    forces Keras to wait for the device after every step.
     """
 
-    def __init__(self, model_dir: str, every: int, monitor: str, mode: str, state: dict,
+    def __init__(self, model_dir: str, clock: StepClock, every: int, monitor: str, mode: str, state: dict,
                  is_chief: bool = True):
         super().__init__()
         self.model_dir = rundir.output_dir(model_dir, is_chief)
+        self.clock = clock
         self.every = every
         self.monitor = monitor
         self.better = np.greater if mode == "max" else np.less
         self.state = state
         self.is_chief = is_chief
+        self._epoch_first = 0
+        self._last_saved = state.get("global_step", 0)
 
     def _save(self):
         self.state["global_step"] = global_step(self.model)
         rundir.save_checkpoint(self.model, self.model_dir, self.state)
+        self._last_saved = self.state["global_step"]
 
-    def on_train_batch_end(self, batch, logs=None):
-        if self.every and global_step(self.model) % self.every == 0:
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_first = self.clock.epoch_start(epoch)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        done = self._epoch_first + batch
+        if self.every and done % self.every == 0 and done != self._last_saved:
             self._save()
 
     def on_epoch_end(self, epoch, logs=None):

@@ -20,7 +20,7 @@ FLAGS = flags.FLAGS
 MODELS = ("resnet50", "resnet50_aspp", "zhang2016")
 STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
 FUSIONS = ("max", "sum", "concat")
-DATA_SOURCES = ("synthetic", "folder", "tfrecord", "tfds")
+DATA_SOURCES = ("synthetic", "folder", "tfrecord", "tfds", "photos")
 SMALL_POLICIES = ("resize", "pad")
 BALANCE = ("none", "class_weight", "oversample")
 LOADERS = ("auto", "tf", "numpy")
@@ -47,7 +47,26 @@ _FLAG_TABLE = [
     # Data.
     ("enum", "data_source", "synthetic", "Where images come from.", DATA_SOURCES),
     ("string", "data_dir", "", "Image folder root / TFRecord dir / TFDS manual dir; for synthetic, "
-     "where to generate (default ~/.cache/crack_tf/synthetic).", None),
+     "where to generate (default ~/.cache/crack_tf/synthetic); for photos, photo+mask folders with "
+     "weights: uav75:0.6,uavcrack:0.3,deepcrack:0.1 (relative to --data_root).", None),
+    ("string", "data_root", "", "Folder that relative --data_dir / --eval_sources entries are under.", None),
+    ("integer", "crops_per_epoch", 4096, "Photos source: random crops per training epoch.", None),
+    ("list", "crop_side", ["96", "192"], "Photos source: crop side range in photo pixels (min,max; "
+     "log-uniform, capped at the photo's short side), resized to --image_size.", None),
+    ("integer", "min_crack_pixels", 40, "Photos source: a crop is crack with at least this many crack pixels "
+     "per --val_tile^2 photo pixels (scaled with the crop area), background with none; else redrawn.", None),
+    ("float", "crack_fraction", 0.5, "Photos source: share of crack crops.", None),
+    ("float", "max_padding", 0.1, "Photos source: crops and tiles with more black padding are not used.", None),
+    ("float", "saturation", 0.0, "Photos source: max random saturation change (fraction).", None),
+    ("float", "blur", 0.0, "Photos source: probability of a Gaussian blur (radius 0.3-1.5 px).", None),
+    ("float", "noise", 0.0, "Photos source: max Gaussian noise sigma (0-255 scale).", None),
+    ("float", "jpeg", 0.0, "Photos source: probability of a JPEG re-compression (quality 30-90).", None),
+    ("integer", "val_tile", 128, "Photos source: side of the fixed val tiles (grid of each val photo) and of "
+     "the --min_crack_pixels rule.", None),
+    ("float", "val_fraction", 0.2, "Photos source: share of source images held out as the val fold of a "
+     "source without a val/ folder.", None),
+    ("string", "eval_sources", "", "Also evaluate the final model on the val tiles of these photo sources "
+     "(same syntax as --data_dir; results in run.json metrics.eval_sources_by_source).", None),
     ("integer", "synthetic_train", 600, "Synthetic training tiles (half crack).", None),
     ("integer", "synthetic_val", 200, "Synthetic validation tiles (half crack).", None),
     ("integer", "synthetic_size", 64, "Synthetic tile size in pixels.", None),
@@ -96,6 +115,8 @@ _FLAG_TABLE = [
     ("integer", "log_every", 20, "Print a progress line every N steps when stdout is not a terminal.", None),
     ("bool", "tensorboard", True, "Write TensorBoard scalars and a sample image grid.", None),
     ("bool", "backend_check", False, "Print backend, devices, strategy and replicas, then exit.", None),
+    ("string", "compile_cache_dir", "", "JAX persistent compilation cache ('' = $JAX_COMPILATION_CACHE_DIR or "
+     "~/.cache/crack_tf/jax; 'none' = off): a second run of the same model skips most compiling.", None),
     # Multi-process data parallel (JAX backend).
     ("string", "coordinator_address", "", "host:port of process 0 for multi-process JAX training.", None),
     ("integer", "num_processes", 1, "Number of processes (multi-host JAX).", None),
@@ -107,7 +128,7 @@ FLAG_NAMES = tuple(row[1] for row in _FLAG_TABLE)
 # Flags that do not change what a run computes; they may differ when resuming.
 NON_IDENTITY_FLAGS = frozenset(
     {"overwrite", "log_every", "tensorboard", "backend_check", "checkpoint_every", "loader_workers",
-     "coordinator_address", "process_id"}
+     "coordinator_address", "process_id", "compile_cache_dir"}
 )
 
 
@@ -125,10 +146,11 @@ def define_flags() -> None:
 def config_from_flags() -> types.SimpleNamespace:
     """The parsed flag values as a namespace, with typed derived fields."""
     cfg = types.SimpleNamespace(**{name: FLAGS[name].value for name in FLAG_NAMES})
-    try:
-        cfg.rates = [int(r) for r in cfg.rates]
-    except ValueError:
-        pass  # validate() names the flag
+    for name in ("rates", "crop_side"):
+        try:
+            setattr(cfg, name, [int(r) for r in getattr(cfg, name)])
+        except ValueError:
+            pass  # validate() names the flag
     return cfg
 
 
@@ -179,6 +201,20 @@ def validate(cfg: types.SimpleNamespace) -> None:
         problems.append("--depth_multiplier must be >= 1")
     if cfg.data_source != "synthetic" and not cfg.data_dir:
         problems.append(f"--data_source={cfg.data_source} needs --data_dir")
+    try:
+        lo, hi = (int(v) for v in cfg.crop_side)
+        if not 8 <= lo <= hi:
+            raise ValueError
+    except ValueError:
+        problems.append(f"--crop_side must be min,max photo pixels with 8 <= min <= max, got {cfg.crop_side}")
+    if not 0 < cfg.crack_fraction < 1:
+        problems.append("--crack_fraction must be in (0, 1)")
+    if cfg.crops_per_epoch < 1 or cfg.min_crack_pixels < 1 or cfg.val_tile < 8:
+        problems.append("--crops_per_epoch and --min_crack_pixels must be >= 1, --val_tile >= 8")
+    if not 0 <= cfg.max_padding <= 1 or not 0 < cfg.val_fraction < 1:
+        problems.append("--max_padding must be in [0, 1] and --val_fraction in (0, 1)")
+    if not (0 <= cfg.blur <= 1 and 0 <= cfg.jpeg <= 1) or min(cfg.saturation, cfg.noise) < 0:
+        problems.append("--blur and --jpeg are probabilities in [0, 1]; --saturation and --noise must be >= 0")
     if cfg.num_devices < 0:
         problems.append("--num_devices must be >= 0 (0 = all)")
     if cfg.num_processes < 1 or not 0 <= cfg.process_id < cfg.num_processes:

@@ -12,6 +12,7 @@ import math
 import types
 
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -47,25 +48,32 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.decay_rate = float(decay_rate)
         self.decay_steps = max(1, int(decay_steps))
 
-    def __call__(self, step):
-        step = ops.cast(step, "float32")
-        t = ops.maximum(step - self.warmup_steps, 0.0)
+    def _lr(self, step, xp):
+        """The rate at ``step`` (float32) with ``xp`` = ``keras.ops`` (in the step) or NumPy."""
+        t = xp.maximum(step - self.warmup_steps, 0.0)
         if self.kind == "constant":
-            decayed = ops.convert_to_tensor(self.peak_lr, "float32")
+            decayed = xp.full_like(step, self.peak_lr)
         elif self.kind == "step":
-            decayed = self.peak_lr * ops.power(self.decay_rate, ops.floor(t / self.decay_steps))
+            decayed = self.peak_lr * xp.power(self.decay_rate, xp.floor(t / self.decay_steps))
         elif self.kind == "exponential":
-            decayed = self.peak_lr * ops.power(self.decay_rate, t / self.decay_steps)
+            decayed = self.peak_lr * xp.power(self.decay_rate, t / self.decay_steps)
         elif self.kind == "cosine":
             span = max(1, self.total_steps - self.warmup_steps)
-            progress = ops.minimum(t / span, 1.0)
-            decayed = 0.5 * self.peak_lr * (1.0 + ops.cos(math.pi * progress))
+            progress = xp.minimum(t / span, 1.0)
+            decayed = 0.5 * self.peak_lr * (1.0 + xp.cos(math.pi * progress))
         else:
             raise ValueError(f"unknown schedule kind {self.kind!r}")
         if self.warmup_steps <= 0:
             return decayed
         warm = self.peak_lr * (step + 1.0) / self.warmup_steps
-        return ops.where(step < self.warmup_steps, warm, decayed)
+        return xp.where(step < self.warmup_steps, warm, decayed)
+
+    def __call__(self, step):
+        return self._lr(ops.cast(step, "float32"), ops)
+
+    def value(self, step: int) -> float:
+        """The same rate computed on the host (for logs: no device round trip)."""
+        return float(self._lr(np.float32(step), np))
 
     def get_config(self):
         return {

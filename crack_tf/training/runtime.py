@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import types
 
 import keras
@@ -77,8 +78,31 @@ def _tf_runtime(cfg: types.SimpleNamespace) -> Runtime:
     return Runtime("tensorflow", devices, "mirrored", strategy.num_replicas_in_sync, strategy=strategy)
 
 
+def compile_cache_dir(setting: str) -> str | None:
+    """Where the JAX persistent compilation cache lives (None = off)."""
+    if setting == "none":
+        return None
+    return setting or os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "crack_tf", "jax")
+
+
+def enable_compile_cache(setting: str) -> str | None:
+    """Turns on JAX's persistent compilation cache (every compile over 0.5 s is stored)."""
+    import jax
+
+    path = compile_cache_dir(setting)
+    if path:
+        os.makedirs(path, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
 def _jax_runtime(cfg: types.SimpleNamespace) -> Runtime:
     import jax
+
+    enable_compile_cache(getattr(cfg, "compile_cache_dir", ""))
 
     if cfg.num_processes > 1:
         # Cross-process collectives of CPU arrays need gloo (tests, CPU clusters); GPU
