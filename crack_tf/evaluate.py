@@ -5,10 +5,13 @@ Example::
     python -m crack_tf.evaluate --model=runs/exp1/best.keras --data=../shared/data/uav75_tiles \\
         --split=val --pick_threshold=precision@0.9
 
-``--model``: a ``.keras`` file (crack_tf.train output; ``run.json`` next to it gives the image
-size and small_policy) or a SavedModel folder written by ``crack_tf.export`` (endpoint
-``predict_images`` if present, else ``serving_default``). ``--data``: an image folder root
-(``<root>/<split>/{crack,background}``) or a TFRecord folder (with ``crack_tf_tfrecords.json``).
+``--model``: a ``.keras`` file (crack_tf.train output) or a SavedModel folder written by
+``crack_tf.export``, loaded by ``crack_tf.load_model``: its stored input size, small_policy and
+operating point (threshold and temperature picked on val) are used unless a flag overrides
+them, and the report says which threshold it used. ``--data``: an image folder root
+(``<root>/<split>/{crack,background}``), a TFRecord folder (with ``crack_tf_tfrecords.json``)
+or, with ``--source=photos``, photo + mask sources (``uav75,uavcrack`` under ``--data_root``;
+their fixed val tiles, reported pooled and per source).
 Writes into ``--output_dir`` (default ``<model folder>/eval_<split>``): report.json, report.md,
 confusion.png, pr_curve.png, worst_errors.png, predictions.csv. Definitions: docs/EVALUATION.md.
 """
@@ -16,11 +19,9 @@ confusion.png, pr_curve.png, worst_errors.png, predictions.csv. Definitions: doc
 from __future__ import annotations
 
 import heapq
-import io
-import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -31,117 +32,27 @@ import crack_tf
 from crack_tf import metrics as M
 
 FLAGS = flags.FLAGS
-ENDPOINTS = ("predict_images", "serving_default")  # SavedModel endpoints tried, in order
-Predictor = Callable[[np.ndarray], np.ndarray]
 
 
 def _define_flags() -> None:
     flags.DEFINE_string("model", None, ".keras file or SavedModel folder.", required=True)
     flags.DEFINE_string("data", None, "Image folder root or TFRecord folder.", required=True)
     flags.DEFINE_string("split", "val", "Split to evaluate (sub-folder / TFRecord split name).")
-    flags.DEFINE_enum("source", "auto", ["auto", "folder", "tfrecord"], "Data format (auto: TFRecord if the sidecar exists).")
+    flags.DEFINE_enum("source", "auto", ["auto", "folder", "tfrecord", "photos"],
+                      "Data format (auto: TFRecord if the sidecar exists, else an image folder).")
+    flags.DEFINE_string("data_root", "", "--source=photos: folder the --data entries are under.")
+    flags.DEFINE_enum("tta", "none", ["none", "flips", "d4"], "Test-time augmentation: mean p over flips / D4.")
     flags.DEFINE_enum("loader", "auto", ["auto", "tf", "numpy"], "Input pipeline: tf.data, the TF-free NumPy one, or auto.")
     flags.DEFINE_integer("image_size", None, "Eval crop size if neither run.json/metadata nor the model fixes it.")
     flags.DEFINE_enum("small_policy", None, ["resize", "pad"], "Tiles smaller than image_size (default: run.json, else resize).")
     flags.DEFINE_string("output_dir", None, "Report folder (default: <model folder>/eval_<split>).")
-    flags.DEFINE_float("threshold", 0.5, "Predicted crack iff p(crack) > threshold.")
+    flags.DEFINE_float("threshold", None, "Predicted crack iff p(crack) > threshold (default: the model's stored "
+                       "threshold, else 0.5).")
     flags.DEFINE_string("pick_threshold", None, "Also pick a threshold on this split: 'f1' or 'precision@R' (e.g. precision@0.9).")
     flags.DEFINE_integer("batch_size", 32, "Evaluation batch size.")
     flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the 95% CIs (0 = none).")
     flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
     flags.DEFINE_integer("worst", 16, "Worst false positives / negatives shown in worst_errors.png.")
-
-
-def _read_json(path: str) -> dict:
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _keras_predictor(path: str) -> tuple[Predictor, dict[str, Any]]:
-    import crack_tf.models  # noqa: F401  (registers the custom layers)
-
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as e:  # noqa: BLE001  (re-raised with the flag named)
-        raise ValueError(f"--model={path}: cannot load this .keras file ({e})") from e
-    if model.output_shape[-1] not in (1, 2):
-        raise ValueError(f"--model={path}: output shape {model.output_shape}; expected 2 logits or 1 crack logit")
-    run = _read_json(os.path.join(os.path.dirname(os.path.abspath(path)), "run.json"))
-
-    def predict(images: np.ndarray) -> np.ndarray:
-        logits = model.predict_on_batch(images.astype("float32"))
-        return keras.ops.convert_to_numpy(M.crack_probability(logits, from_logits=True))
-
-    return predict, {"image_size": run.get("image_size") or model.input_shape[1], "small_policy": run.get("small_policy")}
-
-
-def _png_bytes(images: np.ndarray) -> list[bytes]:
-    from PIL import Image
-
-    out = []
-    for im in images:
-        buf = io.BytesIO()
-        Image.fromarray(np.asarray(im, np.uint8)).save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out
-
-
-def _endpoint_input(fn: Any) -> tuple[str | None, Any]:
-    """(keyword name or None for positional, TensorSpec or None) of an endpoint's single input."""
-    signature = getattr(fn, "structured_input_signature", None)  # concrete signature function
-    if signature:
-        args, kwargs = signature
-        if kwargs:
-            return next(iter(kwargs.items()))
-        if args:
-            return None, args[0]
-    specs = getattr(fn, "input_signature", None)  # tf.function endpoint
-    return None, (specs[0] if specs else None)
-
-
-def _savedmodel_predictor(path: str) -> tuple[Predictor, dict[str, Any]]:
-    import tensorflow as tf
-
-    layer, endpoint = None, None
-    for endpoint in ENDPOINTS:
-        try:
-            layer = keras.layers.TFSMLayer(path, call_endpoint=endpoint)
-            break
-        except ValueError:
-            continue
-    if layer is None:
-        raise ValueError(f"--model={path}: the SavedModel has none of the endpoints {ENDPOINTS}")
-    fn = layer.call_endpoint_fn
-    input_name, input_spec = _endpoint_input(fn)
-    meta = _read_json(os.path.join(path, "assets", "crack_tf_metadata.json"))
-    run = _read_json(os.path.join(os.path.dirname(os.path.abspath(path.rstrip("/"))), "run.json"))
-    size = meta.get("image_size") or run.get("image_size")
-    if size is None and input_spec is not None and input_spec.shape.rank == 4:
-        size = input_spec.shape[1]
-    string_input = input_spec is not None and input_spec.dtype == tf.string
-
-    def predict(images: np.ndarray) -> np.ndarray:
-        x = tf.constant(_png_bytes(images)) if string_input else tf.constant(images, tf.float32)
-        out = fn(**{input_name: x}) if input_name else layer(x)
-        if isinstance(out, dict):
-            out = out.get("probabilities", out.get("crack_probability", next(iter(out.values()))))
-        return keras.ops.convert_to_numpy(M.crack_probability(out, from_logits=False))
-
-    policy = meta.get("small_policy") or run.get("small_policy")
-    return predict, {"image_size": size, "small_policy": policy, "endpoint": endpoint}
-
-
-def load_predictor(path: str) -> tuple[Predictor, dict[str, Any]]:
-    """``(predict(uint8 [B,S,S,3]) -> p(crack) [B], info)``; info has image_size / small_policy."""
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "saved_model.pb")):
-            raise ValueError(f"--model={path} is a folder without saved_model.pb; pass a .keras file or a SavedModel")
-        return _savedmodel_predictor(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--model={path}: no such file or folder")
-    return _keras_predictor(path)
 
 
 def detect_source(data: str, source: str = "auto") -> str:
@@ -178,10 +89,11 @@ def _batches(dataset: Any):
             yield dataset[i]
 
 
-def run_predictions(predict: Predictor, split: Any, threshold: float, worst: int = 16, verbose: bool = True) -> dict[str, Any]:
+def run_predictions(predict, split: Any, threshold: float, worst: int = 16, verbose: bool = True) -> dict[str, Any]:
     """Streams the split through the model and the crack_tf metrics; collects the worst errors."""
     streaming = [*M.default_metrics(threshold, from_logits=False), M.ConfusionMatrix(threshold, from_logits=False)]
-    names = [os.path.basename(str(p)) for p, _ in split.examples]
+    # Tiles of the photos source are named "<source>/<tile>" (kept: the report groups by source).
+    names = [str(p) if split.by_source else os.path.basename(str(p)) for p, _ in split.examples]
     fps, fns = _Worst(worst, 1.0), _Worst(worst, -1.0)
     scores, labels = [], []
     bar = keras.utils.Progbar(split.steps_per_epoch, unit_name="batch") if verbose else None
@@ -215,7 +127,7 @@ def evaluate(
     model: str,
     data: str,
     split: str = "val",
-    threshold: float = 0.5,
+    threshold: float | None = None,
     output_dir: str | None = None,
     image_size: int | None = None,
     small_policy: str | None = None,
@@ -227,40 +139,58 @@ def evaluate(
     pick_threshold: str | None = None,
     worst: int = 16,
     verbose: bool = True,
+    tta: str = "none",
+    data_root: str = "",
 ) -> dict[str, Any]:
-    """Runs the whole evaluation and writes the report; returns the report dict (+ ``paths``)."""
+    """Runs the whole evaluation and writes the report; returns the report dict (+ ``paths``).
+
+    ``threshold`` None: the model's stored threshold (0.5 if it has none)."""
     from crack_tf.data import DataConfig, make_input
     from crack_tf.evaluation import report as R
     from crack_tf.evaluation import stats
+    from crack_tf.predictor import load_model
 
-    if not 0.0 <= threshold <= 1.0:
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ValueError(f"--threshold={threshold} must be in [0, 1]")
     if pick_threshold:
         stats.pick_threshold([0.5], [1], pick_threshold)  # validates the rule before the long run
-    predict, info = load_predictor(model)
-    size = info.get("image_size") or image_size
+    predictor = load_model(model, tta)
+    if threshold is None:
+        threshold, threshold_source = predictor.threshold, predictor.threshold_source
+    else:
+        threshold_source = "--threshold"
+    if verbose:
+        print(f"evaluate: threshold {threshold:.4g} ({threshold_source}), temperature {predictor.temperature:.3g}, "
+              f"tta {tta}", file=sys.stderr)
+    size = predictor.image_size or image_size
     if size is None:
         raise ValueError(f"--model={model} accepts any input size and has no run.json: pass --image_size")
     if image_size and image_size != size:
         print(f"evaluate: --image_size={image_size} ignored; the model / run.json fixes {size}", file=sys.stderr)
-    policy = small_policy or info.get("small_policy") or "resize"
-    config = DataConfig(source=detect_source(data, source), path=data, image_size=int(size), small_policy=policy)
+    policy = small_policy or predictor.small_policy or "resize"
+    config = DataConfig(source=detect_source(data, source), path=data, image_size=int(size), small_policy=policy,
+                        data_root=data_root)
     inp = make_input(config, split, training=False, global_batch_size=batch_size, backend=loader)
-    res = run_predictions(predict, inp, threshold, worst, verbose)
+    res = run_predictions(predictor.predict, inp, threshold, worst, verbose)
     meta = {
         "model": os.path.abspath(model),
-        "data": os.path.abspath(data),
+        "data": data if config.source == "photos" else os.path.abspath(data),
         "split": split,
         "source": config.source,
         "loader": loader,
         "image_size": int(size),
         "small_policy": policy,
-        "endpoint": info.get("endpoint"),
+        "threshold_source": threshold_source,
+        "temperature": predictor.temperature,
+        "tta": tta,
+        "endpoint": predictor.metadata.get("endpoint"),
         "skipped": [list(s) for s in inp.skipped],
         "versions": {"crack_tf": crack_tf.__version__, "keras": keras.__version__, "backend": keras.backend.backend()},
     }
     rep = R.build_report(res["scores"], res["labels"], threshold, res["counts"], res["rates"], n_resamples, seed,
                          pick_threshold, meta)  # fmt: skip
+    if inp.by_source:
+        rep["by_source"] = R.by_source_metrics(res["scores"], res["labels"], res["names"], threshold)
     out = output_dir or os.path.join(os.path.dirname(os.path.abspath(model.rstrip("/"))), f"eval_{split}")
     paths = R.write_report(out, rep, res["scores"], res["labels"], res["names"], res["worst"])
     return dict(rep, paths=paths)
@@ -272,7 +202,7 @@ def main(argv: Sequence[str]) -> int:
     rep = evaluate(
         FLAGS.model, FLAGS.data, FLAGS.split, FLAGS.threshold, FLAGS.output_dir, FLAGS.image_size,
         FLAGS.small_policy, FLAGS.source, FLAGS.loader, FLAGS.batch_size, FLAGS.bootstrap, FLAGS.seed,
-        FLAGS.pick_threshold, FLAGS.worst,
+        FLAGS.pick_threshold, FLAGS.worst, tta=FLAGS.tta, data_root=FLAGS.data_root,
     )  # fmt: skip
     m, ci = rep["metrics"], rep["ci95"]
 

@@ -13,11 +13,16 @@ with two signatures (Keras 3 ``keras.export.ExportArchive``):
 - ``predict_images``: ``images`` float32 [B, S, S, 3], raw 0-255 RGB already at model size;
 
 both returning ``probabilities`` float32 [B, 2], ``crack_probability`` float32 [B],
-``class_id`` int32 [B] and ``class_name`` string [B]. Bytes that are not an image fail the
-request with ``INVALID_ARGUMENT`` naming the offending element. The version folder also
-holds ``assets/crack_tf_metadata.json`` (class names, input size, small_policy, training
-config and metrics from ``run.json`` next to the model) and, when tensorflow-serving-api is
-installed, ``assets.extra/tf_serving_warmup_requests``. The folder is written under a
+``is_crack`` bool [B] (``crack_probability > threshold``), ``threshold`` float32 [B],
+``class_id`` int32 [B] and ``class_name`` string [B] (the class ``is_crack`` decides). The
+probabilities are calibrated with the temperature stored in the ``.keras`` file and, with a
+test-time augmentation (``--tta``, default: the one the threshold was picked with), averaged
+over the flipped / rotated views; the threshold is the model's stored operating point
+(``--threshold`` overrides it; 0.5 for a model without one). Bytes that are not an image fail
+the request with ``INVALID_ARGUMENT`` naming the offending element. The version folder also
+holds ``assets/crack_tf_metadata.json`` (class names, input size, small_policy, operating
+point, training config and metrics from ``run.json`` next to the model) and, when
+tensorflow-serving-api is installed, ``assets.extra/tf_serving_warmup_requests``. The folder is written under a
 temporary name and renamed at the end, so a running server never sees a half-written version.
 """
 
@@ -90,9 +95,25 @@ def build_metadata(
     image_size: int | None = None,
     small_policy: str | None = None,
     source: str | None = None,
+    model_meta: dict | None = None,
+    tta: str | None = None,
+    threshold: float | None = None,
 ) -> dict:
-    """Metadata JSON: explicit arguments win over ``run.json``, which wins over the model."""
+    """Metadata JSON: explicit arguments win over the ``.keras`` file's own metadata
+    (``model_meta``) and ``run.json``, which win over the model."""
+    from crack_tf.model_meta import DEFAULT_THRESHOLD
+    from crack_tf.predictor import TTA_MODES
+
     run = run or {}
+    model_meta = model_meta or {}
+    point = dict(model_meta.get("operating_point") or {})
+    tta = tta or model_meta.get("tta") or "none"
+    if tta not in TTA_MODES:
+        raise ValueError(f"--tta={tta!r}; choose one of {TTA_MODES}")
+    if threshold is not None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"--threshold={threshold} must be in [0, 1]")
+        point = {**point, "threshold": threshold, "rule": "--threshold at export"}
     model_size = _model_image_size(model)
     size = image_size or run.get("image_size") or model_size
     if size is None:
@@ -114,12 +135,18 @@ def build_metadata(
         "image_size": int(size),
         "small_policy": policy,
         "input": "raw 0-255 RGB; serving_default takes encoded image bytes",
+        "threshold": float(point.get("threshold", DEFAULT_THRESHOLD)),
+        "temperature": float(point.get("temperature", 1.0)),
+        "tta": tta,
+        "operating_point": point or None,
         "signatures": {
             DEFAULT_SIGNATURE: {"inputs": {IMAGE_BYTES_INPUT: "string [B]"}},
             IMAGES_SIGNATURE: {"inputs": {IMAGES_INPUT: f"float32 [B,{size},{size},3]"}},
             "outputs": {
                 "probabilities": "float32 [B,C]",
                 "crack_probability": "float32 [B]",
+                "is_crack": "bool [B]",
+                "threshold": "float32 [B]",
                 "class_id": "int32 [B]",
                 "class_name": "string [B]",
             },
@@ -140,19 +167,34 @@ def build_archive(model: keras.Model, metadata: dict):
     size, policy = metadata["image_size"], metadata["small_policy"]
     names = tf.constant(metadata["class_names"])
     crack_id = metadata["crack_class_id"]
+    threshold, temperature = float(metadata.get("threshold", 0.5)), float(metadata.get("temperature", 1.0))
+
+    def views(images):  # the test-time augmentation of crack_tf.predictor.tta_views, in the graph
+        out = [images]
+        if metadata.get("tta", "none") in ("flips", "d4"):
+            out += [tf.reverse(images, [2]), tf.reverse(images, [1]), tf.reverse(images, [1, 2])]
+        if metadata.get("tta") == "d4":
+            t = tf.transpose(images, [0, 2, 1, 3])
+            out += [t, tf.reverse(t, [2]), tf.reverse(t, [1]), tf.reverse(t, [1, 2])]
+        return out
 
     def outputs(images):
         check = tf.debugging.assert_positive(
             tf.shape(images)[0], message="crack_tf: empty batch; send at least one image"
         )
         with tf.control_dependencies([check]):
-            images = tf.identity(images)
-        logits = model(tf.cast(images, tf.float32), training=False)
-        probs = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
-        class_id = tf.argmax(probs, axis=-1, output_type=tf.int32)
+            images = tf.identity(tf.cast(images, tf.float32))
+        probs = tf.add_n([
+            tf.nn.softmax(tf.cast(model(v, training=False), tf.float32) / temperature, axis=-1) for v in views(images)
+        ]) / len(views(images))
+        crack = probs[:, crack_id]
+        is_crack = crack > threshold
+        class_id = tf.where(is_crack, crack_id, 1 - crack_id)
         return {
             "probabilities": probs,
-            "crack_probability": probs[:, crack_id],
+            "crack_probability": crack,
+            "is_crack": is_crack,
+            "threshold": tf.fill(tf.shape(crack), tf.constant(threshold, tf.float32)),
             "class_id": class_id,
             "class_name": tf.gather(names, class_id),
         }
@@ -257,21 +299,33 @@ def export_saved_model(
     return final
 
 
-def verify_export(model: keras.Model, version_dir: str, size: int, atol: float = 1e-4) -> float:
-    """Max |p_savedmodel - p_keras| over both signatures on a random PNG; raises if > atol."""
+def verify_export(model: keras.Model, version_dir: str, size: int, atol: float = 1e-4, metadata: dict | None = None
+                  ) -> float:
+    """Max |p_savedmodel - p_keras| over both signatures on a random PNG (the Keras side with the
+    same temperature and test-time augmentation); raises if > atol or is_crack disagrees."""
     import numpy as np
     import tensorflow as tf
 
+    from crack_tf.evaluation.calibration import calibrated_probability, logit_margin
+    from crack_tf.predictor import tta_views
+
+    metadata = metadata or {}
     png = _sample_png(size, seed=1)
     image = tf.io.decode_png(png).numpy()[None].astype("float32")
-    expected = tf.nn.softmax(model(image, training=False), axis=-1).numpy()
+    margins = np.stack([logit_margin(keras.ops.convert_to_numpy(model(v, training=False)))
+                        for v in tta_views(image, metadata.get("tta", "none"))])
+    expected = calibrated_probability(margins, metadata.get("temperature", 1.0))
     loaded = tf.saved_model.load(version_dir)
     got_bytes = loaded.signatures[DEFAULT_SIGNATURE](**{IMAGE_BYTES_INPUT: tf.constant([png])})
     got_images = loaded.signatures[IMAGES_SIGNATURE](**{IMAGES_INPUT: tf.constant(image)})
     diff = max(
-        float(np.abs(got_bytes["probabilities"].numpy() - expected).max()),
-        float(np.abs(got_images["probabilities"].numpy() - expected).max()),
+        float(np.abs(got_bytes["crack_probability"].numpy() - expected).max()),
+        float(np.abs(got_images["crack_probability"].numpy() - expected).max()),
     )
+    threshold = metadata.get("threshold", 0.5)
+    for got in (got_bytes, got_images):
+        if bool(got["is_crack"].numpy()[0]) != bool(got["crack_probability"].numpy()[0] > np.float32(threshold)):
+            raise RuntimeError("exported is_crack disagrees with crack_probability > threshold")
     if diff > atol:
         raise RuntimeError(f"exported SavedModel differs from the Keras model by {diff:.2e} > {atol:g}")
     return diff
@@ -294,9 +348,12 @@ def main(argv: Sequence[str]) -> int:
         print(f"crack_tf.export: unexpected arguments {list(argv[1:])}", file=sys.stderr)
         return 2
     try:
+        from crack_tf.model_meta import read_metadata
+
         model = load_model(FLAGS.model)
         metadata = build_metadata(
-            model, read_run_json(FLAGS.model), FLAGS.image_size, FLAGS.small_policy, source=FLAGS.model
+            model, read_run_json(FLAGS.model), FLAGS.image_size, FLAGS.small_policy, source=FLAGS.model,
+            model_meta=read_metadata(FLAGS.model), tta=FLAGS.tta, threshold=FLAGS.threshold,
         )
         path = export_saved_model(
             model, FLAGS.export_dir, metadata, FLAGS.version, FLAGS.overwrite, FLAGS.warmup, FLAGS.serving_name
@@ -305,9 +362,10 @@ def main(argv: Sequence[str]) -> int:
         print(f"crack_tf.export: {err}", file=sys.stderr)
         return 2
     print(f"exported {FLAGS.model} -> {path} (signatures {DEFAULT_SIGNATURE}, {IMAGES_SIGNATURE}; "
-          f"{metadata['image_size']} px, small_policy={metadata['small_policy']})")
+          f"{metadata['image_size']} px, small_policy={metadata['small_policy']}; is_crack at threshold "
+          f"{metadata['threshold']:.4g}, temperature {metadata['temperature']:.3g}, tta {metadata['tta']})")
     if FLAGS.verify:
-        diff = verify_export(model, path, metadata["image_size"])
+        diff = verify_export(model, path, metadata["image_size"], metadata=metadata)
         print(f"verified: SavedModel matches the Keras model (max |dp| = {diff:.1e})")
     if not pathlib.Path(path, "assets.extra", WARMUP_FILE).exists() and FLAGS.warmup:
         print("note: tensorflow-serving-api not installed, no warmup request written")
@@ -326,6 +384,9 @@ def _define_flags() -> None:
     flags.DEFINE_bool("verify", True, "Reload the export and compare it with the Keras model.")
     flags.DEFINE_bool("warmup", True, "Write assets.extra/tf_serving_warmup_requests (needs tensorflow-serving-api).")
     flags.DEFINE_string("serving_name", "crack_tf", "Model name used in the warmup request.")
+    flags.DEFINE_enum("tta", None, ["none", "flips", "d4"], "Test-time augmentation in the signature (default: "
+                      "the one the model's threshold was picked with, else none).")
+    flags.DEFINE_float("threshold", None, "is_crack threshold (default: the model's stored one, else 0.5).")
 
 
 if __name__ == "__main__":

@@ -309,7 +309,9 @@ def _define_flags() -> None:
     flags.DEFINE_integer("stride", 64, "Window step in pixels.")
     flags.DEFINE_integer("batch", 64, "Windows per model call.")
     flags.DEFINE_string("output_dir", "heatmaps", "Where the maps, overlays and boxes go.")
-    flags.DEFINE_float("threshold", 0.5, "Crack iff p(crack) > threshold (boxes).")
+    flags.DEFINE_float("threshold", None, "Crack iff p(crack) > threshold (boxes); default: the model's stored "
+                       "threshold, else 0.5.")
+    flags.DEFINE_enum("tta", "none", ["none", "flips", "d4"], "Test-time augmentation of each window.")
     flags.DEFINE_enum("boxes", "geojson", ["geojson", "csv", "none"], "Crack-box file format.")
     flags.DEFINE_integer("overlay_max_side", 2048, "Longest side of the overlay PNG.")
     flags.DEFINE_integer("image_size", None, "Model input size if neither run.json nor the model fixes it.")
@@ -318,7 +320,7 @@ def _define_flags() -> None:
 def main(argv: list[str]) -> int:
     from absl import app, flags
 
-    from crack_tf.evaluate import load_predictor
+    from crack_tf.predictor import load_model
 
     photos = argv[1:]
     if not photos:
@@ -327,15 +329,19 @@ def main(argv: list[str]) -> int:
     if missing:
         raise app.UsageError(f"photo(s) not found: {missing}")
     cfg = flags.FLAGS
-    predict, info = load_predictor(cfg.model)
-    size = cfg.image_size or info.get("image_size")
+    predictor = load_model(cfg.model, cfg.tta)
+    predict = predictor.predict
+    size = cfg.image_size or predictor.image_size
     if not size:
         raise app.UsageError(f"--model={cfg.model}: its input size is unknown; pass --image_size")
+    threshold = predictor.threshold if cfg.threshold is None else cfg.threshold
+    print(f"heatmap: threshold {threshold:.4g} "
+          f"({predictor.threshold_source if cfg.threshold is None else '--threshold'}), tta {cfg.tta}", flush=True)
     os.makedirs(cfg.output_dir, exist_ok=True)
     total_s, total_mp = 0.0, 0.0
     for i, path in enumerate(photos, 1):
         s = process_photo(predict, int(size), path, cfg.output_dir, cfg.window, cfg.stride, cfg.batch,
-                          cfg.threshold, cfg.boxes, cfg.overlay_max_side)
+                          threshold, cfg.boxes, cfg.overlay_max_side)
         total_s += s["seconds"]
         total_mp += s["height"] * s["width"] / 1e6
         print(f"[{i}/{len(photos)}] {path}: {s['width']}x{s['height']}, {s['windows']} windows, "

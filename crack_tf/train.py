@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 from crack_tf import CLASS_NAMES  # noqa: E402
 from crack_tf.training import callbacks as cb  # noqa: E402
-from crack_tf.training import rundir  # noqa: E402
+from crack_tf.training import finish, rundir  # noqa: E402
 from crack_tf.training.optim import SparseCrossEntropy, effective_lr, make_optimizer, make_schedule  # noqa: E402
 from crack_tf.training.runtime import (  # noqa: E402
     Runtime,
@@ -60,19 +60,12 @@ def data_config(cfg: types.SimpleNamespace):
         source=source, path=path, image_size=cfg.image_size, small_policy=cfg.small_policy,
         flips=cfg.flips, rot90=cfg.rot90, brightness=cfg.brightness, contrast=cfg.contrast,
         balance=cfg.balance, deterministic=cfg.deterministic,
-        workers=cfg.loader_workers or min(8, os.cpu_count() or 1),
+        workers=cfg.loader_workers or min(8, os.cpu_count() or 1), processes=cfg.loader_processes,
         data_root=cfg.data_root, crops_per_epoch=cfg.crops_per_epoch, crop_side=tuple(cfg.crop_side),
         min_crack_pixels=cfg.min_crack_pixels, crack_fraction=cfg.crack_fraction, max_padding=cfg.max_padding,
         saturation=cfg.saturation, blur=cfg.blur, noise=cfg.noise, jpeg=cfg.jpeg, val_tile=cfg.val_tile,
         val_fraction=cfg.val_fraction,
     )
-
-
-def eval_sources_config(cfg: types.SimpleNamespace, dcfg):
-    """The photos DataConfig whose val tiles ``--eval_sources`` names (None when unset)."""
-    if not cfg.eval_sources:
-        return None
-    return dcfg.replace(source="photos", path=cfg.eval_sources)
 
 
 def build_model(cfg: types.SimpleNamespace) -> keras.Model:
@@ -105,6 +98,7 @@ def set_backbone_frozen(model: keras.Model, frozen: bool) -> None:
 
 
 def compile_model(model: keras.Model, cfg: types.SimpleNamespace, steps_per_epoch: int) -> None:
+    """Optimizer (with EMA when ``--ema_momentum``), loss and the crack metrics at ``--threshold``."""
     from crack_tf.metrics import default_metrics
 
     model.compile(
@@ -130,11 +124,6 @@ class _StepDelay(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         time.sleep(self.seconds)
-
-
-def _evaluate(model: keras.Model, split_input) -> dict:
-    results = model.evaluate(split_input.dataset, verbose=0, return_dict=True)
-    return {k: float(v) for k, v in results.items() if keras.ops.ndim(v) == 0}
 
 
 def _sample_batch(dataset):
@@ -164,29 +153,53 @@ def fit_segments(start_step: int, steps_per_epoch: int, epochs: int, freeze_epoc
     return out
 
 
-def _final_metrics(model, cfg, dcfg, split_input, val_input) -> dict:
-    """run.json ``metrics``: val and train (pooled and per source for the photos source), and the
-    ``--eval_sources`` val tiles."""
-    from crack_tf.data import make_input
-    from crack_tf.training.validation import evaluate_sources
+def _describe_data(cfg, probe, val_input) -> None:
+    print(f"data: {cfg.train_split}={probe.num_examples} {probe.class_counts} "
+          f"{cfg.val_split}={val_input.num_examples if val_input else 0}; skipped "
+          f"{len(probe.skipped) + (len(val_input.skipped) if val_input else 0)} unreadable files", flush=True)
+    for name, info in probe.info.get("sources", {}).items():
+        tiles = val_input.by_source[name].class_counts if val_input and name in val_input.by_source else {}
+        print(f"  source {name}: weight {info['weight']}, {info['photos']} photos ({info['fold']}, "
+              f"{info['decoded_mb']} MB decoded, {info['skipped']} skipped); val tiles {tiles}", flush=True)
 
-    results = {}
-    if val_input is not None:
-        if val_input.by_source:
-            results["val"], results["val_by_source"] = evaluate_sources(model, val_input.by_source)
-        else:
-            results["val"] = _evaluate(model, val_input)
-    train_eval = split_input(cfg.train_split, training=False, eval_max_tiles=1024)
-    if train_eval.by_source:
-        results["train"], results["train_by_source"] = evaluate_sources(model, train_eval.by_source)
-    else:
-        results["train"] = _evaluate(model, train_eval)
-    extra = eval_sources_config(cfg, dcfg)
-    if extra is not None:
-        tiles = make_input(extra, cfg.val_split or "val", training=False, global_batch_size=cfg.batch_size,
-                           backend=cfg.loader)
-        results["eval_sources"], results["eval_sources_by_source"] = evaluate_sources(model, tiles.by_source)
-    return results
+
+def _ema_swapper(model: keras.Model, cfg: types.SimpleNamespace):
+    """With ``--ema_momentum``: Keras' SwapEMAWeights, used around val and best.keras saves so
+    they see the averaged weights while training goes on with the raw ones."""
+    if not cfg.ema_momentum:
+        return None
+    swapper = keras.callbacks.SwapEMAWeights(swap_on_epoch=False)
+    swapper.set_model(model)
+    return swapper
+
+
+def _store_operating_point(model, cfg, val_input, out_dir: str, runtime) -> dict | None:
+    """Picks the operating point on val for final.keras (returned for run.json) and best.keras,
+    and writes each into its file. Single-process runs only (val is sharded across processes)."""
+    from crack_tf.model_meta import write_metadata
+
+    if val_input is None or runtime.num_processes > 1:
+        if val_input is not None:
+            print("operating point: not picked in a multi-process run (each process sees part of val)", flush=True)
+        return None
+    result = None
+    for name in ("final.keras", "best.keras"):
+        path = os.path.join(out_dir, name)
+        if name == "best.keras":
+            if not os.path.isfile(path):
+                continue
+            model = keras.saving.load_model(path, compile=False)
+        points = finish.operating_point(model, val_input, cfg.threshold_rule, cfg.tta)
+        chosen = points[cfg.tta]
+        at = chosen["val_at_threshold"]
+        print(f"{name} operating point ({cfg.threshold_rule} on val, tta {cfg.tta}): threshold "
+              f"{chosen['threshold']:.4f}, temperature {chosen['temperature']:.3f} (ECE {chosen['ece_before']:.3f} "
+              f"-> {chosen['ece_after']:.3f}); val P={at['precision']:.4f} R={at['recall']:.4f} "
+              f"acc={at['accuracy']:.4f}", flush=True)
+        write_metadata(path, {"operating_point": chosen, "image_size": cfg.image_size, "tta": cfg.tta,
+                              "small_policy": cfg.small_policy, "class_names": list(CLASS_NAMES), "model": cfg.model})
+        result = result or points
+    return result
 
 
 def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
@@ -199,6 +212,7 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
     policy = set_precision(cfg, runtime)
     rundir.prepare_model_dir(cfg, runtime.is_chief)
     dcfg = data_config(cfg)
+    out_dir = rundir.output_dir(cfg.model_dir, runtime.is_chief)
 
     def split_input(split: str, training: bool, skip_batches: int = 0, **changes):
         """This process' shard of ``split`` with the run's batch, seed and loader."""
@@ -207,16 +221,10 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
                           shard_index=runtime.process_id, skip_batches=skip_batches)
 
     probe = split_input(cfg.train_split, training=True)
-    train_summary = (probe.class_counts, probe.skipped, probe.info)
+    train_summary = {"train": probe.class_counts, "skipped": probe.skipped, **probe.info}
     steps_per_epoch = cfg.steps_per_epoch or probe.steps_per_epoch
     val_input = split_input(cfg.val_split, training=False) if cfg.val_split else None
-    print(f"data: {cfg.train_split}={probe.num_examples} {probe.class_counts} "
-          f"{cfg.val_split}={val_input.num_examples if val_input else 0}; skipped "
-          f"{len(probe.skipped) + (len(val_input.skipped) if val_input else 0)} unreadable files", flush=True)
-    for name, info in probe.info.get("sources", {}).items():
-        tiles = val_input.by_source[name].class_counts if val_input and name in val_input.by_source else {}
-        print(f"  source {name}: weight {info['weight']}, {info['photos']} photos ({info['fold']}, "
-              f"{info['decoded_mb']} MB decoded, {info['skipped']} skipped); val tiles {tiles}", flush=True)
+    _describe_data(cfg, probe, val_input)
 
     state = rundir.load_state(cfg.model_dir) or {"global_step": 0, "best": None}
     start_step = state["global_step"]
@@ -237,22 +245,25 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
     if writer.kind != "none" and not start_step:
         writer.images("train/sample_batch", _sample_batch(probe.dataset), 0)
     clock = cb.StepClock()
+    ema = _ema_swapper(model, cfg)
     sources = tuple(val_input.by_source) if val_input else ()
     progress = cb.ProgressLogger(cfg.model_dir, clock, steps_per_epoch, cfg.epochs, cfg.batch_size, cfg.log_every,
                                  writer, print_lines=not sys.stdout.isatty(),
                                  lr_at=make_schedule(cfg, steps_per_epoch).value, is_chief=runtime.is_chief,
                                  sources=sources, async_logs=runtime.num_processes == 1)
     checkpoints = cb.CheckpointAndBest(cfg.model_dir, clock, cfg.checkpoint_every, cfg.best_metric, cfg.best_mode,
-                                       state, runtime.is_chief)
+                                       state, runtime.is_chief, ema=ema)
     class_weight = probe.class_weight if cfg.balance == "class_weight" else None
     callbacks = [progress, checkpoints]
     if sources:  # per-source val: evaluated by the callback, first, so the others see its logs
-        callbacks.insert(0, SourceValidation(val_input.by_source, before=progress.mark_train_end))
+        callbacks.insert(0, SourceValidation(val_input.by_source, before=progress.mark_train_end, ema=ema))
+    elif ema is not None:  # Keras' own validation: the swapper swaps around it
+        callbacks.insert(0, ema)
     if os.environ.get("CRACK_TF_STEP_DELAY"):
         callbacks.append(_StepDelay(float(os.environ["CRACK_TF_STEP_DELAY"])))
 
     done = start_step
-    for first_epoch, end_epoch, steps, seg_frozen in segments:
+    for i, (first_epoch, end_epoch, steps, seg_frozen) in enumerate(segments):
         if frozen and not seg_frozen:  # unfreeze: new optimizer slots, same step count
             frozen = False
             with runtime.scope():
@@ -276,12 +287,23 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
             verbose=1 if sys.stdout.isatty() else 0,
         )
         done += (end_epoch - first_epoch - 1) * steps_per_epoch + steps
+        if ema is not None and i + 1 < len(segments):
+            # fit() ended by writing the averages into the weights; go on from the raw ones,
+            # exactly as a run resumed from this (epoch-end) checkpoint would.
+            rundir.restore_checkpoint(model, out_dir)
+    if ema is not None:
+        if not segments:  # resumed after the last epoch: the final model is the average
+            model.optimizer.finalize_variable_values(model.trainable_weights)
+        # finalize assigned the averages' own arrays to the weights: give the weights copies, or
+        # a later donating step (JAX) would delete the buffers the optimizer still holds.
+        for var in model.trainable_variables:
+            var.assign(keras.ops.convert_to_numpy(var))
 
-    results = _final_metrics(model, cfg, dcfg, split_input, val_input)
-    out_dir = rundir.output_dir(cfg.model_dir, runtime.is_chief)
+    results = finish.final_metrics(model, cfg, dcfg, split_input, val_input)
     model.save(os.path.join(out_dir, "final.keras"))  # every process: saving is collective
     if state.get("best") is None:  # no validation: the final model is the best we know
         model.save(os.path.join(out_dir, "best.keras"))
+    points = _store_operating_point(model, cfg, val_input, out_dir, runtime)
     digest = rundir.weights_digest(model)
     if runtime.num_processes > 1:
         print(f"process {runtime.process_id}: weights_sha256={digest}", flush=True)
@@ -289,15 +311,14 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
         rundir.write_json(os.path.join(cfg.model_dir, "run.json"), {
             "config": vars(cfg), "class_names": list(CLASS_NAMES), "image_size": cfg.image_size,
             "small_policy": cfg.small_policy, "metrics": results,
+            "operating_point": points[cfg.tta] if points else None, "operating_points": points,
             "best": {"metric": cfg.best_metric, "value": state.get("best"), "epoch": state.get("best_epoch")},
             "throughput_images_per_second": progress.last_throughput, "dtype_policy": policy,
             "epoch_seconds": progress.epoch_seconds,
             "runtime": {"backend": runtime.backend, "strategy": runtime.strategy_name,
                         "replicas": runtime.num_replicas, "processes": runtime.num_processes,
                         "devices": runtime.devices},
-            "versions": rundir.versions(),
-            "data": {"train": train_summary[0], "steps_per_epoch": steps_per_epoch, "skipped": train_summary[1],
-                     **train_summary[2]},
+            "versions": rundir.versions(), "data": {**train_summary, "steps_per_epoch": steps_per_epoch},
             "wall_seconds": time.time() - started, "weights_sha256": digest,
         })
     return results

@@ -116,3 +116,25 @@ def test_jax_pretraining_without_tensorflow_loads_as_backbone_weights(tmp_path, 
     assert not np.array_equal(fresh["conv1_conv"][0], trained["conv1_conv"][0])
     # BatchNorm moving statistics were learned in pretraining and carried over too.
     assert not np.allclose(trained["conv1_bn"][3], 1.0) and np.array_equal(loaded["conv1_bn"][3], trained["conv1_bn"][3])
+
+
+def test_crack_pretraining_on_photo_sources_gives_loadable_backbone_weights(tmp_path):
+    from crack_tf import models
+    from crack_tf.data.crops import crop_label
+    from tests.photo_data import write_source
+
+    write_source(tmp_path / "src", {"train": 3, "val": 1})
+    sampler = pt.crack_sampler("src", str(tmp_path), 32, (16, 48), 20, seed=0, crops=64)
+    x, y = pt.make_batch("crack", 1, 8, 32, 0, sampler=sampler)
+    assert x.shape == (8, 32, 32, 3) and set(y.tolist()) <= {0, 1}
+    # Labels are the crop rule on the source's train masks (the trainer's photos source).
+    for index in range(8):
+        label, _, (i, top, left, side), _ = sampler.draw(0, 8 + index)
+        photo = sampler.sources[0].photos[i]
+        assert crop_label(photo, top, left, side, sampler.options.min_pixels(side), 1.0) == label == y[index]
+    out = tmp_path / "crack.weights.h5"
+    record = pt.pretrain("crack", str(out), image_size=32, steps=2, batch_size=4, log_every=1, data_dir="src",
+                         data_root=str(tmp_path), crop_side=(16, 48), min_crack_pixels=20)
+    assert record["mode"] == "crack" and record["steps"] == 2 and os.path.isfile(out)
+    model = models.get("resnet50_aspp", weights=str(out), input_shape=(32, 32, 3))  # --weights= reads it
+    assert model.count_params() > 0

@@ -56,7 +56,7 @@ def test_fit_segments_split_at_resume_and_unfreeze():
 
 def test_photos_run_reports_val_per_source_and_pooled(sources, tmp_path):
     model_dir = tmp_path / "run"
-    out = _finish(_train(_args(sources, model_dir, ["--eval_sources=site_b"])))
+    out = _finish(_train(_args(sources, model_dir, ["--eval_sources=site_b", "--tta=flips", "--ema_momentum=0.8"])))
     assert "source site_a: weight 0.7" in out and "| site_b acc=" in out
     run = json.load(open(model_dir / "run.json"))
     by_source = run["metrics"]["val_by_source"]
@@ -80,6 +80,15 @@ def test_photos_run_reports_val_per_source_and_pooled(sources, tmp_path):
     pooled = model.evaluate(make_input(cfg, "val", False, 8).dataset, verbose=0, return_dict=True)
     for key in ("accuracy", "precision", "recall", "f1", "loss"):
         assert pooled[key] == pytest.approx(run["metrics"]["val"][key], abs=1e-5), key
+    # The operating point: picked on val with and without TTA, the --tta one stored in final.keras.
+    from crack_tf.model_meta import read_metadata
+
+    assert set(run["operating_points"]) == {"none", "flips"} and run["operating_point"]["tta"] == "flips"
+    stored = read_metadata(str(model_dir / "final.keras"))
+    assert stored["operating_point"]["threshold"] == run["operating_point"]["threshold"] and stored["tta"] == "flips"
+    assert set(run["operating_point"]["val_at_threshold_by_source"]) == {"site_a", "site_b"}
+    assert "operating_point" in read_metadata(str(model_dir / "best.keras"))
+    assert "final.keras operating point (f1 on val, tta flips): threshold" in out
 
 
 def _weights(path):
@@ -93,7 +102,8 @@ def _weights(path):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_kill9_then_resume_is_bit_identical_with_photos(sources, tmp_path, backend):
-    extra = ["--epochs=2", "--checkpoint_every=2", "--deterministic=true"]
+    # With weight averaging: the resumed run goes on from the raw weights of its checkpoint.
+    extra = ["--epochs=2", "--checkpoint_every=2", "--deterministic=true", "--ema_momentum=0.9"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     if backend == "jax":
         env = _env(tmp_path, block_tf=True)

@@ -22,13 +22,10 @@ inherited (``KERAS_BACKEND``). Writes ``results.csv`` (one line per finished run
 from __future__ import annotations
 
 import concurrent.futures as cf
-import csv
-import json
 import os
 import queue
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -37,31 +34,22 @@ from dataclasses import dataclass, field
 
 from absl import app, flags
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ablate_report import (  # noqa: E402  (tools/ is not a package)
+    CSV_FIELDS,
+    METRICS,
+    OPTION_KEYS,
+    PAPER,
+    PAPER_HEADLINE,
+    collect,
+    markdown,
+    norm,
+    read_json,
+    write_results,
+)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-#: The paper's accuracies in percent (train, test); shared/PAPER.md tables 1-3.
-PAPER: dict[str, dict[str, tuple[float, float]]] = {
-    "table1": {"resnet50": (84.93, 73.78), "resnet50_aspp": (85.83, 81.86)},
-    "table2": {
-        "resnet50": (99.79, 93.65),
-        "conv1_x4": (98.41, 95.80), "conv1_x8": (98.93, 93.16), "conv1_x32": (98.50, 92.66),
-        "layer1_x4": (99.03, 96.70), "layer1_x8": (98.72, 92.75), "layer1_x16": (98.19, 91.76),
-        "layer2_x8": (98.99, 91.76), "layer2_x16": (98.95, 93.65),
-        "layer3_x4": (99.81, 91.92), "layer3_x8": (99.69, 89.12),
-        "layer4_x8": (99.81, 87.96), "layer4_x16": (99.81, 88.29),
-    },
-    "table3": {"rates_2_4_8": (float("nan"), 96.70), "rates_2_4_6": (float("nan"), 94.31),
-               "rates_3_6_9": (float("nan"), 94.64)},
-    "ours": {},
-}
-#: Headline precision / false-alarm rate of the paper's best model (percent).
-PAPER_HEADLINE = {"precision": 96.69, "false_alarm_rate": 3.31}
-
-METRICS = ("accuracy", "precision", "recall", "f1", "missed_alarm_rate", "false_alarm_rate", "loss")
-OPTION_KEYS = ("model", "insert_after", "depth_multiplier", "rates", "fusion", "image_size", "weights", "epochs")
-CSV_FIELDS = (["table", "row", "seed", "run"] + list(OPTION_KEYS)
-              + [f"val_{m}" for m in METRICS] + [f"train_{m}" for m in METRICS]
-              + ["best_epoch", "best_value", "wall_seconds", "images_per_second", "backend"])
+__all__ = ["CSV_FIELDS", "METRICS", "OPTION_KEYS", "PAPER", "PAPER_HEADLINE", "collect", "markdown", "write_results"]
 
 FLAGS = flags.FLAGS
 
@@ -157,14 +145,6 @@ def build_runs(table: str, base_flagfile: str, rows: list[str], seeds: list[int]
     return runs
 
 
-def _norm(value) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return str(value)
-
-
 def _same_number(a: str, b: str) -> bool:
     try:
         return float(a) == float(b)
@@ -179,20 +159,12 @@ def stale_flags(run: Run, run_json: dict) -> list[str]:
     differ = []
     for key, value in run.options.items():
         if key in config and key not in ("model_dir",):
-            want, have = value, _norm(config[key])
+            want, have = value, norm(config[key])
             if isinstance(config[key], bool):
                 want = bools.get(value.lower(), value)
             if want != have and not _same_number(want, have):
                 differ.append(key)
     return differ
-
-
-def read_json(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def child_env(slot_gpu: str | None, per_gpu: int) -> dict:
@@ -251,96 +223,6 @@ class Launcher:
             for proc in self.procs:
                 if proc.poll() is None:
                     proc.terminate()
-
-
-def _row_dict(run: Run, rj: dict) -> dict:
-    cfg = rj.get("config", {})
-    m = rj.get("metrics", {})
-    row = {"table": run.table, "row": run.row, "seed": run.seed, "run": run.name}
-    row.update({k: _norm(cfg.get(k, "")) for k in OPTION_KEYS})
-    for split in ("val", "train"):
-        for k in METRICS:
-            row[f"{split}_{k}"] = m.get(split, {}).get(k, "")
-    best = rj.get("best") or {}
-    row.update(best_epoch=best.get("epoch", ""), best_value=best.get("value", ""),
-               wall_seconds=rj.get("wall_seconds", ""), images_per_second=rj.get("throughput_images_per_second", ""),
-               backend=rj.get("runtime", {}).get("backend", rj.get("versions", {}).get("backend", "")))
-    return row
-
-
-def collect(runs: list[Run]) -> list[dict]:
-    """One dict per run that has a run.json (in grid order)."""
-    rows = []
-    for run in runs:
-        rj = read_json(os.path.join(run.model_dir, "run.json"))
-        if rj is not None:
-            rows.append(_row_dict(run, rj))
-    return rows
-
-
-def _pct(values: list[float]) -> str:
-    values = [100 * float(v) for v in values if v != ""]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
-def _paper(value: float | None) -> str:
-    return "-" if value is None or value != value else f"{value:.2f}"
-
-
-def options_text(r: dict) -> str:
-    if r["model"] == "resnet50_aspp":
-        text = f"aspp@{r['insert_after']} x{r['depth_multiplier']} rates {r['rates']} {r['fusion']}"
-    else:
-        text = r["model"]
-    return text + (" +w" if r.get("weights") else "")
-
-
-def markdown(table: str, results: list[dict], row_order: list[str]) -> str:
-    """Paper-shaped Markdown: one line per grid row, mean ± std over seeds (percent)."""
-    paper = PAPER.get(table, {})
-    lines = [f"## {table}", "",
-             "Val/train accuracy, P, R, F1, MA, FA (of the final model, on val) in percent, mean ± sample std "
-             "over n seeds; best ep = epoch(s) of the best val accuracy; paper = its train / test accuracy "
-             "(different data: the paper's test set is not available).", "",
-             "| row | options | n | val acc | train acc | P | R | F1 | MA | FA | best ep | s/run | paper train | "
-             "paper test |", "|" + "---|" * 14]
-    for name in row_order:
-        rs = [r for r in results if r["row"] == name]
-        p_train, p_test = paper.get(name, (None, None))
-        if not rs:
-            lines.append(f"| {name} | (not run) | 0 |" + " - |" * 9 + f" {_paper(p_train)} | {_paper(p_test)} |")
-            continue
-        cells = [_pct([r[f"val_{k}"] for r in rs]) for k in ("accuracy",)]
-        cells.append(_pct([r["train_accuracy"] for r in rs]))
-        cells += [_pct([r[f"val_{k}"] for r in rs]) for k in
-                  ("precision", "recall", "f1", "missed_alarm_rate", "false_alarm_rate")]
-        epochs = sorted({str(r["best_epoch"]) for r in rs})
-        secs = [float(r["wall_seconds"]) for r in rs if r["wall_seconds"] != ""]
-        lines.append(f"| {name} | {options_text(rs[0])} | {len(rs)} | " + " | ".join(cells)
-                     + f" | {','.join(epochs)} | {statistics.fmean(secs) if secs else 0:.0f} | "
-                     f"{_paper(p_train)} | {_paper(p_test)} |")
-    lines += ["", f"Paper headline (best model): P {PAPER_HEADLINE['precision']}, FA "
-              f"{PAPER_HEADLINE['false_alarm_rate']}.", ""]
-    return "\n".join(lines)
-
-
-def write_results(output_dir: str, table: str, runs: list[Run]) -> list[dict]:
-    results = collect(runs)
-    os.makedirs(output_dir, exist_ok=True)
-    tmp = os.path.join(output_dir, "results.csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(results)
-    os.replace(tmp, os.path.join(output_dir, "results.csv"))
-    order = list(dict.fromkeys(r.row for r in runs))
-    with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as f:
-        f.write(markdown(table, results, order))
-    return results
 
 
 def run_grid(runs: list[Run], output_dir: str, table: str, parallel: int = 1, gpus: list[str] | None = None,

@@ -34,7 +34,7 @@ flags.DEFINE_string("data", os.path.join(REPO, "..", "shared", "data", "uav75", 
 flags.DEFINE_integer("window", 128, "Window side in photo pixels.")
 flags.DEFINE_integer("stride", 32, "Window step in pixels.")
 flags.DEFINE_integer("batch", 64, "Windows per model call.")
-flags.DEFINE_float("threshold", 0.5, "Map threshold.")
+flags.DEFINE_float("threshold", None, "Map threshold (default: the model's stored threshold, else 0.5).")
 flags.DEFINE_integer("tolerance", None, "Tolerant-metric radius in px (default window // 2).")
 flags.DEFINE_integer("image_size", None, "Model input size if neither run.json nor the model fixes it.")
 flags.DEFINE_string("output_dir", None, "Also write each photo's heatmap outputs here.")
@@ -92,12 +92,14 @@ def save_figure(path: str, panels: list[tuple[str, object, object]], threshold: 
 
 
 def main(argv: list[str]) -> int:
-    from crack_tf.evaluate import load_predictor
+    from crack_tf.predictor import load_model
 
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    predict, info = load_predictor(FLAGS.model)
-    size = FLAGS.image_size or info.get("image_size")
+    predictor = load_model(FLAGS.model)
+    predict = predictor.predict
+    threshold = predictor.threshold if FLAGS.threshold is None else FLAGS.threshold
+    size = FLAGS.image_size or predictor.image_size
     if not size:
         raise app.UsageError(f"--model={FLAGS.model}: input size unknown; pass --image_size")
     tolerance = FLAGS.window // 2 if FLAGS.tolerance is None else FLAGS.tolerance
@@ -105,7 +107,7 @@ def main(argv: list[str]) -> int:
     if FLAGS.output_dir:
         os.makedirs(FLAGS.output_dir, exist_ok=True)
     print(f"{len(items)} photos, window {FLAGS.window} stride {FLAGS.stride} -> {size} px, threshold "
-          f"{FLAGS.threshold}, tolerance {tolerance} px")
+          f"{threshold}, tolerance {tolerance} px")
     print(f"{'photo':<16}" + " ".join(f"{k[:8]:>8}" for k in _SHOWN))
     results, seconds, mpix, panels = [], 0.0, 0.0, []
     for photo_path, mask_path in items:
@@ -113,10 +115,10 @@ def main(argv: list[str]) -> int:
         mask = decode_image_np(mask_path)[..., 0]
         if FLAGS.output_dir:
             H.process_photo(predict, int(size), photo_path, FLAGS.output_dir, FLAGS.window, FLAGS.stride,
-                            FLAGS.batch, FLAGS.threshold)
+                            FLAGS.batch, threshold)
         hm = H.sliding_heatmap(predict, photo, int(size), FLAGS.window, FLAGS.stride, FLAGS.batch)
         pmap = hm.pixel_map()
-        m = H.pixel_metrics(pmap, mask, FLAGS.threshold, tolerance)
+        m = H.pixel_metrics(pmap, mask, threshold, tolerance)
         if FLAGS.figure:
             panels.append((os.path.splitext(os.path.basename(photo_path))[0], pmap, mask))
         m.update(photo=os.path.basename(photo_path), seconds=hm.seconds, megapixels=hm.height * hm.width / 1e6)
@@ -130,12 +132,12 @@ def main(argv: list[str]) -> int:
           f"{pooled['tolerant_f1']:.4f} (P {pooled['tolerant_precision']:.4f} R {pooled['tolerant_recall']:.4f}), "
           f"joints flagged {pooled['joint_positive_rate']:.4f}, {seconds / max(mpix, 1e-9):.2f} s/MP")
     if FLAGS.figure:
-        save_figure(FLAGS.figure, panels, FLAGS.threshold)
+        save_figure(FLAGS.figure, panels, threshold)
         print(f"figure -> {FLAGS.figure}")
     if FLAGS.json_out:
         with open(FLAGS.json_out, "w") as f:
             json.dump({"model": FLAGS.model, "window": FLAGS.window, "stride": FLAGS.stride,
-                       "threshold": FLAGS.threshold, "tolerance": tolerance, "image_size": int(size),
+                       "threshold": threshold, "tolerance": tolerance, "image_size": int(size),
                        "photos": results, "pooled": pooled, "seconds_per_megapixel": seconds / max(mpix, 1e-9)},
                       f, indent=2)
     return 0

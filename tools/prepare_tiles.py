@@ -46,6 +46,10 @@ flags.DEFINE_bool("no_masks", False, "Do not look for masks; write tiles to <spl
 flags.DEFINE_list("split", ["train:0.8", "val:0.1", "test:0.1"], "split:fraction pairs, split by source photo.")
 flags.DEFINE_integer("seed", 0, "Seed of the photo split.")
 flags.DEFINE_enum("format", "png", ["png", "jpg"], "Tile file format (png is lossless).")
+flags.DEFINE_bool("keep_splits", False, "Each --input_dir is a photos source (<split>/images + <split>/masks): keep "
+                  "its own splits (and the val fold of a source without val/), cut --tile_size tiles on the grid "
+                  "with the photos source's rule (crack >= --min_crack_pixels, background none, padded tiles "
+                  "dropped) as <split>/<class>/<stem>_y###_x###.png: the uav75_tiles layout.")
 
 
 def _fractions(items: list[str]) -> dict[str, float]:
@@ -59,8 +63,39 @@ def _fractions(items: list[str]) -> dict[str, float]:
     return out
 
 
+def export_grid_tiles() -> int:
+    """``--keep_splits``: fixed grid tiles of photo sources, split by the sources' own folders."""
+    from crack_tf.data.crops import grid_tiles
+    from crack_tf.data.photos import SourceSpec, load_photo_set
+
+    counts = collections.Counter()
+    for root in FLAGS.input_dir:
+        spec = SourceSpec(os.path.basename(os.path.normpath(root)), root)
+        splits = sorted({p.name for p in os.scandir(root) if os.path.isdir(os.path.join(p.path, "images"))} | {"val"})
+        for split in splits:
+            photos = load_photo_set(spec, split)
+            tiles = grid_tiles(photos, FLAGS.tile_size, FLAGS.min_crack_pixels)
+            with Progress(len(tiles.labels), f"{spec.name}/{split}") as bar:
+                for image, label, name in zip(tiles.images, tiles.labels, tiles.names):
+                    cls = CLASS_NAMES[label]
+                    out = os.path.join(FLAGS.out_dir, split, cls, name.split("/", 1)[1] + "." + FLAGS.format)
+                    os.makedirs(os.path.dirname(out), exist_ok=True)
+                    Image.fromarray(image).save(out, **({"quality": 95} if FLAGS.format == "jpg" else {}))
+                    counts[(split, cls)] += 1
+                    bar.update(1)
+            if photos.skipped:
+                counts[("skipped photos", "")] += len(photos.skipped)
+    for (split, cls), n in sorted(counts.items()):
+        print(f"{split:>6} {cls:<10} {n}")
+    print(f"SUMMARY: {sum(n for (s, _), n in counts.items() if s != 'skipped photos')} tiles of {FLAGS.tile_size} px "
+          f"from {len(FLAGS.input_dir)} source(s) -> {FLAGS.out_dir}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     del argv
+    if FLAGS.keep_splits:
+        return export_grid_tiles()
     photos = prep.find_photos(FLAGS.input_dir)
     if not photos:
         raise app.UsageError(f"no images under {FLAGS.input_dir}")

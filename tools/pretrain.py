@@ -1,11 +1,18 @@
 """Pretrains the ResNet50 backbone offline: an ImageNet-weights substitute for `--weights`.
 
+  KERAS_BACKEND=jax python tools/pretrain.py --mode=crack --data_dir=uavcrack,deepcrack \\
+      --data_root=../shared/data --image_size=224 --steps=2000 --batch_size=128 --precision=bf16 \\
+      --output=runs/pretrain/crack.weights.h5
   KERAS_BACKEND=jax python tools/pretrain.py --mode=synthetic --steps=3000 --batch_size=128 \\
       --image_size=128 --tile_size=128 --num_tiles=16384 --output=runs/pretrain/synthetic.weights.h5
   KERAS_BACKEND=jax python tools/pretrain.py --mode=simclr --steps=3000 --batch_size=128 \\
       --image_size=128 --crop=160 --output=runs/pretrain/simclr.weights.h5
 
 Modes:
+- ``crack``: supervised crack / background on random labelled crops of real photo + mask
+  sources (the trainer's photos source: ``--data_dir=uavcrack,deepcrack --data_root=...``, their
+  train splits only, so never a val tile), with the trainer's crop rule and augmentation. This
+  is the crack-domain stand-in for ImageNet pretraining.
 - ``synthetic``: supervised crack / background on tiles of crack_tf.data.synthetic (a pool of
   --num_tiles generated once, split id "pretrain", so never the trainer's synthetic train/val
   tiles), random flips / 90-degree rotations / crops.
@@ -46,12 +53,12 @@ from crack_tf.data.synthetic import make_tile  # noqa: E402
 from crack_tf.models.resnet_aspp import CaffePreprocess  # noqa: E402
 
 _SHARED = os.path.join(REPO, "..", "shared", "data", "uav75")
-MODES = ("synthetic", "rotation", "simclr")
+MODES = ("crack", "synthetic", "rotation", "simclr")
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    flags.DEFINE_enum("mode", "synthetic", list(MODES), "Pretraining task.")
+    flags.DEFINE_enum("mode", "crack", list(MODES), "Pretraining task.")
     flags.DEFINE_string("output", "runs/pretrain/backbone.weights.h5", "Backbone weights file (*.weights.h5).")
     flags.DEFINE_string("save_model", None, "Also save the whole pretraining model (.keras) here.")
     flags.DEFINE_integer("image_size", 128, "Network input size.")
@@ -62,7 +69,14 @@ def define_flags() -> None:
     flags.DEFINE_float("bn_momentum", 0.9, "BatchNorm momentum.")
     flags.DEFINE_integer("seed", 0, "Seed of the weights, tiles, crops and augmentation.")
     flags.DEFINE_integer("log_every", 50, "Steps per progress line.")
-    flags.DEFINE_integer("data_workers", 4, "Threads building batches (simclr crops are CPU-heavy).")
+    flags.DEFINE_integer("data_workers", 4, "Threads (or processes) building batches (crops are CPU-heavy).")
+    flags.DEFINE_bool("data_processes", False, "Build batches in worker processes instead of threads.")
+    # crack
+    flags.DEFINE_string("data_dir", "uavcrack,deepcrack", "crack: photo + mask sources with weights "
+                        "(the trainer's --data_dir syntax).")
+    flags.DEFINE_string("data_root", os.path.join(REPO, "..", "shared", "data"), "crack: folder of the sources.")
+    flags.DEFINE_list("crop_side", ["96", "192"], "crack: crop side range in photo pixels (min,max).")
+    flags.DEFINE_integer("min_crack_pixels", 40, "crack: crack pixels per 128^2 for a crack crop.")
     flags.DEFINE_enum("precision", "float32", ["float32", "bf16"], "Compute precision (bf16 on GPUs).")
     # synthetic
     flags.DEFINE_integer("tile_size", 0, "Synthetic tile size (0 = image_size); larger tiles are randomly cropped.")
@@ -124,9 +138,25 @@ def _jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(x, 0, 255).astype(np.uint8)
 
 
+def crack_sampler(data_dir: str, data_root: str, image_size: int, crop_side: tuple[int, int],
+                  min_crack_pixels: int, seed: int, crops: int):
+    """The trainer's crop sampler over the train splits of photo + mask sources."""
+    from crack_tf.data.crops import CropOptions, CropSampler
+    from crack_tf.data.photos import load_sources, parse_sources
+
+    specs = parse_sources(data_dir, data_root)
+    sets = load_sources(specs, "train")
+    options = CropOptions(image_size=image_size, crop_side=tuple(crop_side), min_crack_pixels=min_crack_pixels)
+    for s in sets:
+        print(f"crack: source {s.name}: {len(s.photos)} train photos ({s.fold}), {len(s.skipped)} skipped", flush=True)
+    return CropSampler(sets, [s.weight for s in specs], options, seed, crops)
+
+
 def make_batch(mode: str, step: int, batch: int, size: int, seed: int, tiles=None, labels=None,
-               photos=None, crop: int = 128) -> tuple[np.ndarray, np.ndarray]:
+               photos=None, crop: int = 128, sampler=None) -> tuple[np.ndarray, np.ndarray]:
     """Batch ``step`` (a pure function of ``seed`` and ``step``)."""
+    if mode == "crack":
+        return sampler.batch(step, batch)
     rng = np.random.default_rng([seed, step])
     if mode == "synthetic":
         idx = rng.integers(len(tiles), size=batch)
@@ -195,7 +225,7 @@ def build_pretrainer(mode: str, image_size: int, bn_momentum: float = 0.9) -> tu
         x = keras.layers.Dense(512, activation="relu", name="proj1")(x)
         out = keras.layers.Dense(128, dtype="float32", name="proj2")(x)
     else:
-        out = keras.layers.Dense(2 if mode == "synthetic" else 4, dtype="float32", name="logits")(x)
+        out = keras.layers.Dense(4 if mode == "rotation" else 2, dtype="float32", name="logits")(x)
     return keras.Model(inputs, out, name=f"pretrain_{mode}"), backbone
 
 
@@ -203,7 +233,8 @@ def pretrain(mode: str, output: str, image_size: int = 128, steps: int = 100, ba
              lr: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0, log_every: int = 50,
              tile_size: int = 0, num_tiles: int = 8192, workers: int = 0, photos: list[str] | None = None,
              crop: int = 128, temperature: float = 0.2, bn_momentum: float = 0.9, precision: str = "float32",
-             save_model: str | None = None, data_workers: int = 1) -> dict:
+             save_model: str | None = None, data_workers: int = 1, data_dir: str = "", data_root: str = "",
+             crop_side: tuple[int, int] = (96, 192), min_crack_pixels: int = 40, data_processes: bool = False) -> dict:
     """Runs the pretraining and saves the backbone; returns the sidecar record."""
     if not output.endswith(".weights.h5"):
         raise ValueError(f"--output={output} must end in .weights.h5 (Keras' weights format)")
@@ -214,7 +245,10 @@ def pretrain(mode: str, output: str, image_size: int = 128, steps: int = 100, ba
     if precision == "bf16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     data: dict = {}
-    if mode == "synthetic":
+    if mode == "crack":
+        data["sampler"] = crack_sampler(data_dir, data_root, image_size, crop_side, min_crack_pixels, seed,
+                                        steps * batch_size)
+    elif mode == "synthetic":
         data["tiles"], data["labels"] = synthetic_pool(num_tiles, tile_size or image_size, seed, workers)
         print(f"synthetic: {num_tiles} tiles of {tile_size or image_size} px in {time.time() - started:.0f}s", flush=True)
     else:
@@ -226,13 +260,14 @@ def pretrain(mode: str, output: str, image_size: int = 128, steps: int = 100, ba
     epochs = max(1, steps // log_every)
     schedule = keras.optimizers.schedules.CosineDecay(lr * 0.01, epochs * log_every, alpha=0.01,
                                                       warmup_target=lr, warmup_steps=max(1, epochs * log_every // 20))
-    supervised = mode != "simclr"
+    supervised = mode != "simclr"  # crack / synthetic: 2 classes, rotation: 4
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=weight_decay),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) if supervised
                   else nt_xent(temperature),
                   metrics=["sparse_categorical_accuracy"] if supervised else None)
     batches = Batches(lambda i: make_batch(mode, i, batch_size, image_size, seed, **data), log_every,
-                      workers=max(1, data_workers), max_queue_size=max(10, 2 * data_workers))
+                      workers=max(1, data_workers), max_queue_size=max(10, 2 * data_workers),
+                      use_multiprocessing=data_processes)
     print(f"pretrain {mode}: {epochs * log_every} steps x {batch_size} at {image_size} px, "
           f"backend {keras.backend.backend()}, params {backbone.count_params():,}", flush=True)
     history = model.fit(batches, epochs=epochs, verbose=1 if sys.stdout.isatty() else 2)
@@ -243,7 +278,8 @@ def pretrain(mode: str, output: str, image_size: int = 128, steps: int = 100, ba
     record = {"mode": mode, "output": output, "image_size": image_size, "steps": epochs * log_every,
               "batch_size": batch_size, "lr": lr, "seed": seed, "backend": keras.backend.backend(),
               "tile_size": tile_size or image_size, "num_tiles": num_tiles if mode == "synthetic" else None,
-              "crop": crop if mode != "synthetic" else None, "seconds": time.time() - started,
+              "crop": crop if mode in ("rotation", "simclr") else None, "seconds": time.time() - started,
+              "data_dir": data_dir if mode == "crack" else None, "crop_side": list(crop_side) if mode == "crack" else None,
               "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}
     with open(output + ".json", "w") as f:
         json.dump(record, f, indent=2)
@@ -260,7 +296,8 @@ def main(argv: list[str]) -> int:
         pretrain(FLAGS.mode, FLAGS.output, FLAGS.image_size, FLAGS.steps, FLAGS.batch_size, FLAGS.lr,
                  FLAGS.weight_decay, FLAGS.seed, FLAGS.log_every, FLAGS.tile_size, FLAGS.num_tiles, FLAGS.workers,
                  FLAGS.photos, FLAGS.crop, FLAGS.temperature, FLAGS.bn_momentum, FLAGS.precision, FLAGS.save_model,
-                 FLAGS.data_workers)
+                 FLAGS.data_workers, FLAGS.data_dir, FLAGS.data_root, tuple(int(v) for v in FLAGS.crop_side),
+                 FLAGS.min_crack_pixels, FLAGS.data_processes)
     except (ValueError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from e
     return 0

@@ -60,6 +60,7 @@ class DataConfig:
     max_pixels: int = 64_000_000
     num_parallel_calls: int = -1  # tf.data map parallelism; -1 = AUTOTUNE
     workers: int = 1  # NumPy loader: keras PyDataset worker threads
+    processes: bool = False  # NumPy loader: worker processes instead of threads
     cache_mb: int = 1024  # NumPy loader: decoded, upscaled images kept in memory per process
     # Photos source.
     data_root: str = ""

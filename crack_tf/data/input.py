@@ -92,7 +92,8 @@ def _folder(config, split, training, batch, global_batch, seed, backend, num_sha
         from crack_tf.data.pipeline_np import FolderPyDataset
 
         ds = FolderPyDataset(
-            paths, labels, config, training, batch, seed, num_shards, shard_index, skip, steps, workers=config.workers
+            paths, labels, config, training, batch, seed, num_shards, shard_index, skip, steps, workers=config.workers,
+            use_multiprocessing=config.processes,
         )
     else:
         from crack_tf.data.pipeline_tf import folder_dataset

@@ -43,7 +43,8 @@ def _training(config, split, global_batch, batch, seed, backend, num_shards, sha
     if backend == "numpy":
         from crack_tf.data.pipeline_photos import CropPyDataset
 
-        ds = CropPyDataset(sampler, batch, num_shards, shard_index, skip, steps, workers=config.workers)
+        ds = CropPyDataset(sampler, batch, num_shards, shard_index, skip, steps, workers=config.workers,
+                           processes=config.processes)
     else:
         from crack_tf.data.pipeline_photos import crop_dataset_tf
 

@@ -84,6 +84,19 @@ def build_report(
     return _clean(report)
 
 
+def by_source_metrics(scores: np.ndarray, labels: np.ndarray, names: list[str], threshold: float) -> dict:
+    """Metrics of each source's examples (names ``"<source>/<tile>"``) at ``threshold``."""
+    sources = np.array([n.split("/", 1)[0] for n in names])
+    t32 = float(np.float32(threshold))
+    out = {}
+    for name in dict.fromkeys(sources.tolist()):
+        keep = sources == name
+        m = stats.all_metrics(scores[keep], labels[keep], t32)
+        out[name] = _clean({"num_examples": int(keep.sum()), "crack": int(labels[keep].sum()),
+                            **{k: m[k] for k in METRIC_ORDER}})
+    return out
+
+
 def _fmt(v: Any) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
@@ -97,7 +110,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- data: `{report.get('data')}` (split `{report.get('split')}`, {report['num_examples']} images: "
         f"{report['class_counts']['crack']} crack, {report['class_counts']['background']} background)",
         f"- image size {report.get('image_size')}, small_policy {report.get('small_policy')}, "
-        f"threshold p(crack) > {report['threshold']}",
+        f"threshold p(crack) > {report['threshold']:.4g} ({report.get('threshold_source', 'given')}), "
+        f"temperature {report.get('temperature', 1.0):.3g}, tta {report.get('tta', 'none')}",
         "",
         "| metric | value | 95% CI (bootstrap) |",
         "|---|---|---|",
@@ -114,6 +128,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| **true crack** | FN = {c['fn']:g} | TP = {c['tp']:g} |",
         "",
     ]
+    if report.get("by_source"):
+        lines += ["## Per source", "", "| source | images | crack | accuracy | precision | recall | F1 | ROC-AUC |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, m in report["by_source"].items():
+            lines.append(f"| {name} | {m['num_examples']} | {m['crack']} | " + " | ".join(
+                _fmt(m[k]) for k in ("accuracy", "precision", "recall", "f1", "roc_auc")) + " |")
+        lines.append("")
     pick = report.get("picked_threshold")
     if pick:
         lines += [

@@ -52,6 +52,12 @@ class Prediction:
     class_id: int
     class_name: str
     probabilities: list[float]
+    is_crack: bool | None = None  # at the model's stored threshold (exports without it: None)
+    threshold: float | None = None
+
+    @property
+    def crack(self) -> bool:
+        return self.is_crack if self.is_crack is not None else self.class_id == 1
 
 
 @dataclasses.dataclass
@@ -74,6 +80,8 @@ def _prediction(row: dict) -> Prediction:
         class_id=int(row["class_id"]),
         class_name=str(name),
         probabilities=[float(p) for p in row["probabilities"]],
+        is_crack=bool(row["is_crack"]) if "is_crack" in row else None,
+        threshold=float(row["threshold"]) if "threshold" in row else None,
     )
 
 
@@ -229,6 +237,8 @@ class GrpcClient(_Client):
                 class_id=int(cols["class_id"][i]),
                 class_name=cols["class_name"][i].decode("utf-8"),
                 probabilities=[float(p) for p in probs[i * width : (i + 1) * width]],
+                is_crack=bool(cols["is_crack"][i]) if "is_crack" in cols else None,
+                threshold=float(cols["threshold"][i]) if "threshold" in cols else None,
             )
             for i in range(n)
         ]
@@ -360,10 +370,13 @@ def run_cli(
         return 2
     print(format_table(results), file=out)
     failed = sum(r.prediction is None for r in results)
-    cracks = sum(r.prediction is not None and r.prediction.class_id == 1 for r in results)
+    cracks = sum(r.prediction is not None and r.prediction.crack for r in results)
+    thresholds = {r.prediction.threshold for r in results if r.prediction is not None}
+    used = (f"the model's threshold {thresholds.pop():.4g}" if len(thresholds) == 1 and None not in thresholds
+            else "the model's class_id (export without a stored threshold)")
     print(
         f"{len(results) - failed}/{len(results)} files classified via {protocol} {server}: "
-        f"{cracks} crack, {len(results) - failed - cracks} background, {failed} failed",
+        f"{cracks} crack, {len(results) - failed - cracks} background, {failed} failed; crack = {used}",
         file=out,
     )
     return 1 if failed else 0

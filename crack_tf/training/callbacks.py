@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -93,6 +94,19 @@ def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
         r, col = divmod(i, columns)
         grid[r * h : (r + 1) * h, col * w : (col + 1) * w] = np.clip(img, 0, 255).astype(np.uint8)
     return grid
+
+
+@contextlib.contextmanager
+def ema_weights(swapper):
+    """The optimizer's averaged weights in the model inside the block (no-op without EMA)."""
+    if swapper is None:
+        yield
+        return
+    swapper.on_test_begin()
+    try:
+        yield
+    finally:
+        swapper.on_test_end()
 
 
 class StepClock:
@@ -224,8 +238,9 @@ class CheckpointAndBest(keras.callbacks.Callback):
     """
 
     def __init__(self, model_dir: str, clock: StepClock, every: int, monitor: str, mode: str, state: dict,
-                 is_chief: bool = True):
+                 is_chief: bool = True, ema=None):
         super().__init__()
+        self.ema = ema  # SwapEMAWeights: best.keras holds the averaged weights
         self.model_dir = rundir.output_dir(model_dir, is_chief)
         self.clock = clock
         self.every = every
@@ -254,5 +269,6 @@ class CheckpointAndBest(keras.callbacks.Callback):
         if value is not None and (self.state.get("best") is None or self.better(value, self.state["best"])):
             self.state["best"] = float(value)
             self.state["best_epoch"] = epoch + 1
-            self.model.save(os.path.join(self.model_dir, "best.keras"))
+            with ema_weights(self.ema):
+                self.model.save(os.path.join(self.model_dir, "best.keras"))
         self._save()

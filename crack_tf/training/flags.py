@@ -8,6 +8,7 @@ data is read or any model is built.
 
 from __future__ import annotations
 
+import re
 import types
 from collections.abc import Sequence
 
@@ -81,7 +82,9 @@ _FLAG_TABLE = [
     ("enum", "balance", "none", "Class balancing: loss weights or oversampling.", BALANCE),
     ("enum", "loader", "auto", "Input pipeline: tf.data, NumPy PyDataset, or auto (tf.data if TF imports).",
      LOADERS),
-    ("integer", "loader_workers", 0, "NumPy loader threads; 0 = min(8, CPU count).", None),
+    ("integer", "loader_workers", 0, "NumPy loader threads (or processes); 0 = min(8, CPU count).", None),
+    ("bool", "loader_processes", False, "NumPy loader: worker processes instead of threads (no GIL contention; "
+     "each batch is pickled back to the trainer).", None),
     # Optimisation.
     ("integer", "batch_size", 32, "GLOBAL batch size (split across replicas).", None),
     ("integer", "epochs", 10, "Training epochs.", None),
@@ -98,7 +101,13 @@ _FLAG_TABLE = [
     ("float", "weight_decay", 1e-4, "Decoupled weight decay (the paper's 0.2 is implausible).", None),
     ("float", "label_smoothing", 0.0, "Label smoothing of the cross-entropy.", None),
     ("integer", "freeze_backbone_epochs", 0, "Train only ASPP + head for the first N epochs.", None),
-    ("float", "threshold", 0.5, "Crack-probability threshold of the R/MA/P/FA metrics.", None),
+    ("float", "threshold", 0.5, "Crack-probability threshold of the R/MA/P/FA metrics during training.", None),
+    ("float", "ema_momentum", 0.0, "Exponential moving average of the weights (e.g. 0.99; 0 = off): val, "
+     "best.keras and the final model use the average.", None),
+    ("string", "threshold_rule", "f1", "Rule picking the operating threshold on val after training (after "
+     "temperature scaling), stored with the model: f1 or precision@R (best precision with recall >= R).", None),
+    ("enum", "tta", "none", "Test-time augmentation of the stored operating point (none, flips, d4: mean p over "
+     "the 4 flips / 8 flips+rotations); run.json also reports the plain one.", ("none", "flips", "d4")),
     # Run.
     ("integer", "seed", 42, "Global random seed (weights, data order, augmentation).", None),
     ("string", "model_dir", "runs/default", "Output folder: checkpoints, models, logs, run.json.", None),
@@ -128,7 +137,7 @@ FLAG_NAMES = tuple(row[1] for row in _FLAG_TABLE)
 # Flags that do not change what a run computes; they may differ when resuming.
 NON_IDENTITY_FLAGS = frozenset(
     {"overwrite", "log_every", "tensorboard", "backend_check", "checkpoint_every", "loader_workers",
-     "coordinator_address", "process_id", "compile_cache_dir"}
+     "coordinator_address", "process_id", "compile_cache_dir", "loader_processes"}
 )
 
 
@@ -185,6 +194,10 @@ def validate(cfg: types.SimpleNamespace) -> None:
         problems.append("--weight_decay must be >= 0")
     if not 0 < cfg.threshold < 1:
         problems.append("--threshold must be in (0, 1)")
+    if not 0 <= cfg.ema_momentum < 1:
+        problems.append("--ema_momentum must be in [0, 1) (0 = no weight averaging)")
+    if not re.fullmatch(r"f1|precision@(0(\.\d+)?|1(\.0*)?)", cfg.threshold_rule):
+        problems.append(f"--threshold_rule={cfg.threshold_rule!r}: use f1 or precision@R, e.g. precision@0.9")
     if cfg.freeze_backbone_epochs < 0 or cfg.freeze_backbone_epochs >= cfg.epochs:
         problems.append("--freeze_backbone_epochs must be in [0, epochs)")
     elif cfg.freeze_backbone_epochs and cfg.model == "zhang2016":

@@ -99,14 +99,17 @@ def make_schedule(cfg: types.SimpleNamespace, steps_per_epoch: int) -> WarmupDec
 
 
 def make_optimizer(cfg: types.SimpleNamespace, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """SGD with momentum (paper) or AdamW; decoupled weight decay, none on BN/bias."""
+    """SGD with momentum (paper) or AdamW; decoupled weight decay, none on BN/bias; with
+    ``ema_momentum`` > 0 the optimizer also keeps an exponential moving average of the weights
+    (Keras ``use_ema``), which becomes the final model."""
     schedule = make_schedule(cfg, steps_per_epoch)
+    ema = {"use_ema": True, "ema_momentum": cfg.ema_momentum} if getattr(cfg, "ema_momentum", 0) else {}
     if cfg.optimizer == "sgd":
         opt = keras.optimizers.SGD(
-            learning_rate=schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay or None
+            learning_rate=schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay or None, **ema
         )
     else:
-        opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+        opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay, **ema)
     opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "moving_mean", "moving_variance"])
     return opt
 

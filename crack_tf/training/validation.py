@@ -33,11 +33,11 @@ def pooled_metrics(by_source: dict[str, dict], class_counts: dict[str, dict[int,
     return pooled
 
 
-def evaluate_sources(model: keras.Model, parts: dict) -> tuple[dict[str, float], dict[str, dict]]:
+def evaluate_sources(model: keras.Model, parts: dict, callbacks=None) -> tuple[dict[str, float], dict[str, dict]]:
     """(pooled metrics, {source: metrics}) of a model on each source's eval split."""
     by_source = {}
     for name, part in parts.items():
-        results = model.evaluate(part.dataset, verbose=0, return_dict=True)
+        results = model.evaluate(part.dataset, verbose=0, return_dict=True, callbacks=callbacks)
         by_source[name] = {k: float(v) for k, v in results.items() if np.ndim(v) == 0}
     return pooled_metrics(by_source, {k: p.class_counts for k, p in parts.items()}), by_source
 
@@ -53,15 +53,16 @@ def flat_logs(pooled: dict[str, float], by_source: dict[str, dict], prefix: str 
 class SourceValidation(keras.callbacks.Callback):
     """At each epoch end, evaluates every val source and adds pooled + per-source ``val_*`` logs
     (later callbacks, such as the best-model choice, see them). ``before`` is called first (it
-    stops the epoch's training clock)."""
+    stops the epoch's training clock). ``ema``: a SwapEMAWeights whose averaged weights are
+    evaluated."""
 
-    def __init__(self, parts: dict, before=None):
+    def __init__(self, parts: dict, before=None, ema=None):
         super().__init__()
-        self.parts, self.before = parts, before
+        self.parts, self.before, self.callbacks = parts, before, [ema] if ema is not None else None
 
     def on_epoch_end(self, epoch, logs=None):
         if self.before is not None:
             self.before()
-        pooled, by_source = evaluate_sources(self.model, self.parts)
+        pooled, by_source = evaluate_sources(self.model, self.parts, self.callbacks)
         if logs is not None:
             logs.update(flat_logs(pooled, by_source))

@@ -1,0 +1,118 @@
+"""End-to-end training throughput of ``crack_tf.train`` and the TF-free loader alone.
+
+Used by ``tools/benchmark.py --e2e_flagfile=...`` so that model-only and end-to-end numbers
+come from one invocation on one machine:
+
+* ``run_e2e``: runs the real trainer (``python -m crack_tf.train --flagfile=F``) for
+  ``epochs`` x ``steps`` steps without validation and reads its ``history.jsonl``: the last
+  epoch's training img/s (the trainer's own clock: data, step, callbacks), and the first
+  epoch's extra seconds over a steady epoch (compilation and warm-up). ``repo`` may point to
+  another checkout (e.g. an older commit), run with the same flags.
+* ``run_loader``: renders batches through Keras' PyDataset machinery (as ``fit`` iterates
+  it) with threads or processes, no model: the loader's own ceiling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def trainer_command(flagfile: str, model_dir: str, batch: int, size: int, precision: str, epochs: int, steps: int,
+                    extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "crack_tf.train", f"--flagfile={flagfile}", f"--batch_size={batch}",
+            f"--image_size={size}", f"--mixed_precision={precision}", f"--epochs={epochs}",
+            f"--steps_per_epoch={steps}", "--val_split=", "--tensorboard=false", "--checkpoint_every=0",
+            "--overwrite", f"--model_dir={model_dir}", *extra]
+
+
+def summarize_history(history: list[dict], batch: int) -> dict:
+    """Steady img/s (last epoch) and first-epoch overhead (s) from a run's history records."""
+    last, first = history[-1], history[0]
+    seconds = [h.get("train_seconds", h["seconds"]) for h in history]
+    return {"img_per_s": last["images_per_second"], "epoch_seconds": seconds,
+            "first_epoch_overhead_s": seconds[0] - seconds[-1] if len(seconds) > 1 else None,
+            "steps_per_epoch": last["step"] - (history[-2]["step"] if len(history) > 1 else 0),
+            "batch": batch, "first_epoch_img_per_s": first["images_per_second"]}
+
+
+def run_e2e(flagfile: str, repo: str = REPO, batch: int = 128, size: int = 224, precision: str = "bf16",
+            epochs: int = 2, steps: int = 40, extra: list[str] | None = None, label: str = "",
+            timeout: int = 900) -> dict:
+    """One trainer run; returns its throughput summary (raises RuntimeError if it failed)."""
+    work = tempfile.mkdtemp(prefix="crack_tf_e2e_")
+    model_dir = os.path.join(work, "run")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = os.path.abspath(repo) + os.pathsep + env.get("PYTHONPATH", "")
+    argv = trainer_command(os.path.abspath(os.path.join(REPO, flagfile)) if not os.path.isabs(flagfile) else flagfile,
+                           model_dir, batch, size, precision, epochs, steps, extra or [])
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=timeout)
+        wall = time.perf_counter() - started
+        history_path = os.path.join(model_dir, "history.jsonl")
+        if proc.returncode != 0 or not os.path.isfile(history_path):
+            raise RuntimeError(f"trainer failed (rc {proc.returncode}): {proc.stdout[-2000:]}")
+        with open(history_path) as f:
+            history = [json.loads(line) for line in f if line.strip()]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out = summarize_history(history, batch)
+    out.update(impl="e2e", label=label or os.path.basename(flagfile), flagfile=flagfile,
+               repo=os.path.relpath(os.path.abspath(repo), REPO), wall_s=wall, extra=extra or [],
+               log_tail=[line for line in proc.stdout.splitlines() if "done in" in line][-3:])
+    return out
+
+
+def flagfile_model(flagfile: str) -> str:
+    """The ``--model`` a trainer flagfile sets (last one wins; the trainer's default otherwise)."""
+    model = "resnet50_aspp"
+    with open(os.path.join(REPO, flagfile)) as f:
+        for line in f:
+            if line.strip().startswith("--model="):
+                model = line.strip().split("=", 1)[1]
+    return model
+
+
+def loader_rate(flagfile: str, batch: int, size: int, batches: int, workers: int, processes: bool,
+                extra: list[str]) -> dict:
+    """In this process: images/s of the training input alone, iterated as ``fit`` does."""
+    from keras.src.trainers.epoch_iterator import EpochIterator  # how fit() walks a PyDataset
+
+    from crack_tf.data import make_input
+    from crack_tf.train import data_config
+    from crack_tf.training import flags as train_flags
+
+    cfg = train_flags.parse_args([f"--flagfile={flagfile}", f"--batch_size={batch}", f"--image_size={size}",
+                                  f"--loader_workers={workers}", f"--loader_processes={processes}", *extra])
+    split = make_input(data_config(cfg), cfg.train_split, True, batch, seed=0, backend="numpy")
+    times = []
+    for _ in EpochIterator(split.dataset, steps_per_epoch=batches + 3):
+        times.append(time.perf_counter())
+    rate = batch * (len(times) - 4) / (times[-1] - times[3])  # after 3 warm-up batches
+    return {"impl": "loader", "flagfile": flagfile, "workers": workers, "processes": processes, "batch": batch,
+            "img_per_s": rate, "cpu_count": os.cpu_count()}
+
+
+def run_loader(flagfile: str, batch: int, size: int, batches: int, workers: int, processes: bool,
+               extra: list[str] | None = None) -> dict:
+    """:func:`loader_rate` in a fresh process (its own flags, caches and worker pool)."""
+    spec = json.dumps([flagfile, batch, size, batches, workers, processes, extra or []])
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), spec], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", "")))
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"loader benchmark failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(lines[-1][7:])
+
+
+if __name__ == "__main__":
+    print("RESULT " + json.dumps(loader_rate(*json.loads(sys.argv[1]))), flush=True)
