@@ -185,9 +185,11 @@ def _store_operating_point(model, cfg, val_input, out_dir: str, runtime) -> dict
     result = None
     for name in ("final.keras", "best.keras"):
         path = os.path.join(out_dir, name)
-        if name == "best.keras":
-            if not os.path.isfile(path):
-                continue
+        if not os.path.isfile(path):
+            continue
+        if name == "best.keras" or runtime.strategy is not None:
+            # best.keras is another model; under a tf.distribute strategy predict_on_batch of the
+            # live model returns per-replica rows, so the saved file is scored on one device.
             model = keras.saving.load_model(path, compile=False)
         points = finish.operating_point(model, val_input, cfg.threshold_rule, cfg.tta)
         chosen = points[cfg.tta]

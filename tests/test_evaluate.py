@@ -206,8 +206,8 @@ def test_evaluate_keras_model(ctx, loader) -> None:
 
 
 def test_evaluate_savedmodel(ctx, monkeypatch) -> None:
-    from crack_tf import evaluate as E
     from crack_tf import export
+    from crack_tf import predictor as E  # the one model loader (crack_tf.load_model)
     from crack_tf.evaluate import evaluate
 
     model = ctx["keras_model"]

@@ -272,12 +272,12 @@ def _tensor_values(tensor) -> list:
     """Flat values of a ``TensorProto`` (float/int/string fields or ``tensor_content``)."""
     import numpy as np
 
-    for field in ("float_val", "double_val", "int_val", "int64_val", "string_val"):
+    for field in ("float_val", "double_val", "int_val", "int64_val", "string_val", "bool_val"):
         values = getattr(tensor, field)
         if len(values):
             return list(values)
     if tensor.tensor_content:
-        dtypes = {1: np.float32, 2: np.float64, 3: np.int32, 9: np.int64}
+        dtypes = {1: np.float32, 2: np.float64, 3: np.int32, 9: np.int64, 10: np.bool_}
         if tensor.dtype not in dtypes:
             raise ServingError(f"unsupported tensor dtype {tensor.dtype} in the response")
         return np.frombuffer(tensor.tensor_content, dtype=dtypes[tensor.dtype]).tolist()
