@@ -41,7 +41,10 @@ def _define_flags() -> None:
     flags.DEFINE_enum("source", "auto", ["auto", "folder", "tfrecord", "photos"],
                       "Data format (auto: TFRecord if the sidecar exists, else an image folder).")
     flags.DEFINE_string("data_root", "", "--source=photos: folder the --data entries are under.")
-    flags.DEFINE_enum("tta", "none", ["none", "flips", "d4"], "Test-time augmentation: mean p over flips / D4.")
+    flags.DEFINE_enum("tta", None, ["none", "flips", "d4"], "Test-time augmentation: mean p over flips / D4 "
+                      "(default: the one the model's threshold was picked with).")
+    flags.DEFINE_bool("fail_fast", False, "Stop when a file cannot be read (default: skip it, name it at the end and "
+                      "exit with 1).")
     flags.DEFINE_enum("loader", "auto", ["auto", "tf", "numpy"], "Input pipeline: tf.data, the TF-free NumPy one, or auto.")
     flags.DEFINE_integer("image_size", None, "Eval crop size if neither run.json/metadata nor the model fixes it.")
     flags.DEFINE_enum("small_policy", None, ["resize", "pad"], "Tiles smaller than image_size (default: run.json, else resize).")
@@ -139,8 +142,9 @@ def evaluate(
     pick_threshold: str | None = None,
     worst: int = 16,
     verbose: bool = True,
-    tta: str = "none",
+    tta: str | None = None,
     data_root: str = "",
+    fail_fast: bool = False,
 ) -> dict[str, Any]:
     """Runs the whole evaluation and writes the report; returns the report dict (+ ``paths``).
 
@@ -161,7 +165,7 @@ def evaluate(
         threshold_source = "--threshold"
     if verbose:
         print(f"evaluate: threshold {threshold:.4g} ({threshold_source}), temperature {predictor.temperature:.3g}, "
-              f"tta {tta}", file=sys.stderr)
+              f"tta {predictor.tta}", file=sys.stderr)
     size = predictor.image_size or image_size
     if size is None:
         raise ValueError(f"--model={model} accepts any input size and has no run.json: pass --image_size")
@@ -171,6 +175,9 @@ def evaluate(
     config = DataConfig(source=detect_source(data, source), path=data, image_size=int(size), small_policy=policy,
                         data_root=data_root)
     inp = make_input(config, split, training=False, global_batch_size=batch_size, backend=loader)
+    if fail_fast and inp.skipped:
+        raise ValueError(f"--fail_fast: {len(inp.skipped)} file(s) cannot be used, first {inp.skipped[0][0]}: "
+                         f"{inp.skipped[0][1]}")
     res = run_predictions(predictor.predict, inp, threshold, worst, verbose)
     meta = {
         "model": os.path.abspath(model),
@@ -182,7 +189,7 @@ def evaluate(
         "small_policy": policy,
         "threshold_source": threshold_source,
         "temperature": predictor.temperature,
-        "tta": tta,
+        "tta": predictor.tta,
         "endpoint": predictor.metadata.get("endpoint"),
         "skipped": [list(s) for s in inp.skipped],
         "versions": {"crack_tf": crack_tf.__version__, "keras": keras.__version__, "backend": keras.backend.backend()},
@@ -202,7 +209,7 @@ def main(argv: Sequence[str]) -> int:
     rep = evaluate(
         FLAGS.model, FLAGS.data, FLAGS.split, FLAGS.threshold, FLAGS.output_dir, FLAGS.image_size,
         FLAGS.small_policy, FLAGS.source, FLAGS.loader, FLAGS.batch_size, FLAGS.bootstrap, FLAGS.seed,
-        FLAGS.pick_threshold, FLAGS.worst, tta=FLAGS.tta, data_root=FLAGS.data_root,
+        FLAGS.pick_threshold, FLAGS.worst, tta=FLAGS.tta, data_root=FLAGS.data_root, fail_fast=FLAGS.fail_fast,
     )  # fmt: skip
     m, ci = rep["metrics"], rep["ci95"]
 
@@ -216,12 +223,19 @@ def main(argv: Sequence[str]) -> int:
         p = rep["picked_threshold"]
         print(f"evaluate: {p['rule']} picks threshold {p['threshold']:.4f} (R={p['recall']:.4f}, P={p['precision']:.4f})")
     print(f"evaluate: report written to {rep['paths']['markdown']}")
+    if rep["skipped"]:
+        print(f"evaluate: {len(rep['skipped'])} file(s) could not be used and were left out:", file=sys.stderr)
+        for path, reason in rep["skipped"]:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        return 1
     return 0
 
 
 def run() -> None:
+    from crack_tf import cli
+
     _define_flags()
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

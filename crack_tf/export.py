@@ -390,7 +390,7 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
+    from crack_tf import cli
 
     _define_flags()
-    app.run(main)
+    cli.run(main)

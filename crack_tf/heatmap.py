@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crack_tf.data.image_np import decode_image_np, resize_bilinear_np
+from crack_tf.data.image_np import resize_bilinear_np
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -275,17 +275,19 @@ def pool_metrics(items: Sequence[dict]) -> dict:
     }
 
 
-def load_photo(path: str) -> np.ndarray:
-    try:
-        return decode_image_np(path)
-    except Exception as e:  # noqa: BLE001  (re-raised naming the file)
-        raise ValueError(f"{path}: cannot read this photo ({e}); pass a JPEG/PNG/BMP/TIFF image") from e
+def load_photo(path: str, max_megapixels: float | None = None, exif: bool = True) -> np.ndarray:
+    """The photo's RGB pixels (EXIF orientation applied unless ``exif=False``); ValueError naming
+    the file otherwise."""
+    from crack_tf.photo_io import PIL_BOMB_MEGAPIXELS, read_photo
+
+    return read_photo(path, max_megapixels or PIL_BOMB_MEGAPIXELS, exif)
 
 
 def process_photo(predict: Predictor, image_size: int, path: str, output_dir: str, window: int, stride: int,
-                  batch: int, threshold: float, boxes: str = "geojson", overlay_max_side: int = 2048) -> dict:
+                  batch: int, threshold: float, boxes: str = "geojson", overlay_max_side: int = 2048,
+                  max_megapixels: float | None = None) -> dict:
     """Heatmap of one photo file, written to ``output_dir``; returns a summary dict."""
-    photo = load_photo(path)
+    photo = load_photo(path, max_megapixels)
     heatmap = sliding_heatmap(predict, photo, image_size, window, stride, batch)
     stem = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0])
     np.save(stem + "_grid.npy", heatmap.grid)
@@ -311,7 +313,12 @@ def _define_flags() -> None:
     flags.DEFINE_string("output_dir", "heatmaps", "Where the maps, overlays and boxes go.")
     flags.DEFINE_float("threshold", None, "Crack iff p(crack) > threshold (boxes); default: the model's stored "
                        "threshold, else 0.5.")
-    flags.DEFINE_enum("tta", "none", ["none", "flips", "d4"], "Test-time augmentation of each window.")
+    flags.DEFINE_enum("tta", None, ["none", "flips", "d4"], "Test-time augmentation of each window (default: "
+                      "the one the model's threshold was picked with).")
+    flags.DEFINE_float("max_megapixels", 89.5, "Photos above this are skipped (Pillow's decompression-bomb limit "
+                       "by default); raise it to process them.")
+    flags.DEFINE_bool("fail_fast", False, "Stop at the first photo that cannot be processed (default: skip it, "
+                      "name it at the end and exit with 1).")
     flags.DEFINE_enum("boxes", "geojson", ["geojson", "csv", "none"], "Crack-box file format.")
     flags.DEFINE_integer("overlay_max_side", 2048, "Longest side of the overlay PNG.")
     flags.DEFINE_integer("image_size", None, "Model input size if neither run.json nor the model fixes it.")
@@ -320,14 +327,12 @@ def _define_flags() -> None:
 def main(argv: list[str]) -> int:
     from absl import app, flags
 
+    from crack_tf.photo_io import Failures, PhotoError
     from crack_tf.predictor import load_model
 
     photos = argv[1:]
     if not photos:
         raise app.UsageError("pass one or more photo paths after the flags")
-    missing = [p for p in photos if not os.path.isfile(p)]
-    if missing:
-        raise app.UsageError(f"photo(s) not found: {missing}")
     cfg = flags.FLAGS
     predictor = load_model(cfg.model, cfg.tta)
     predict = predictor.predict
@@ -336,26 +341,33 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"--model={cfg.model}: its input size is unknown; pass --image_size")
     threshold = predictor.threshold if cfg.threshold is None else cfg.threshold
     print(f"heatmap: threshold {threshold:.4g} "
-          f"({predictor.threshold_source if cfg.threshold is None else '--threshold'}), tta {cfg.tta}", flush=True)
+          f"({predictor.threshold_source if cfg.threshold is None else '--threshold'}), tta {predictor.tta}",
+          flush=True)
     os.makedirs(cfg.output_dir, exist_ok=True)
     total_s, total_mp = 0.0, 0.0
+    failures = Failures(cfg.fail_fast)
     for i, path in enumerate(photos, 1):
-        s = process_photo(predict, int(size), path, cfg.output_dir, cfg.window, cfg.stride, cfg.batch,
-                          threshold, cfg.boxes, cfg.overlay_max_side)
+        try:
+            s = process_photo(predict, int(size), path, cfg.output_dir, cfg.window, cfg.stride, cfg.batch,
+                              threshold, cfg.boxes, cfg.overlay_max_side, cfg.max_megapixels)
+        except PhotoError as err:
+            failures.add(path, err)
+            continue
         total_s += s["seconds"]
         total_mp += s["height"] * s["width"] / 1e6
         print(f"[{i}/{len(photos)}] {path}: {s['width']}x{s['height']}, {s['windows']} windows, "
               f"max p={s['max_prob']:.3f}, {s['boxes']} boxes, {s['seconds']:.1f}s", flush=True)
-    print(f"summary: {len(photos)} photos, {total_mp:.1f} MP in {total_s:.1f}s "
+    done = len(photos) - len(failures.items)
+    print(f"summary: {done}/{len(photos)} photos, {total_mp:.1f} MP in {total_s:.1f}s "
           f"({total_s / max(total_mp, 1e-9):.2f} s/MP); outputs in {cfg.output_dir}", flush=True)
-    return 0
+    return failures.report(len(photos), "photos")
 
 
 def run() -> None:
-    from absl import app
+    from crack_tf import cli
 
     _define_flags()
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

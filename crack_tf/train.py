@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 from crack_tf import CLASS_NAMES  # noqa: E402
 from crack_tf.training import callbacks as cb  # noqa: E402
-from crack_tf.training import finish, rundir  # noqa: E402
+from crack_tf.training import checkpoints, finish, rundir  # noqa: E402
 from crack_tf.training.optim import SparseCrossEntropy, effective_lr, make_optimizer, make_schedule  # noqa: E402
 from crack_tf.training.runtime import (  # noqa: E402
     Runtime,
@@ -204,6 +204,42 @@ def _store_operating_point(model, cfg, val_input, out_dir: str, runtime) -> dict
     return result
 
 
+class TrainingFailed(RuntimeError):
+    """Training stopped on a non-finite loss, metric or weight (exit code 1)."""
+
+
+def _record_failure(cfg: types.SimpleNamespace, runtime: Runtime, health, started: float) -> None:
+    """run.json with status "failed" and the reason; raises TrainingFailed."""
+    message = health.message(cfg)
+    if runtime.is_chief:
+        rundir.write_json(os.path.join(cfg.model_dir, "run.json"), {
+            "status": "failed", "reason": message, "failed_at_step": health.step, "config": vars(cfg),
+            "last_finite_loss": health.last_finite, "wall_seconds": time.time() - started,
+            "versions": rundir.versions(),
+        })
+    raise TrainingFailed(message)
+
+
+def _build_or_resume(cfg: types.SimpleNamespace, steps_per_epoch: int) -> tuple[keras.Model, dict, bool]:
+    """The compiled model, the state it resumes from and whether its backbone is frozen: the
+    newest checkpoint that loads (an unloadable one is reported and the previous one used), or a
+    fresh start."""
+    model = build_model(cfg)
+    frozen_steps = cfg.freeze_backbone_epochs * steps_per_epoch
+
+    def prepare(step: int) -> bool:
+        frozen = step < frozen_steps
+        set_backbone_frozen(model, frozen)
+        compile_model(model, cfg, steps_per_epoch)
+        return frozen
+
+    ckpt = checkpoints.restore_latest(model, cfg.model_dir, prepare=lambda c: prepare(c.step))
+    if ckpt is None:
+        return model, {"global_step": 0, "best": None}, prepare(0)
+    print(f"resumed from {cfg.model_dir}/ckpt at step {ckpt.step}", flush=True)
+    return model, dict(ckpt.state), ckpt.step < frozen_steps
+
+
 def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
     """Runs (or resumes) training; returns the final metrics written to run.json."""
     from crack_tf.data import make_input
@@ -228,17 +264,10 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
     val_input = split_input(cfg.val_split, training=False) if cfg.val_split else None
     _describe_data(cfg, probe, val_input)
 
-    state = rundir.load_state(cfg.model_dir) or {"global_step": 0, "best": None}
+    with runtime.scope():
+        model, state, frozen = _build_or_resume(cfg, steps_per_epoch)
     start_step = state["global_step"]
     segments = fit_segments(start_step, steps_per_epoch, cfg.epochs, cfg.freeze_backbone_epochs)
-    with runtime.scope():
-        model = build_model(cfg)
-        frozen = bool(segments) and segments[0][3]
-        set_backbone_frozen(model, frozen)
-        compile_model(model, cfg, steps_per_epoch)
-        if start_step:
-            rundir.restore_checkpoint(model, cfg.model_dir)
-            print(f"resumed from {cfg.model_dir}/ckpt at step {start_step}", flush=True)
     print(f"model: {model.name} params={model.count_params():,} policy={policy} lr={effective_lr(cfg):.5g} "
           f"{runtime.describe()}", flush=True)
 
@@ -247,14 +276,15 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
     if writer.kind != "none" and not start_step:
         writer.images("train/sample_batch", _sample_batch(probe.dataset), 0)
     clock = cb.StepClock()
+    health = cb.Health()
     ema = _ema_swapper(model, cfg)
     sources = tuple(val_input.by_source) if val_input else ()
     progress = cb.ProgressLogger(cfg.model_dir, clock, steps_per_epoch, cfg.epochs, cfg.batch_size, cfg.log_every,
                                  writer, print_lines=not sys.stdout.isatty(),
                                  lr_at=make_schedule(cfg, steps_per_epoch).value, is_chief=runtime.is_chief,
-                                 sources=sources, async_logs=runtime.num_processes == 1)
+                                 sources=sources, async_logs=runtime.num_processes == 1, health=health)
     checkpoints = cb.CheckpointAndBest(cfg.model_dir, clock, cfg.checkpoint_every, cfg.best_metric, cfg.best_mode,
-                                       state, runtime.is_chief, ema=ema)
+                                       state, runtime.is_chief, ema=ema, health=health)
     class_weight = probe.class_weight if cfg.balance == "class_weight" else None
     callbacks = [progress, checkpoints]
     if sources:  # per-source val: evaluated by the callback, first, so the others see its logs
@@ -289,10 +319,12 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
             verbose=1 if sys.stdout.isatty() else 0,
         )
         done += (end_epoch - first_epoch - 1) * steps_per_epoch + steps
+        if health.failure is not None:
+            _record_failure(cfg, runtime, health, started)
         if ema is not None and i + 1 < len(segments):
             # fit() ended by writing the averages into the weights; go on from the raw ones,
             # exactly as a run resumed from this (epoch-end) checkpoint would.
-            rundir.restore_checkpoint(model, out_dir)
+            checkpoints.restore(model, checkpoints.checkpoints(out_dir)[0])
     if ema is not None:
         if not segments:  # resumed after the last epoch: the final model is the average
             model.optimizer.finalize_variable_values(model.trainable_weights)
@@ -311,7 +343,7 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
         print(f"process {runtime.process_id}: weights_sha256={digest}", flush=True)
     if runtime.is_chief:
         rundir.write_json(os.path.join(cfg.model_dir, "run.json"), {
-            "config": vars(cfg), "class_names": list(CLASS_NAMES), "image_size": cfg.image_size,
+            "status": "finished", "config": vars(cfg), "class_names": list(CLASS_NAMES), "image_size": cfg.image_size,
             "small_policy": cfg.small_policy, "metrics": results,
             "operating_point": points[cfg.tta] if points else None, "operating_points": points,
             "best": {"metric": cfg.best_metric, "value": state.get("best"), "epoch": state.get("best_epoch")},
@@ -354,8 +386,10 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    """Console-script entry point."""
-    app.run(main)
+    """Console-script entry point (user errors: one line, exit 2; a failed run: exit 1)."""
+    from crack_tf import cli
+
+    cli.run(main, extra_errors=(TrainingFailed,))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from absl import app, flags
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ablate_report import (  # noqa: E402  (tools/ is not a package)
     CSV_FIELDS,
@@ -47,6 +48,8 @@ from ablate_report import (  # noqa: E402  (tools/ is not a package)
     read_json,
     write_results,
 )
+
+from crack_tf import procs  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 __all__ = ["CSV_FIELDS", "METRICS", "OPTION_KEYS", "PAPER", "PAPER_HEADLINE", "collect", "markdown", "write_results"]
@@ -200,7 +203,7 @@ class Launcher:
             with open(run.log, "a", encoding="utf-8") as log:
                 log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command(run))}\n")
                 log.flush()
-                proc = subprocess.Popen(self.command(run), stdout=log, stderr=subprocess.STDOUT,
+                proc = procs.popen(self.command(run), stdout=log, stderr=subprocess.STDOUT,
                                         env=child_env(gpu, self.per_gpu))
                 with self.lock:
                     self.procs.add(proc)

@@ -23,6 +23,10 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from crack_tf import procs  # noqa: E402
 
 
 def trainer_command(flagfile: str, model_dir: str, batch: int, size: int, precision: str, epochs: int, steps: int,
@@ -55,7 +59,7 @@ def run_e2e(flagfile: str, repo: str = REPO, batch: int = 128, size: int = 224, 
                            model_dir, batch, size, precision, epochs, steps, extra or [])
     started = time.perf_counter()
     try:
-        proc = subprocess.run(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        proc = procs.run(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               timeout=timeout)
         wall = time.perf_counter() - started
         history_path = os.path.join(model_dir, "history.jsonl")
@@ -106,7 +110,7 @@ def run_loader(flagfile: str, batch: int, size: int, batches: int, workers: int,
                extra: list[str] | None = None) -> dict:
     """:func:`loader_rate` in a fresh process (its own flags, caches and worker pool)."""
     spec = json.dumps([flagfile, batch, size, batches, workers, processes, extra or []])
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), spec], cwd=REPO, capture_output=True, text=True,
+    proc = procs.run([sys.executable, os.path.abspath(__file__), spec], cwd=REPO, capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", "")))
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:

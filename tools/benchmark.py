@@ -231,7 +231,9 @@ def run_keras(model: str, impl: str, jit: bool) -> list[dict]:
     argv = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
     argv += [a for a in sys.argv[1:] if not a.startswith("--json_out")]
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(argv, env=env, stdout=subprocess.PIPE, text=True)
+    from crack_tf import procs  # the child ends with this process, also on SIGKILL
+
+    proc = procs.run(argv, env=env, stdout=subprocess.PIPE, text=True)
     results = [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0:
         print(f"[benchmark] keras {model}/{impl} failed (rc {proc.returncode})", file=sys.stderr)

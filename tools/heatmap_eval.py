@@ -111,7 +111,7 @@ def main(argv: list[str]) -> int:
     print(f"{'photo':<16}" + " ".join(f"{k[:8]:>8}" for k in _SHOWN))
     results, seconds, mpix, panels = [], 0.0, 0.0, []
     for photo_path, mask_path in items:
-        photo = H.load_photo(photo_path)
+        photo = H.load_photo(photo_path, exif=False)  # the mask is drawn on the stored pixels
         mask = decode_image_np(mask_path)[..., 0]
         if FLAGS.output_dir:
             H.process_photo(predict, int(size), photo_path, FLAGS.output_dir, FLAGS.window, FLAGS.stride,

@@ -4,7 +4,9 @@
 #
 #   tools/parallel_runs.sh OUT_ROOT "name1: --flag=v ..." "name2: --flag=v ..." -- COMMON FLAGS...
 #
-# JAX preallocation is capped per process so the runs share the GPU memory.
+# JAX preallocation is capped per process so the runs share the GPU memory. The trainings end
+# with this script: interrupted (Ctrl-C, TERM) it stops them, killed (-9) the kernel does
+# (each runs under `python -m crack_tf.procs`, which ties it to this shell).
 set -uo pipefail
 out_root=$1; shift
 specs=()
@@ -15,10 +17,11 @@ n=${#specs[@]}
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-$(python -c "print(round(0.9/$n, 3))")}
 mkdir -p "$out_root"
 pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; exit 130' INT TERM
 for spec in "${specs[@]}"; do
   name=${spec%%:*}; flags=${spec#*:}
   # shellcheck disable=SC2086
-  python -m crack_tf.train "${common[@]}" $flags --model_dir="$out_root/$name" > "$out_root/$name.log" 2>&1 &
+  python -m crack_tf.procs -- python -m crack_tf.train "${common[@]}" $flags --model_dir="$out_root/$name" > "$out_root/$name.log" 2>&1 &
   pids+=($!)
   echo "started $name (pid $!): $flags"
 done

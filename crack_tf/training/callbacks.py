@@ -12,7 +12,7 @@ import time
 import keras
 import numpy as np
 
-from crack_tf.training import rundir
+from crack_tf.training import checkpoints, rundir
 
 
 def _scalar(value) -> float:
@@ -109,6 +109,37 @@ def ema_weights(swapper):
         swapper.on_test_end()
 
 
+class Health:
+    """Stops a run at its first non-finite loss / metric / weight and remembers why."""
+
+    def __init__(self):
+        self.failure: str | None = None
+        self.step: int | None = None
+        self.last_finite: tuple[int, float] | None = None
+
+    def fail(self, step: int, what: str) -> None:
+        if self.failure is None:
+            self.failure, self.step = what, step
+
+    def observe(self, step: int, logs: dict) -> bool:
+        """Records ``logs`` of ``step``; False (and the failure) at the first non-finite value."""
+        values = {k: float(v) for k, v in logs.items() if np.ndim(v) == 0}
+        bad = sorted(k for k, v in values.items() if not np.isfinite(v))
+        if bad:
+            self.fail(step, ", ".join(f"{k}={values[k]}" for k in bad))
+            return False
+        if "loss" in values:
+            self.last_finite = (step, values["loss"])
+        return True
+
+    def message(self, cfg) -> str:
+        last = (f"last finite loss {self.last_finite[1]:.4g} at step {self.last_finite[0]}" if self.last_finite
+                else "no finite loss was seen")
+        return (f"training stopped at step {self.step}: {self.failure} ({last}). Try a lower --lr (now {cfg.lr:g}) "
+                f"or --mixed_precision=float32; the last good checkpoint in {cfg.model_dir}/ckpt is kept and no "
+                f"best.keras / final.keras was written from the broken state.")
+
+
 class StepClock:
     """The global optimizer step, counted on the host: reading ``optimizer.iterations`` after
     every step would wait for the device each time (no overlap of data and compute)."""
@@ -137,7 +168,7 @@ class ProgressLogger(keras.callbacks.Callback):
 
     def __init__(self, model_dir: str, clock: StepClock, steps_per_epoch: int, epochs: int, global_batch: int,
                  log_every: int, writer: ScalarWriter, print_lines: bool, lr_at, is_chief: bool = True,
-                 sources: tuple[str, ...] = (), async_logs: bool = True):
+                 sources: tuple[str, ...] = (), async_logs: bool = True, health: Health | None = None):
         super().__init__()
         self.history_path = os.path.join(model_dir, "history.jsonl")
         self.clock = clock
@@ -150,6 +181,7 @@ class ProgressLogger(keras.callbacks.Callback):
         self.lr_at = lr_at  # step -> learning rate (host-side schedule)
         self.is_chief = is_chief
         self.async_safe = async_logs
+        self.health = health or Health()
         self.sources = sources  # per-source val metrics val_<source>_<metric> shown after the pooled ones
         self._lock = threading.Lock()
         self._epoch = 0
@@ -176,6 +208,9 @@ class ProgressLogger(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = self._epoch_start_step + batch + 1
+        if not self.health.observe(step, logs or {}):
+            self._model.stop_training = True  # the attribute only: reading self.model would sync state
+            return
         if step % self.log_every:
             return
         with self._lock:
@@ -238,8 +273,10 @@ class CheckpointAndBest(keras.callbacks.Callback):
     """
 
     def __init__(self, model_dir: str, clock: StepClock, every: int, monitor: str, mode: str, state: dict,
-                 is_chief: bool = True, ema=None):
+                 is_chief: bool = True, ema=None, health: Health | None = None, save_weights=None):
         super().__init__()
+        self.health = health or Health()
+        self.save_weights = save_weights  # tests inject a failing writer
         self.ema = ema  # SwapEMAWeights: best.keras holds the averaged weights
         self.model_dir = rundir.output_dir(model_dir, is_chief)
         self.clock = clock
@@ -252,9 +289,21 @@ class CheckpointAndBest(keras.callbacks.Callback):
         self._last_saved = state.get("global_step", 0)
 
     def _save(self):
-        self.state["global_step"] = global_step(self.model)
-        rundir.save_checkpoint(self.model, self.model_dir, self.state)
-        self._last_saved = self.state["global_step"]
+        step = global_step(self.model)
+        if self.health.failure is not None:
+            return  # never overwrite the last good checkpoint with a broken state
+        if not checkpoints.weights_finite(self.model):
+            self.health.fail(step, "non-finite weights")
+            self.model.stop_training = True
+            return
+        self.state["global_step"] = step
+        try:
+            checkpoints.save_checkpoint(self.model, self.model_dir, self.state, self.save_weights)
+        except OSError as e:  # a full disk, a lost mount: keep training, the previous one stays
+            print(f"warning: checkpoint at step {step} not written ({type(e).__name__}: {e}); the previous "
+                  f"checkpoint is kept", file=sys.stderr, flush=True)
+            return
+        self._last_saved = step
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_first = self.clock.epoch_start(epoch)
@@ -266,7 +315,8 @@ class CheckpointAndBest(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        if value is not None and (self.state.get("best") is None or self.better(value, self.state["best"])):
+        usable = value is not None and np.isfinite(value) and self.health.failure is None
+        if usable and (self.state.get("best") is None or self.better(value, self.state["best"])):
             self.state["best"] = float(value)
             self.state["best_epoch"] = epoch + 1
             with ema_weights(self.ema):

@@ -3,9 +3,7 @@
 Layout of ``--model_dir``::
 
     config.json            flags that define the run (guards against mixing runs)
-    ckpt/latest.weights.h5 model + optimizer state of the last checkpoint
-    ckpt/rng.npz           random-generator states (dropout) at that checkpoint
-    ckpt/state.json        {"global_step", "best"} at that checkpoint
+    ckpt/                  the last two resumable checkpoints (crack_tf.training.checkpoints)
     best.keras, final.keras, run.json, history.jsonl, tensorboard/
 """
 
@@ -24,11 +22,6 @@ import keras
 import numpy as np
 
 from crack_tf.training.flags import FLAG_NAMES, NON_IDENTITY_FLAGS
-
-CKPT_DIR = "ckpt"
-_WEIGHTS = "latest.weights.h5"
-_STATE = "state.json"
-_RNG = "rng.npz"
 
 
 def identity_config(cfg: types.SimpleNamespace) -> dict:
@@ -81,51 +74,6 @@ def weights_digest(model: keras.Model) -> str:
     for weight in model.weights:
         digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight.value)).tobytes())
     return digest.hexdigest()
-
-
-def _seed_states(model: keras.Model) -> list:
-    return [v for v in model.non_trainable_variables if "seed_generator_state" in v.path]
-
-
-def save_checkpoint(model: keras.Model, model_dir: str, state: dict) -> None:
-    """Writes model + optimizer + RNG state atomically (temp files, then rename)."""
-    folder = os.path.join(model_dir, CKPT_DIR)
-    os.makedirs(folder, exist_ok=True)
-    tmp_weights = os.path.join(folder, "tmp." + _WEIGHTS)
-    model.save_weights(tmp_weights, overwrite=True)
-    tmp_rng = os.path.join(folder, "tmp." + _RNG)
-    with open(tmp_rng, "wb") as f:
-        np.savez(f, *[keras.ops.convert_to_numpy(v.value) for v in _seed_states(model)])
-    tmp_state = os.path.join(folder, "tmp." + _STATE)
-    with open(tmp_state, "w") as f:
-        json.dump(state, f)
-    # The state file is renamed last: it marks the checkpoint complete.
-    os.replace(tmp_weights, os.path.join(folder, _WEIGHTS))
-    os.replace(tmp_rng, os.path.join(folder, _RNG))
-    os.replace(tmp_state, os.path.join(folder, _STATE))
-
-
-def load_state(model_dir: str) -> dict | None:
-    """The last complete checkpoint's state, or None for a fresh run."""
-    path = os.path.join(model_dir, CKPT_DIR, _STATE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def restore_checkpoint(model: keras.Model, model_dir: str) -> None:
-    """Loads weights, optimizer slots and RNG states saved by :func:`save_checkpoint`."""
-    folder = os.path.join(model_dir, CKPT_DIR)
-    if model.optimizer is not None and not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
-    model.load_weights(os.path.join(folder, _WEIGHTS))
-    rng_path = os.path.join(folder, _RNG)
-    if os.path.isfile(rng_path):
-        with np.load(rng_path) as saved:
-            arrays = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-        for var, value in zip(_seed_states(model), arrays):
-            var.assign(value)
 
 
 def versions() -> dict:

@@ -1,0 +1,67 @@
+"""Command-line entry points: user errors as one line, internal errors with their traceback.
+
+``run(main)`` replaces ``absl.app.run(main)`` in every crack_tf command. A mistake of the user's
+(a bad flag value, a missing file, empty or one-class data, a path that is not a model: the
+``ValueError`` / ``FileNotFoundError`` family, absl flag errors) prints ``error: <message>`` on
+one line to stderr and exits with code 2; ``--verbose`` (or ``CRACK_TF_VERBOSE=1``) shows the
+traceback instead. Anything else is a bug and keeps Python's traceback. ``main`` may return an
+exit code (0 = all good, 1 = some inputs failed).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from absl import app, flags
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               PermissionError)
+EXIT_USER_ERROR = 2
+EXIT_SOME_FAILED = 1
+
+
+def one_line(err: BaseException) -> str:
+    """The exception's message on one line (multi-line messages joined with '; ')."""
+    text = str(err).strip() or type(err).__name__
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def verbose() -> bool:
+    if os.environ.get("CRACK_TF_VERBOSE", "") not in ("", "0"):
+        return True
+    return "verbose" in flags.FLAGS and flags.FLAGS.is_parsed() and flags.FLAGS.verbose
+
+
+def user_error(err: BaseException, code: int = EXIT_USER_ERROR) -> None:
+    """Prints ``error: ...`` and exits with ``code`` (re-raises under --verbose)."""
+    if verbose():
+        raise err
+    print(f"error: {one_line(err)} (--verbose shows the traceback)", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as err:
+        print(f"error: {one_line(err)} (see --helpfull)", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def run(main: Callable[[list[str]], int | None], extra_errors: tuple[type[BaseException], ...] = ()) -> None:
+    """``absl.app.run(main)`` with the error policy of this module."""
+    if "verbose" not in flags.FLAGS:
+        flags.DEFINE_bool("verbose", False, "Show the Python traceback of an error.")
+
+    def wrapped(argv: list[str]) -> int | None:
+        try:
+            return main(argv)
+        except app.UsageError as err:
+            user_error(err)
+        except USER_ERRORS + extra_errors as err:
+            user_error(err, EXIT_SOME_FAILED if isinstance(err, extra_errors) else EXIT_USER_ERROR)
+        return None
+
+    app.run(wrapped, flags_parser=_parse_flags)
