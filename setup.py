@@ -38,6 +38,8 @@ setup(
             "crack-tf-train=crack_tf.train:run",
             "crack-tf-evaluate=crack_tf.evaluate:run",
             "crack-tf-heatmap=crack_tf.heatmap:run",
+            "crack-tf-predict=crack_tf.predict:run",
+            "crack-tf-report=crack_tf.report:run",
         ]
     },
 )

@@ -5,3 +5,12 @@ ResNet50 with an ASPP module of dilated depthwise-separable convolutions, in Ker
 
 __version__ = "0.1.0"
 CLASS_NAMES = ("background", "crack")  # label 0, label 1: crack is the positive class
+
+
+def __getattr__(name: str):
+    """``crack_tf.load_model``: loaded on first use (importing crack_tf stays light)."""
+    if name == "load_model":
+        from crack_tf.predictor import load_model
+
+        return load_model
+    raise AttributeError(f"module 'crack_tf' has no attribute {name!r}")

@@ -6,7 +6,9 @@
 Every ``window`` x ``window`` crop on a ``stride`` grid (the last row / column is shifted so
 the border is covered; photos smaller than a window are reflect-padded) is resized to the
 model input size with the evaluation's bilinear resize and classified; windows stream row by
-row in batches, so memory is the photo plus one batch, never all windows.
+row in batches, so memory is the photo plus a few batches, never all windows. The next batches
+are cut and resized in a background thread while the model runs, and every batch has the same
+shape (the last one padded), so a compiled model never recompiles for another photo size.
 
 Outputs per photo ``<stem>``:
 - ``<stem>_grid.npy``: float32 [rows, cols], p(crack) of each window (row-major window grid);
@@ -23,7 +25,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -76,20 +80,41 @@ def window_starts(length: int, window: int, stride: int) -> np.ndarray:
 
 
 def _windows(photo: np.ndarray, ys: np.ndarray, xs: np.ndarray, window: int, size: int,
-             batch: int) -> Iterator[np.ndarray]:
-    """Batches of resized windows, row-major; at most ``batch`` windows exist at a time."""
-    buf = np.empty((batch, size, size, 3), dtype=np.uint8)
+             batch: int) -> Iterator[tuple[np.ndarray, int]]:
+    """(batch of resized windows, number of real windows in it), row-major. Every batch has the
+    full ``batch`` shape (the last one padded), so the model compiles one shape for all photos."""
     n = 0
+    buf = np.zeros((batch, size, size, 3), dtype=np.uint8)
     for y in ys:
         for x in xs:
             crop = photo[y : y + window, x : x + window]
             buf[n] = crop if window == size else resize_bilinear_np(crop, size, size)
             n += 1
             if n == batch:
-                yield buf
-                n = 0
+                yield buf, n
+                buf, n = np.zeros_like(buf), 0
     if n:
-        yield buf[:n]
+        yield buf, n
+
+
+def _prefetched(batches: Iterator, depth: int = 2) -> Iterator:
+    """The batches, prepared in a background thread while the model runs on the previous ones."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in batches:
+                q.put(item)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put(e)
+        q.put(done)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while (item := q.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 def _pad_to_window(photo: np.ndarray, window: int) -> np.ndarray:
@@ -114,12 +139,12 @@ def sliding_heatmap(predict: Predictor, photo: np.ndarray, image_size: int, wind
     probs = np.empty(total, dtype=np.float32)
     show = total >= 2000 if progress is None else progress
     done, last_draw = 0, 0.0
-    for images in _windows(padded, ys, xs, window, image_size, batch):
+    for images, real in _prefetched(_windows(padded, ys, xs, window, image_size, batch)):
         p = np.asarray(predict(images), dtype=np.float32).reshape(-1)
         if p.shape[0] != images.shape[0]:
             raise ValueError(f"the model returned {p.shape[0]} probabilities for {images.shape[0]} windows")
-        probs[done : done + len(p)] = p
-        done += len(p)
+        probs[done : done + real] = p[:real]
+        done += real
         if show and (done == total or time.perf_counter() - last_draw > 0.2):
             last_draw = time.perf_counter()
             frac = done / total
@@ -183,7 +208,9 @@ def crack_boxes(heatmap: Heatmap, threshold: float = 0.5) -> list[dict]:
 def write_boxes(boxes: list[dict], path: str, fmt: str, photo_name: str) -> None:
     if fmt == "csv":
         with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["photo", "x0", "y0", "x1", "y1", "max_prob", "mean_prob", "windows"])
+            fields = ["photo", "x0", "y0", "x1", "y1", "max_prob", "mean_prob", "windows"]
+            fields += list(dict.fromkeys(k for b in boxes for k in b if k not in fields))  # area_px, *_cm
+            writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows({"photo": photo_name, **b} for b in boxes)
         return
@@ -357,8 +384,8 @@ def main(argv: list[str]) -> int:
         total_mp += s["height"] * s["width"] / 1e6
         print(f"[{i}/{len(photos)}] {path}: {s['width']}x{s['height']}, {s['windows']} windows, "
               f"max p={s['max_prob']:.3f}, {s['boxes']} boxes, {s['seconds']:.1f}s", flush=True)
-    done = len(photos) - len(failures.items)
-    print(f"summary: {done}/{len(photos)} photos, {total_mp:.1f} MP in {total_s:.1f}s "
+    done, failed = len(photos) - len(failures.items), len(failures.items)
+    print(f"summary: {done} photos{f', {failed} failed' if failed else ''}, {total_mp:.1f} MP in {total_s:.1f}s "
           f"({total_s / max(total_mp, 1e-9):.2f} s/MP); outputs in {cfg.output_dir}", flush=True)
     return failures.report(len(photos), "photos")
 

@@ -44,7 +44,7 @@ def read_photo(path: str, max_megapixels: float = PIL_BOMB_MEGAPIXELS, exif: boo
     try:
         w, h = photo_size(path)
     except Exception as e:  # noqa: BLE001 - not an image Pillow knows
-        raise PhotoError(f"{path}: not a readable image ({type(e).__name__}: {str(e)[:100]})") from e
+        raise PhotoError(f"{path}: cannot read this photo ({type(e).__name__}: {str(e)[:100]})") from e
     if w * h / 1e6 > max_megapixels:
         raise PhotoError(f"{path}: {w}x{h} = {w * h / 1e6:.0f} MP is over --max_megapixels={max_megapixels:g} "
                          f"(raise it to process this photo: about {3 * w * h / 2**30:.1f} GiB of memory)")
@@ -55,7 +55,7 @@ def read_photo(path: str, max_megapixels: float = PIL_BOMB_MEGAPIXELS, exif: boo
                 img.load()
                 return pil_to_rgb(ImageOps.exif_transpose(img) if exif else img)
     except Exception as e:  # noqa: BLE001 - truncated, corrupt, unsupported mode
-        raise PhotoError(f"{path}: cannot decode ({type(e).__name__}: {str(e)[:100]})") from e
+        raise PhotoError(f"{path}: cannot read this photo ({type(e).__name__}: {str(e)[:100]})") from e
 
 
 class Failures:
@@ -70,7 +70,7 @@ class Failures:
         if self.fail_fast:
             raise err if isinstance(err, BaseException) else PhotoError(reason)
         self.items.append((path, reason))
-        print(f"skipped {path}: {reason}", file=sys.stderr, flush=True)
+        print(f"skipped: {reason if reason.startswith(path) else f'{path}: {reason}'}", file=sys.stderr, flush=True)
 
     def report(self, total: int, what: str = "files") -> int:
         """Prints the summary of failures; the exit code (1 when some failed, else 0)."""
@@ -78,6 +78,6 @@ class Failures:
             return 0
         print(f"{len(self.items)} of {total} {what} failed:", file=sys.stderr)
         for path, reason in self.items:
-            print(f"  {path}: {reason}", file=sys.stderr)
+            print(f"  {reason if reason.startswith(path) else f'{path}: {reason}'}", file=sys.stderr)
         sys.stderr.flush()
         return 1

@@ -283,10 +283,10 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
                                  writer, print_lines=not sys.stdout.isatty(),
                                  lr_at=make_schedule(cfg, steps_per_epoch).value, is_chief=runtime.is_chief,
                                  sources=sources, async_logs=runtime.num_processes == 1, health=health)
-    checkpoints = cb.CheckpointAndBest(cfg.model_dir, clock, cfg.checkpoint_every, cfg.best_metric, cfg.best_mode,
+    saver = cb.CheckpointAndBest(cfg.model_dir, clock, cfg.checkpoint_every, cfg.best_metric, cfg.best_mode,
                                        state, runtime.is_chief, ema=ema, health=health)
     class_weight = probe.class_weight if cfg.balance == "class_weight" else None
-    callbacks = [progress, checkpoints]
+    callbacks = [progress, saver]
     if sources:  # per-source val: evaluated by the callback, first, so the others see its logs
         callbacks.insert(0, SourceValidation(val_input.by_source, before=progress.mark_train_end, ema=ema))
     elif ema is not None:  # Keras' own validation: the swapper swaps around it

@@ -184,3 +184,20 @@ def test_heatmap_eval_tool_on_photos_with_masks(tmp_path):
     assert pooled["tolerant_precision"] > 0.3
     with Image.open(tmp_path / "maps.png") as fig:  # two panels side by side
         assert fig.width > fig.height > 100
+
+
+def test_batched_prefetched_heatmap_equals_window_by_window_scoring():
+    """Parity: the streamed, padded, prefetched batches give each window's own score."""
+    model = darkness_model(32)
+    predict = predictor(model)
+    photo, _ = crack_photo(200, 300, seed=4)
+    hm = H.sliding_heatmap(predict, photo, 32, window=64, stride=24, batch=5)  # 5 does not divide the windows
+    ys, xs = H.window_starts(200, 64, 24), H.window_starts(300, 64, 24)
+    from crack_tf.data.image_np import resize_bilinear_np
+
+    brute = np.array([[predict(resize_bilinear_np(photo[y : y + 64, x : x + 64], 32, 32)[None])[0] for x in xs]
+                      for y in ys])
+    np.testing.assert_allclose(hm.grid, brute, atol=1e-6)
+    seen = []
+    H.sliding_heatmap(lambda b: seen.append(b.shape) or predict(b), photo, 32, window=64, stride=24, batch=5)
+    assert set(seen) == {(5, 32, 32, 3)}  # one shape: a compiled model never recompiles
