@@ -46,15 +46,6 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")  # JPEG, PNG, GIF, BMP (+ RIFF....WEBP)
 
 
-def load_model(path: str) -> keras.Model:
-    """Loads a crack_tf ``.keras`` file (custom layers registered by ``crack_tf.models``)."""
-    import crack_tf.models  # noqa: F401  (registers CaffePreprocess, ASPP)
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--model: no such file {path!r}; pass a .keras file written by crack_tf.train")
-    return keras.models.load_model(path, compile=False)
-
-
 def read_run_json(model_path: str) -> dict:
     """``run.json`` next to the model (written by crack_tf.train), or ``{}``.
 
@@ -349,8 +340,11 @@ def main(argv: Sequence[str]) -> int:
         return 2
     try:
         from crack_tf.model_meta import read_metadata
+        from crack_tf.predictor import load_model
 
-        model = load_model(FLAGS.model)
+        model = load_model(FLAGS.model).model
+        if model is None:
+            raise ValueError(f"--model={FLAGS.model} is a SavedModel already; export takes the .keras file")
         metadata = build_metadata(
             model, read_run_json(FLAGS.model), FLAGS.image_size, FLAGS.small_policy, source=FLAGS.model,
             model_meta=read_metadata(FLAGS.model), tta=FLAGS.tta, threshold=FLAGS.threshold,

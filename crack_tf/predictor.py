@@ -191,10 +191,11 @@ def load_model(path: str, tta: str | None = None) -> Predictor:
         raise ValueError(f"--tta={tta!r}; choose one of {TTA_MODES}")
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "saved_model.pb")):
-            raise ValueError(f"{path} is a folder without saved_model.pb: pass a .keras file or a SavedModel folder")
+            raise ValueError(f"--model={path} is a folder without saved_model.pb: pass a .keras file or a SavedModel "
+                             "folder")
         return _savedmodel(path, tta)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file or folder")
+        raise FileNotFoundError(f"--model={path}: no such file or folder")
     if not path.endswith(".keras"):
-        raise ValueError(f"{path} is neither a .keras file nor a SavedModel folder")
+        raise ValueError(f"--model={path} is neither a .keras file nor a SavedModel folder")
     return _keras(path, tta)

@@ -191,8 +191,10 @@ def test_metadata_errors(trained, tmp_path):
         export.build_metadata(model, {}, image_size=SIZE + 1)
     with pytest.raises(ValueError, match="small_policy"):
         export.build_metadata(model, {"small_policy": "stretch"})
-    with pytest.raises(FileNotFoundError, match="--model"):
-        export.load_model(str(tmp_path / "missing.keras"))
+    import crack_tf
+
+    with pytest.raises(FileNotFoundError, match="--model"):  # the one loader (crack_tf.load_model)
+        crack_tf.load_model(str(tmp_path / "missing.keras"))
     meta = export.build_metadata(model, {})  # no run.json: defaults from the model
     assert meta["image_size"] == SIZE and meta["class_names"] == list(CLASS_NAMES)
 
@@ -202,7 +204,9 @@ def test_resnet50_aspp_round_trip(tmp_path):
     """The real architecture (custom ASPP + CaffePreprocess layers) survives .keras -> SavedModel."""
     model = models.get("resnet50_aspp", input_shape=(32, 32, 3), insert_after="layer1")
     model.save(tmp_path / "m.keras")
-    reloaded = export.load_model(str(tmp_path / "m.keras"))
+    import crack_tf
+
+    reloaded = crack_tf.load_model(str(tmp_path / "m.keras")).model
     meta = export.build_metadata(reloaded, {})
     path = export.export_saved_model(reloaded, str(tmp_path / "exp"), meta, warmup=False)
     assert export.verify_export(model, path, 32, atol=1e-5) <= 1e-5

@@ -128,7 +128,9 @@ def main(argv: list[str]) -> int:
     del argv
     export.quiet_tf_logs()
     try:
-        model = export.load_model(FLAGS.model)
+        from crack_tf.predictor import load_model
+
+        model = load_model(FLAGS.model).model
         meta = export.build_metadata(model, export.read_run_json(FLAGS.model), FLAGS.image_size, FLAGS.small_policy)
     except (FileNotFoundError, ValueError) as err:
         print(f"crack_tf.serving.tflite: {err}", file=sys.stderr)
