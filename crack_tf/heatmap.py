@@ -29,12 +29,14 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from crack_tf.data.image_np import resize_bilinear_np
+from crack_tf.evaluation.pixels import _dilate, pixel_metrics, pool_metrics  # noqa: F401  (re-exported)
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -168,39 +170,18 @@ def write_pixel_map(heatmap: Heatmap, path: str, band: int = 256) -> None:
             f.write(heatmap.pixel_map(rows).astype("<f2").tobytes())
 
 
-def _components(mask: np.ndarray) -> list[list[tuple[int, int]]]:
-    """8-connected components of a small boolean grid (BFS)."""
-    seen = np.zeros_like(mask, dtype=bool)
-    comps = []
-    for start in zip(*np.nonzero(mask)):
-        if seen[start]:
-            continue
-        seen[start] = True
-        stack, comp = [start], []
-        while stack:
-            i, j = stack.pop()
-            comp.append((int(i), int(j)))
-            for di in (-1, 0, 1):
-                for dj in (-1, 0, 1):
-                    a, b = i + di, j + dj
-                    if 0 <= a < mask.shape[0] and 0 <= b < mask.shape[1] and mask[a, b] and not seen[a, b]:
-                        seen[a, b] = True
-                        stack.append((a, b))
-        comps.append(comp)
-    return comps
-
-
 def crack_boxes(heatmap: Heatmap, threshold: float = 0.5) -> list[dict]:
     """Boxes (x0, y0, x1, y1 exclusive, clipped to the photo) of the thresholded window grid."""
+    labels, count = ndimage.label(heatmap.grid > threshold, structure=np.ones((3, 3)))  # 8-connected
     boxes = []
-    for comp in _components(heatmap.grid > threshold):
-        ii, jj = np.array([c[0] for c in comp]), np.array([c[1] for c in comp])
+    for k in range(1, count + 1):
+        ii, jj = np.nonzero(labels == k)
         values = heatmap.grid[ii, jj]
         boxes.append({
             "x0": int(heatmap.xs[jj].min()), "y0": int(heatmap.ys[ii].min()),
             "x1": int(min(heatmap.xs[jj].max() + heatmap.window, heatmap.width)),
             "y1": int(min(heatmap.ys[ii].max() + heatmap.window, heatmap.height)),
-            "max_prob": float(values.max()), "mean_prob": float(values.mean()), "windows": len(comp),
+            "max_prob": float(values.max()), "mean_prob": float(values.mean()), "windows": int(len(ii)),
         })
     return sorted(boxes, key=lambda b: -b["max_prob"])
 
@@ -239,67 +220,6 @@ def write_overlay(photo: np.ndarray, heatmap: Heatmap, path: str, max_side: int 
     alpha = 0.6 * prob
     out = base * (1 - alpha) + red * alpha
     Image.fromarray(np.clip(out, 0, 255).astype(np.uint8)).save(path)
-
-
-def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Binary dilation with a (2r+1)^2 square via 2-D cumulative sums."""
-    if radius <= 0:
-        return mask.astype(bool)
-    h, w = mask.shape
-    c = np.pad(mask.astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
-    y0 = np.clip(np.arange(h) - radius, 0, h)
-    y1 = np.clip(np.arange(h) + radius + 1, 0, h)
-    x0 = np.clip(np.arange(w) - radius, 0, w)
-    x1 = np.clip(np.arange(w) + radius + 1, 0, w)
-    s = c[y1][:, x1] - c[y0][:, x1] - c[y1][:, x0] + c[y0][:, x0]
-    return s > 0
-
-
-def pixel_metrics(prob_map: np.ndarray, mask: np.ndarray, threshold: float = 0.5,
-                  tolerance: int = 64) -> dict:
-    """Pixel IoU / F1 of ``prob_map > threshold`` against a UAV75 mask (channel 0 or 2-D).
-
-    Mask values: 255 = crack (positive); 204 = planking joint and 0 = background (negative).
-    Strict: every pixel counts. Tolerant (labels are 1-3 px lines): a crack pixel is found if
-    a predicted pixel lies within ``tolerance`` px (Chebyshev); a predicted pixel is correct if a
-    crack pixel lies within ``tolerance`` px; F1 from those recall / precision, IoU = F1/(2-F1).
-    Also the fraction of planking-joint pixels predicted positive. Returns the counts too, so
-    several photos can be pooled with :func:`pool_metrics`.
-    """
-    mask = np.asarray(mask)
-    if mask.ndim == 3:
-        mask = mask[..., 0]
-    if mask.shape != prob_map.shape:
-        raise ValueError(f"mask shape {mask.shape} != map shape {prob_map.shape}")
-    crack, joint, pred = mask == 255, mask == 204, prob_map > threshold
-    near_crack, near_pred = _dilate(crack, tolerance), _dilate(pred, tolerance)
-    counts = {
-        "tp": int((pred & crack).sum()), "fp": int((pred & ~crack).sum()), "fn": int((~pred & crack).sum()),
-        "crack_found": int((crack & near_pred).sum()), "crack": int(crack.sum()),
-        "pred_near_crack": int((pred & near_crack).sum()), "pred": int(pred.sum()),
-        "joint_pred": int((joint & pred).sum()), "joint": int(joint.sum()),
-    }
-    return pool_metrics([counts])
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if b else 0.0
-
-
-def pool_metrics(items: Sequence[dict]) -> dict:
-    """Sums the counts of several photos and recomputes the metrics (micro average)."""
-    keys = ("tp", "fp", "fn", "crack_found", "crack", "pred_near_crack", "pred", "joint_pred", "joint")
-    c = {k: sum(int(it[k]) for it in items) for k in keys}
-    recall_t, precision_t = _ratio(c["crack_found"], c["crack"]), _ratio(c["pred_near_crack"], c["pred"])
-    f1_t = _ratio(2 * precision_t * recall_t, precision_t + recall_t)
-    return {
-        **c,
-        "iou": _ratio(c["tp"], c["tp"] + c["fp"] + c["fn"]),
-        "f1": _ratio(2 * c["tp"], 2 * c["tp"] + c["fp"] + c["fn"]),
-        "tolerant_recall": recall_t, "tolerant_precision": precision_t, "tolerant_f1": f1_t,
-        "tolerant_iou": _ratio(f1_t, 2 - f1_t),
-        "joint_positive_rate": _ratio(c["joint_pred"], c["joint"]),
-    }
 
 
 def load_photo(path: str, max_megapixels: float | None = None, exif: bool = True) -> np.ndarray:

@@ -32,8 +32,6 @@ from typing import Any
 import keras
 from keras import ops
 
-COUNT_NAMES = ("tp", "fp", "tn", "fn")
-
 
 def _safe_div(num: Any, den: Any, xp: Any) -> Any:
     """``num / den`` where ``den > 0``, else 0 (works for ``keras.ops`` and NumPy as ``xp``)."""
@@ -210,7 +208,6 @@ def default_metrics(threshold: float = 0.5, from_logits: bool = True) -> list[Bi
 
 
 __all__ = [
-    "COUNT_NAMES",
     "RATES",
     "Accuracy",
     "BinaryConfusionCounts",

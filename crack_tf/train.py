@@ -115,17 +115,6 @@ def compile_model(model: keras.Model, cfg: types.SimpleNamespace, steps_per_epoc
     model._symbolic_build(data_batch=spec)
 
 
-class _StepDelay(keras.callbacks.Callback):
-    """Sleeps after each step (``CRACK_TF_STEP_DELAY`` seconds): fault-injection tests only."""
-
-    def __init__(self, seconds: float):
-        super().__init__()
-        self.seconds = seconds
-
-    def on_train_batch_end(self, batch, logs=None):
-        time.sleep(self.seconds)
-
-
 def _sample_batch(dataset):
     if hasattr(dataset, "take"):
         images, _ = next(iter(dataset.take(1)))
@@ -291,8 +280,6 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
         callbacks.insert(0, SourceValidation(val_input.by_source, before=progress.mark_train_end, ema=ema))
     elif ema is not None:  # Keras' own validation: the swapper swaps around it
         callbacks.insert(0, ema)
-    if os.environ.get("CRACK_TF_STEP_DELAY"):
-        callbacks.append(_StepDelay(float(os.environ["CRACK_TF_STEP_DELAY"])))
 
     done = start_step
     for i, (first_epoch, end_epoch, steps, seg_frozen) in enumerate(segments):

@@ -160,15 +160,20 @@ def test_caffe_preprocess_matches_keras_resnet50():
 @pytest.fixture(scope="module")
 def random_backbone_files(tmp_path_factory):
     """A randomly initialised ResNet50 no-top saved in the legacy and the new h5 formats."""
-    from keras.src.legacy.saving import legacy_h5_format
-
     keras.utils.set_random_seed(1)
     base = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
     randomize_weights(base, seed=1)
     folder = tmp_path_factory.mktemp("backbone")
     legacy = folder / "resnet50_notop_legacy.h5"
-    with h5py.File(legacy, "w") as f:  # the layout of the Keras ImageNet file
-        legacy_h5_format.save_weights_to_hdf5_group(f, base)
+    with h5py.File(legacy, "w") as f:  # the layout of the Keras ImageNet file, written with h5py
+        f.attrs["layer_names"] = [layer.name.encode() for layer in base.layers]
+        f.attrs["backend"], f.attrs["keras_version"] = b"tensorflow", b"2.2.4"
+        for layer in base.layers:
+            group = f.create_group(layer.name)
+            names = [f"{layer.name}/{w.name}:0".encode() for w in layer.weights]
+            group.attrs["weight_names"] = names
+            for name, value in zip(names, layer.get_weights()):
+                group.create_dataset(name.decode(), data=value)
     new = folder / "resnet50_notop.weights.h5"
     base.save_weights(new)
     expected = {layer.name: layer.get_weights() for layer in base.layers if layer.weights}

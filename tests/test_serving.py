@@ -265,7 +265,7 @@ def test_tflite_variants_track_the_float_model(tf):
     import keras
 
     from crack_tf import models
-    from crack_tf.serving import tflite
+    from crack_tf.export import tflite
 
     keras.utils.set_random_seed(7)
     model = models.get("zhang2016", input_shape=(SIZE, SIZE, 3))
@@ -287,8 +287,21 @@ def test_tflite_variants_track_the_float_model(tf):
 
 @pytest.mark.shared_data
 def test_tflite_loads_shared_val_tiles(shared_data):
-    from crack_tf.serving import tflite
+    from crack_tf.export import tflite
 
     images, labels = tflite.load_split(str(shared_data / "uav75_tiles"), "val", SIZE, "resize", limit=12)
     assert images.shape == (12, SIZE, SIZE, 3) and images.dtype == np.uint8
     assert set(labels.tolist()) == {0, 1}
+
+
+def test_tf_make_ndarray_cannot_read_a_shapeless_tensor_so_the_client_keeps_its_reader():
+    tf = pytest.importorskip("tensorflow")
+    from tensorflow.core.framework import tensor_pb2
+
+    shapeless = tensor_pb2.TensorProto(dtype=1, float_val=[0.25, 0.5])
+    try:
+        got = tf.make_ndarray(shapeless).ravel().tolist()  # the library
+    except ValueError:
+        got = None
+    assert got != [0.25, 0.5]
+    assert client._tensor_values(shapeless) == [0.25, 0.5]  # the client: every value

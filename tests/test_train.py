@@ -26,8 +26,9 @@ TINY = [
 
 def _run_train(args: list[str], env_extra: dict | None = None, **kwargs) -> subprocess.Popen:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", **(env_extra or {}))
+    module = "tests.step_delay_train" if "CRACK_TF_STEP_DELAY" in env else "crack_tf.train"  # a slowed trainer
     return subprocess.Popen(
-        [sys.executable, "-m", "crack_tf.train", *args], cwd=REPO, env=env,
+        [sys.executable, "-m", module, *args], cwd=REPO, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs,
     )
 

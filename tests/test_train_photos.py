@@ -36,7 +36,8 @@ def _args(root, model_dir, extra=()):
 
 def _train(args, env=None, **kwargs) -> subprocess.Popen:
     env = env or dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "crack_tf.train", *args], cwd=REPO, env=env,
+    module = "tests.step_delay_train" if "CRACK_TF_STEP_DELAY" in env else "crack_tf.train"  # a slowed trainer
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 

@@ -2,6 +2,4 @@
 
 from crack_tf.data.tfds_bridge_crack.bridge_crack_dataset_builder import Builder, tfds_records
 
-BridgeCrack = Builder
-
-__all__ = ["BridgeCrack", "Builder", "tfds_records"]
+__all__ = ["Builder", "tfds_records"]

@@ -2,7 +2,7 @@
 
 Example::
 
-    python -m crack_tf.serving.tflite --model=runs/exp1/best.keras --output_dir=exports/tflite \\
+    python -m crack_tf.export.tflite --model=runs/exp1/best.keras --output_dir=exports/tflite \\
         --calibration_data=../shared/data/uav75_tiles --eval_data=../shared/data/uav75_tiles
 
 Each ``.tflite`` takes one raw 0-255 RGB float32 image [1, S, S, 3] (decode, resize and
@@ -133,7 +133,7 @@ def main(argv: list[str]) -> int:
         model = load_model(FLAGS.model).model
         meta = export.build_metadata(model, export.read_run_json(FLAGS.model), FLAGS.image_size, FLAGS.small_policy)
     except (FileNotFoundError, ValueError) as err:
-        print(f"crack_tf.serving.tflite: {err}", file=sys.stderr)
+        print(f"crack_tf.export.tflite: {err}", file=sys.stderr)
         return 2
     size, policy = meta["image_size"], meta["small_policy"]
     variants = [v.strip() for v in FLAGS.variants.split(",") if v.strip()]

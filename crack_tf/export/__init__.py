@@ -1,4 +1,6 @@
-"""Exports a trained ``.keras`` model as a versioned SavedModel for TensorFlow Serving.
+"""Export of trained models: a versioned SavedModel for TensorFlow Serving (this module) and
+TFLite flatbuffers (:mod:`crack_tf.export.tflite`); the command lines are in
+:mod:`crack_tf.export.cli` (``python -m crack_tf.export``) and ``python -m crack_tf.export.tflite``.
 
 Example::
 
@@ -31,10 +33,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import pathlib
 import shutil
-import sys
-from collections.abc import Sequence
 
 import keras
 
@@ -244,7 +243,7 @@ def _write_warmup(version_dir: str, model_name: str, size: int) -> bool:
         return False
     import tensorflow as tf
 
-    from crack_tf.serving.client import predict_request
+    from crack_tf.serving.grpc_client import predict_request
 
     req = predict_request([_sample_png(size)], model_name)
     log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req))
@@ -328,63 +327,3 @@ def quiet_tf_logs() -> None:
 
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-
-
-def main(argv: Sequence[str]) -> int:
-    from absl import flags
-
-    FLAGS = flags.FLAGS
-    quiet_tf_logs()
-    if len(argv) > 1:
-        print(f"crack_tf.export: unexpected arguments {list(argv[1:])}", file=sys.stderr)
-        return 2
-    try:
-        from crack_tf.model_meta import read_metadata
-        from crack_tf.predictor import load_model
-
-        model = load_model(FLAGS.model).model
-        if model is None:
-            raise ValueError(f"--model={FLAGS.model} is a SavedModel already; export takes the .keras file")
-        metadata = build_metadata(
-            model, read_run_json(FLAGS.model), FLAGS.image_size, FLAGS.small_policy, source=FLAGS.model,
-            model_meta=read_metadata(FLAGS.model), tta=FLAGS.tta, threshold=FLAGS.threshold,
-        )
-        path = export_saved_model(
-            model, FLAGS.export_dir, metadata, FLAGS.version, FLAGS.overwrite, FLAGS.warmup, FLAGS.serving_name
-        )
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"crack_tf.export: {err}", file=sys.stderr)
-        return 2
-    print(f"exported {FLAGS.model} -> {path} (signatures {DEFAULT_SIGNATURE}, {IMAGES_SIGNATURE}; "
-          f"{metadata['image_size']} px, small_policy={metadata['small_policy']}; is_crack at threshold "
-          f"{metadata['threshold']:.4g}, temperature {metadata['temperature']:.3g}, tta {metadata['tta']})")
-    if FLAGS.verify:
-        diff = verify_export(model, path, metadata["image_size"], metadata=metadata)
-        print(f"verified: SavedModel matches the Keras model (max |dp| = {diff:.1e})")
-    if not pathlib.Path(path, "assets.extra", WARMUP_FILE).exists() and FLAGS.warmup:
-        print("note: tensorflow-serving-api not installed, no warmup request written")
-    return 0
-
-
-def _define_flags() -> None:
-    from absl import flags
-
-    flags.DEFINE_string("model", None, "Trained .keras file (run.json next to it is read if present).", required=True)
-    flags.DEFINE_string("export_dir", "exports/crack_tf", "Model base path; the version folder goes inside.")
-    flags.DEFINE_integer("version", None, "Version folder number (default: highest existing + 1).")
-    flags.DEFINE_integer("image_size", None, "Eval crop size (default: run.json, else the model input size).")
-    flags.DEFINE_enum("small_policy", None, ["resize", "pad"], "Tiles smaller than image_size (default: run.json, else resize).")
-    flags.DEFINE_bool("overwrite", False, "Replace an existing version folder.")
-    flags.DEFINE_bool("verify", True, "Reload the export and compare it with the Keras model.")
-    flags.DEFINE_bool("warmup", True, "Write assets.extra/tf_serving_warmup_requests (needs tensorflow-serving-api).")
-    flags.DEFINE_string("serving_name", "crack_tf", "Model name used in the warmup request.")
-    flags.DEFINE_enum("tta", None, ["none", "flips", "d4"], "Test-time augmentation in the signature (default: "
-                      "the one the model's threshold was picked with, else none).")
-    flags.DEFINE_float("threshold", None, "is_crack threshold (default: the model's stored one, else 0.5).")
-
-
-if __name__ == "__main__":
-    from crack_tf import cli
-
-    _define_flags()
-    cli.run(main)
