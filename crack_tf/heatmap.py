@@ -22,11 +22,11 @@ Outputs per photo ``<stem>``:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from crack_tf.data.image_np import resize_bilinear_np
+from crack_tf.data.progress import Progress
 from crack_tf.evaluation.pixels import _dilate, pixel_metrics, pool_metrics  # noqa: F401  (re-exported)
 
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -140,21 +141,16 @@ def sliding_heatmap(predict: Predictor, photo: np.ndarray, image_size: int, wind
     total = len(ys) * len(xs)
     probs = np.empty(total, dtype=np.float32)
     show = total >= 2000 if progress is None else progress
-    done, last_draw = 0, 0.0
-    for images, real in _prefetched(_windows(padded, ys, xs, window, image_size, batch)):
-        p = np.asarray(predict(images), dtype=np.float32).reshape(-1)
-        if p.shape[0] != images.shape[0]:
-            raise ValueError(f"the model returned {p.shape[0]} probabilities for {images.shape[0]} windows")
-        probs[done : done + real] = p[:real]
-        done += real
-        if show and (done == total or time.perf_counter() - last_draw > 0.2):
-            last_draw = time.perf_counter()
-            frac = done / total
-            sys.stderr.write(f"\r  windows [{'#' * int(30 * frac):<30}] {done}/{total} "
-                             f"({done / max(time.perf_counter() - started, 1e-9):.0f}/s)")
-            sys.stderr.flush()
-    if show:
-        sys.stderr.write("\n")
+    done = 0
+    with Progress(total, "  windows") if show else contextlib.nullcontext() as bar:
+        for images, real in _prefetched(_windows(padded, ys, xs, window, image_size, batch)):
+            p = np.asarray(predict(images), dtype=np.float32).reshape(-1)
+            if p.shape[0] != images.shape[0]:
+                raise ValueError(f"the model returned {p.shape[0]} probabilities for {images.shape[0]} windows")
+            probs[done : done + real] = p[:real]
+            done += real
+            if bar is not None:
+                bar.update(real)
     return Heatmap(probs.reshape(len(ys), len(xs)), ys, xs, window, height, width,
                    time.perf_counter() - started)
 

@@ -8,8 +8,9 @@ come from one invocation on one machine:
   epoch's training img/s (the trainer's own clock: data, step, callbacks), and the first
   epoch's extra seconds over a steady epoch (compilation and warm-up). ``repo`` may point to
   another checkout (e.g. an older commit), run with the same flags.
-* ``run_loader``: renders batches through Keras' PyDataset machinery (as ``fit`` iterates
-  it) with threads or processes, no model: the loader's own ceiling.
+* ``run_loader``: the training input alone, consumed by ``fit`` of a near-empty model, with
+  threads or processes: the loader's own ceiling.
+* ``run_jobs``: both, for ``tools/benchmark.py --loader_workers / --e2e``.
 """
 
 from __future__ import annotations
@@ -88,8 +89,10 @@ def flagfile_model(flagfile: str) -> str:
 
 def loader_rate(flagfile: str, batch: int, size: int, batches: int, workers: int, processes: bool,
                 extra: list[str]) -> dict:
-    """In this process: images/s of the training input alone, iterated as ``fit`` does."""
-    from keras.src.trainers.epoch_iterator import EpochIterator  # how fit() walks a PyDataset
+    """In this process: images/s of the training input alone, consumed by ``fit`` of a model
+    that does almost nothing (global average pooling + a 2-unit dense layer), so Keras' own
+    PyDataset machinery (workers, queue, transfers) is what is timed."""
+    import keras
 
     from crack_tf.data import make_input
     from crack_tf.train import data_config
@@ -98,10 +101,17 @@ def loader_rate(flagfile: str, batch: int, size: int, batches: int, workers: int
     cfg = train_flags.parse_args([f"--flagfile={flagfile}", f"--batch_size={batch}", f"--image_size={size}",
                                   f"--loader_workers={workers}", f"--loader_processes={processes}", *extra])
     split = make_input(data_config(cfg), cfg.train_split, True, batch, seed=0, backend="numpy")
+    model = keras.Sequential([keras.Input((size, size, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     times = []
-    for _ in EpochIterator(split.dataset, steps_per_epoch=batches + 3):
-        times.append(time.perf_counter())
-    rate = batch * (len(times) - 4) / (times[-1] - times[3])  # after 3 warm-up batches
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch_index, logs=None):
+            times.append(time.perf_counter())
+
+    model.fit(split.dataset, steps_per_epoch=batches + 4, epochs=1, verbose=0, callbacks=[Clock()])
+    rate = batch * (len(times) - 4) / (times[-1] - times[3])  # after 4 warm-up batches
     return {"impl": "loader", "flagfile": flagfile, "workers": workers, "processes": processes, "batch": batch,
             "img_per_s": rate, "cpu_count": os.cpu_count()}
 
@@ -116,6 +126,47 @@ def run_loader(flagfile: str, batch: int, size: int, batches: int, workers: int,
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"loader benchmark failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
     return json.loads(lines[-1][7:])
+
+
+
+def parse_e2e(spec: str, default_repeat: int = 1) -> dict:
+    """``"flagfile=F;label=L;repo=R;extra=--a=1 --b=2"`` -> dict (flagfile required)."""
+    items = dict(part.split("=", 1) for part in spec.split(";") if "=" in part)
+    if "flagfile" not in items:
+        raise ValueError(f"--e2e={spec!r} needs flagfile=...")
+    return {"flagfile": items["flagfile"], "label": items.get("label", ""), "repo": items.get("repo", ""),
+            "extra": items.get("extra", "").split(), "repeat": int(items.get("repeat", default_repeat))}
+
+
+def run_jobs(specs: list[str], loader_workers: list, batch: int, size: int, precision: str, epochs: int,
+             steps: int, loader_batches: int, repeat: int, log=print) -> list[dict]:
+    """Loader-only results (the first job's input, each worker count, threads and processes) and
+    end-to-end trainer results of every ``--e2e`` job spec."""
+    jobs = [parse_e2e(spec, repeat) for spec in specs]
+    out = []
+    for job in jobs[:1] if loader_workers else []:
+        for workers in loader_workers:
+            for processes in (False, True):
+                try:
+                    r = run_loader(job["flagfile"], batch, size, loader_batches, int(workers), processes,
+                                   job["extra"])
+                except RuntimeError as err:
+                    log(f"[benchmark] loader {job['flagfile']} failed: {err}")
+                    continue
+                out.append(dict(r, model=flagfile_model(job["flagfile"]), aspp_impl="-", mode="train"))
+                log(f"[benchmark] loader workers={workers} processes={processes}: {r['img_per_s']:.0f} img/s")
+    for job in jobs:
+        for i in range(job["repeat"]):
+            label = f"{job['label'] or job['flagfile']}#{i + 1}"
+            log(f"[benchmark] e2e {label}")
+            try:
+                r = run_e2e(job["flagfile"], job["repo"] or REPO, batch, size, precision, epochs, steps,
+                            job["extra"], label)
+            except RuntimeError as err:
+                log(f"[benchmark] e2e {label} failed: {err}")
+                continue
+            out.append(dict(r, model=flagfile_model(job["flagfile"]), aspp_impl="auto", mode="train"))
+    return out
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from tools.bench_report import macs, ratio_table  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["resnet50", "resnet50_aspp"], "resnet50 | resnet50_aspp | aspp_module")
 flags.DEFINE_list("aspp_impls", ["separable", "dense"], "crack_tf ASPP impls for the Keras model")
@@ -57,37 +59,6 @@ flags.DEFINE_integer("e2e_repeat", 1, "default repeat= of --e2e runs (2: cold, t
 flags.DEFINE_list("loader_workers", [], "also time the TF-free training input (of the first --e2e run) alone, "
                   "with these worker counts, threads and processes")
 flags.DEFINE_integer("loader_batches", 30, "batches per loader measurement")
-
-RATES, MULT = 3, 4
-STAGE_OF = {"conv1": 0, "layer1": 1, "layer2": 2, "layer3": 3, "layer4": 4}
-
-
-# ----------------------------------------------------------------------------- MACs
-def macs(model: str, size: int, insert_after: str, aspp_impl: str = "separable") -> tuple[float, float]:
-    """(model MACs, MACs executed by ``aspp_impl``) per image, analytically."""
-    s = (size + 6 - 7) // 2 + 1
-    total = s * s * 7 * 7 * 3 * 64
-    s = (s + 2 - 3) // 2 + 1
-    ends = [(s, 64)]
-    cin = 64
-    for filters, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
-        for b in range(blocks):
-            st = stride if b == 0 else 1
-            s = (s - 1) // st + 1
-            total += s * s * (cin * filters + 9 * filters * filters + filters * 4 * filters)
-            total += s * s * cin * 4 * filters if b == 0 else 0
-            cin = 4 * filters
-        ends.append((s, cin))
-    total += 2048 * 2
-    n, c = ends[STAGE_OF[insert_after]]
-    if model == "aspp_module":
-        n, c, total = size // 4, 256, 0
-    if model == "resnet50":
-        return total, total
-    sep = RATES * n * n * (9 * c * MULT + c * MULT * c)
-    dense = RATES * n * n * 9 * c * c
-    return total + sep, total + (dense if aspp_impl.startswith("dense") else sep)
-
 
 # ----------------------------------------------------------------------------- timing
 def _time(run, warmup: int, steps: int) -> dict:
@@ -302,38 +273,6 @@ def _emit(result: dict) -> None:
             f.write(line + "\n")
 
 
-def ratio_table(results: list[dict]) -> str:
-    """Each model vs plain resnet50 of the same implementation; keras vs the PyTorch
-    reference (its "separable" ASPP, eager and compiled) and vs the fastest PyTorch result."""
-    base = {(r["impl"], r["mode"]): r["img_per_s"] for r in results if r["model"] == "resnet50"}
-    ref, best = {}, {}
-    for r in results:
-        if r["impl"].startswith("torch"):
-            if r["aspp_impl"] == "separable":
-                ref[(r["impl"], r["model"], r["mode"])] = r["img_per_s"]
-            key = (r["model"], r["mode"])
-            best[key] = max(best.get(key, 0.0), r["img_per_s"])
-    model_only = {(r["model"], r["mode"]): r["img_per_s"] for r in results if r["impl"] == "keras"}
-    head = ["impl", "model", "aspp_impl", "mode", "img/s", "vs_plain", "vs_torch_eager", "vs_torch_compile",
-            "vs_torch_best", "vs_model_only"]
-    rows = [head]
-    for r in results:
-        keras_row = r["impl"].startswith("keras")
-        pipeline_row = r["impl"] in ("e2e", "loader")
-        denominators = [base.get((r["impl"], r["mode"])) if r["model"] != "resnet50" else None,
-                        ref.get(("torch_eager", r["model"], r["mode"])) if keras_row else None,
-                        ref.get(("torch_compile", r["model"], r["mode"])) if keras_row else None,
-                        best.get((r["model"], r["mode"])) if keras_row else None,
-                        model_only.get((r["model"], r["mode"])) if pipeline_row else None]
-        impl = r["impl"] + (f"[{r['label']}]" if r.get("label") else "")
-        if r["impl"] == "loader":
-            impl += f"[{r['workers']}{'p' if r['processes'] else 't'}]"
-        rows.append([impl, r["model"], r["aspp_impl"], r["mode"], f"{r['img_per_s']:.1f}"]
-                    + [f"{r['img_per_s'] / d:.2f}" if d else "-" for d in denominators])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows)
-
-
 def check_curves() -> None:
     """Trains resnet50_aspp from identical weights in float32 and mixed_bfloat16 on a
     fixed synthetic batch; prints both loss curves and their largest difference."""
@@ -369,50 +308,6 @@ def check_curves() -> None:
         raise SystemExit(f"float32 and bf16 10-step mean losses differ by {max(windows):.4f} > {FLAGS.curve_tol}")
 
 
-def parse_e2e(spec: str) -> dict:
-    """``"flagfile=F;label=L;repo=R;extra=--a=1 --b=2"`` -> dict (flagfile required)."""
-    items = dict(part.split("=", 1) for part in spec.split(";") if "=" in part)
-    if "flagfile" not in items:
-        raise ValueError(f"--e2e={spec!r} needs flagfile=...")
-    return {"flagfile": items["flagfile"], "label": items.get("label", ""), "repo": items.get("repo", ""),
-            "extra": items.get("extra", "").split(), "repeat": int(items.get("repeat", FLAGS.e2e_repeat))}
-
-
-def end_to_end() -> list[dict]:
-    """Loader-only and end-to-end trainer results (``--loader_workers``, ``--e2e``)."""
-    from tools import bench_e2e
-
-    jobs = [parse_e2e(spec) for spec in FLAGS.e2e]
-    out = []
-    precision = "bf16" if FLAGS.precision == "bf16" else "float32"
-    for job in jobs[:1] if FLAGS.loader_workers else []:
-        for workers in FLAGS.loader_workers:
-            for processes in (False, True):
-                try:
-                    r = bench_e2e.run_loader(job["flagfile"], FLAGS.batch, FLAGS.size, FLAGS.loader_batches,
-                                             int(workers), processes, job["extra"])
-                except RuntimeError as err:
-                    print(f"[benchmark] loader {job['flagfile']} failed: {err}", file=sys.stderr, flush=True)
-                    continue
-                out.append(dict(r, model=bench_e2e.flagfile_model(job["flagfile"]), aspp_impl="-", mode="train"))
-                print(f"[benchmark] loader workers={workers} processes={processes}: {r['img_per_s']:.0f} img/s",
-                      file=sys.stderr, flush=True)
-    for job in jobs:
-        for i in range(job["repeat"]):
-            label = f"{job['label'] or job['flagfile']}#{i + 1}"
-            print(f"[benchmark] e2e {label}", file=sys.stderr, flush=True)
-            try:
-                r = bench_e2e.run_e2e(job["flagfile"], job["repo"] or bench_e2e.REPO, FLAGS.batch, FLAGS.size,
-                                      precision, FLAGS.e2e_epochs, FLAGS.e2e_steps, job["extra"], label)
-            except RuntimeError as err:
-                print(f"[benchmark] e2e {label} failed: {err}", file=sys.stderr, flush=True)
-                continue
-            out.append(dict(r, model=bench_e2e.flagfile_model(job["flagfile"]), aspp_impl="auto", mode="train"))
-    for r in out:
-        _emit(r)
-    return out
-
-
 def main(argv) -> None:
     del argv
     if FLAGS.child:
@@ -434,7 +329,15 @@ def main(argv) -> None:
         if "keras" in FLAGS.impls:
             plan += [("keras", model, impl, jit.lower() == "true", None)
                      for impl in impls for jit in FLAGS.jit_compile]
-    results += end_to_end()
+    from tools import bench_e2e
+
+    precision = "bf16" if FLAGS.precision == "bf16" else "float32"
+    pipeline = bench_e2e.run_jobs(FLAGS.e2e, FLAGS.loader_workers, FLAGS.batch, FLAGS.size, precision,
+                                  FLAGS.e2e_epochs, FLAGS.e2e_steps, FLAGS.loader_batches, FLAGS.e2e_repeat,
+                                  log=lambda m: print(m, file=sys.stderr, flush=True))
+    for r in pipeline:
+        _emit(r)
+    results += pipeline
     for i, (name, model, impl, jit, mode) in enumerate(plan, 1):
         print(f"[benchmark] {i}/{len(plan)} {name} {model} {impl} {mode or ''}", file=sys.stderr, flush=True)
         try:
