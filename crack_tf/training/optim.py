@@ -27,6 +27,11 @@ def effective_lr(cfg: types.SimpleNamespace) -> float:
 class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up to ``peak_lr`` over ``warmup_steps``, then a decay schedule.
 
+    Hand-written, not ``keras.optimizers.schedules.CosineDecay(warmup_target=...)``: after the
+    warm-up the cosine is the same numbers, but Keras' warm-up starts at 0 (a step without any
+    update) and reaches the peak a step later (``tests/test_optim.py``); this one also has the
+    step / exponential kinds and a host-side :meth:`value` for the logs.
+
     ``kind``: ``constant``; ``step`` (multiply by ``decay_rate`` every ``decay_steps``);
     ``exponential`` (smooth ``decay_rate ** (t / decay_steps)``); ``cosine`` (to 0 at
     ``total_steps``). Decay time ``t`` counts from the end of the warm-up.
