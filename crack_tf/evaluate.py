@@ -30,6 +30,7 @@ from absl import app, flags
 
 import crack_tf
 from crack_tf import metrics as M
+from crack_tf.choices import SMALL_POLICIES, TTA_MODES
 
 FLAGS = flags.FLAGS
 
@@ -41,13 +42,13 @@ def _define_flags() -> None:
     flags.DEFINE_enum("source", "auto", ["auto", "folder", "tfrecord", "photos"],
                       "Data format (auto: TFRecord if the sidecar exists, else an image folder).")
     flags.DEFINE_string("data_root", "", "--source=photos: folder the --data entries are under.")
-    flags.DEFINE_enum("tta", None, ["none", "flips", "d4"], "Test-time augmentation: mean p over flips / D4 "
+    flags.DEFINE_enum("tta", None, list(TTA_MODES), "Test-time augmentation: mean p over flips / D4 "
                       "(default: the one the model's threshold was picked with).")
     flags.DEFINE_bool("fail_fast", False, "Stop when a file cannot be read (default: skip it, name it at the end and "
                       "exit with 1).")
     flags.DEFINE_enum("loader", "auto", ["auto", "tf", "numpy"], "Input pipeline: tf.data, the TF-free NumPy one, or auto.")
     flags.DEFINE_integer("image_size", None, "Eval crop size if neither run.json/metadata nor the model fixes it.")
-    flags.DEFINE_enum("small_policy", None, ["resize", "pad"], "Tiles smaller than image_size (default: run.json, else resize).")
+    flags.DEFINE_enum("small_policy", None, list(SMALL_POLICIES), "Tiles smaller than image_size (default: run.json, else resize).")
     flags.DEFINE_string("output_dir", None, "Report folder (default: <model folder>/eval_<split>).")
     flags.DEFINE_float("threshold", None, "Predicted crack iff p(crack) > threshold (default: the model's stored "
                        "threshold, else 0.5).")

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from crack_tf.choices import TTA_MODES
 from crack_tf.data.image_np import resize_bilinear_np
 from crack_tf.data.progress import Progress
 from crack_tf.evaluation.pixels import _dilate, pixel_metrics, pool_metrics  # noqa: F401  (re-exported)
@@ -256,7 +257,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("output_dir", "heatmaps", "Where the maps, overlays and boxes go.")
     flags.DEFINE_float("threshold", None, "Crack iff p(crack) > threshold (boxes); default: the model's stored "
                        "threshold, else 0.5.")
-    flags.DEFINE_enum("tta", None, ["none", "flips", "d4"], "Test-time augmentation of each window (default: "
+    flags.DEFINE_enum("tta", None, list(TTA_MODES), "Test-time augmentation of each window (default: "
                       "the one the model's threshold was picked with).")
     flags.DEFINE_float("max_megapixels", 89.5, "Photos above this are skipped (Pillow's decompression-bomb limit "
                        "by default); raise it to process them.")

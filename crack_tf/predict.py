@@ -26,6 +26,8 @@ import sys
 
 from absl import app, flags
 
+from crack_tf.choices import TTA_MODES
+
 FLAGS = flags.FLAGS
 CSV_FIELDS = ("path", "kind", "width", "height", "crack_probability", "is_crack", "threshold", "windows", "boxes",
               "cracked_share", "latitude", "longitude", "altitude", "taken", "model", "model_sha256")
@@ -37,7 +39,7 @@ def define_flags() -> None:
     flags.DEFINE_string("jsonl", None, "Write one JSON object per file here (with the boxes).")
     flags.DEFINE_bool("recursive", False, "Also read the sub-folders of folder arguments.")
     flags.DEFINE_integer("batch", 64, "Tiles / windows per model call.")
-    flags.DEFINE_enum("tta", None, ["none", "flips", "d4"], "Test-time augmentation (default: the model's).")
+    flags.DEFINE_enum("tta", None, list(TTA_MODES), "Test-time augmentation (default: the model's).")
     flags.DEFINE_float("threshold", None, "is_crack threshold (default: the model's stored one, else 0.5).")
     flags.DEFINE_integer("window", 128, "Window side in photo pixels; files no larger are scored as tiles.")
     flags.DEFINE_integer("stride", 64, "Window step of the photo scan.")

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from crack_tf.choices import TTA_MODES
 from crack_tf.model_meta import DEFAULT_THRESHOLD, read_metadata
 
-TTA_MODES = ("none", "flips", "d4")
 ENDPOINTS = ("predict_images", "serving_default")  # SavedModel endpoints tried, in order
 SAVEDMODEL_METADATA = "crack_tf_metadata.json"
 

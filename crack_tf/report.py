@@ -23,6 +23,8 @@ import sys
 import numpy as np
 from absl import app, flags
 
+from crack_tf.choices import TTA_MODES
+
 FLAGS = flags.FLAGS
 THUMB_SIDE, OVERLAY_SIDE = 320, 1600
 _STYLE = ("body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse}"
@@ -42,7 +44,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("window", 128, "Window side in photo pixels.")
     flags.DEFINE_integer("stride", 64, "Window step in photo pixels.")
     flags.DEFINE_integer("batch", 64, "Windows per model call.")
-    flags.DEFINE_enum("tta", None, ["none", "flips", "d4"], "Test-time augmentation (default: the model's).")
+    flags.DEFINE_enum("tta", None, list(TTA_MODES), "Test-time augmentation (default: the model's).")
     flags.DEFINE_float("threshold", None, "Crack threshold (default: the model's stored one, else 0.5).")
     flags.DEFINE_float("gsd_cm", None, "Ground sampling distance in cm per pixel (box sizes, WGS84 boxes).")
     flags.DEFINE_float("max_megapixels", 89.5, "Skip photos larger than this (raise it to process them).")

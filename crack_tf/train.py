@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import types
 
 from absl import app
 
@@ -26,6 +25,7 @@ import numpy as np  # noqa: E402
 from crack_tf import CLASS_NAMES  # noqa: E402
 from crack_tf.training import callbacks as cb  # noqa: E402
 from crack_tf.training import checkpoints, finish, rundir  # noqa: E402
+from crack_tf.training.config import TrainConfig  # noqa: E402
 from crack_tf.training.optim import SparseCrossEntropy, effective_lr, make_optimizer, make_schedule  # noqa: E402
 from crack_tf.training.runtime import (  # noqa: E402
     Runtime,
@@ -37,7 +37,7 @@ from crack_tf.training.runtime import (  # noqa: E402
 )
 
 
-def synthetic_root(cfg: types.SimpleNamespace) -> str:
+def synthetic_root(cfg: TrainConfig) -> str:
     """Generates (once) and returns the synthetic image folder of this config."""
     from crack_tf.data.synthetic import generate_dataset
 
@@ -49,40 +49,39 @@ def synthetic_root(cfg: types.SimpleNamespace) -> str:
     return root
 
 
-def data_config(cfg: types.SimpleNamespace):
-    """The :class:`crack_tf.data.DataConfig` of a run."""
+def data_config(cfg: TrainConfig):
+    """The :class:`crack_tf.data.DataConfig` of a run: the data options it shares by name, plus
+    the source / path (the synthetic set is generated as a folder), the loader and determinism."""
+    import dataclasses
+
     from crack_tf.data import DataConfig
 
-    source, path = cfg.data_source, cfg.data_dir
+    d = cfg.data
+    source, path = d.data_source, d.data_dir
     if source == "synthetic":
         source, path = "folder", synthetic_root(cfg)
-    return DataConfig(
-        source=source, path=path, image_size=cfg.image_size, small_policy=cfg.small_policy,
-        flips=cfg.flips, rot90=cfg.rot90, brightness=cfg.brightness, contrast=cfg.contrast,
-        balance=cfg.balance, deterministic=cfg.deterministic,
-        workers=cfg.loader_workers or min(8, os.cpu_count() or 1), processes=cfg.loader_processes,
-        data_root=cfg.data_root, crops_per_epoch=cfg.crops_per_epoch, crop_side=tuple(cfg.crop_side),
-        min_crack_pixels=cfg.min_crack_pixels, crack_fraction=cfg.crack_fraction, max_padding=cfg.max_padding,
-        saturation=cfg.saturation, blur=cfg.blur, noise=cfg.noise, jpeg=cfg.jpeg, val_tile=cfg.val_tile,
-        val_fraction=cfg.val_fraction,
-    )
+    shared = {f.name: getattr(d, f.name) for f in dataclasses.fields(DataConfig) if hasattr(d, f.name)}
+    return DataConfig(**{**shared, "crop_side": tuple(d.crop_side)}, source=source, path=path,
+                      deterministic=cfg.run.deterministic, processes=d.loader_processes,
+                      workers=d.loader_workers or min(8, os.cpu_count() or 1))
 
 
-def build_model(cfg: types.SimpleNamespace) -> keras.Model:
-    """The model named by ``--model`` with the run's options."""
+def build_model(cfg: TrainConfig) -> keras.Model:
+    """The model named by ``--model`` with the run's model options (and input size)."""
     from crack_tf import models
 
+    m = cfg.model_options
     return models.get(
-        cfg.model,
-        input_shape=(cfg.image_size, cfg.image_size, 3),
-        insert_after=cfg.insert_after,
-        rates=cfg.rates,
-        depth_multiplier=cfg.depth_multiplier,
-        fusion=cfg.fusion,
-        aspp_impl=cfg.aspp_impl,
-        weights=cfg.weights or None,
-        dropout=cfg.dropout,
-        bn_momentum=cfg.bn_momentum or None,
+        m.model,
+        input_shape=(cfg.data.image_size, cfg.data.image_size, 3),
+        insert_after=m.insert_after,
+        rates=m.rates,
+        depth_multiplier=m.depth_multiplier,
+        fusion=m.fusion,
+        aspp_impl=m.aspp_impl,
+        weights=m.weights or None,
+        dropout=m.dropout,
+        bn_momentum=m.bn_momentum or None,
         num_classes=len(CLASS_NAMES),
     )
 
@@ -97,15 +96,16 @@ def set_backbone_frozen(model: keras.Model, frozen: bool) -> None:
                 inner.trainable = (not frozen) or isinstance(inner, ASPP)
 
 
-def compile_model(model: keras.Model, cfg: types.SimpleNamespace, steps_per_epoch: int) -> None:
+def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int) -> None:
     """Optimizer (with EMA when ``--ema_momentum``), loss and the crack metrics at ``--threshold``."""
     from crack_tf.metrics import default_metrics
 
+    optim = cfg.optim
     model.compile(
-        optimizer=make_optimizer(cfg, steps_per_epoch),
-        loss=SparseCrossEntropy(len(CLASS_NAMES), cfg.label_smoothing),
-        metrics=default_metrics(threshold=cfg.threshold, from_logits=True),
-        jit_compile=jit_setting(cfg),
+        optimizer=make_optimizer(optim, steps_per_epoch),
+        loss=SparseCrossEntropy(len(CLASS_NAMES), optim.label_smoothing),
+        metrics=default_metrics(threshold=optim.threshold, from_logits=True),
+        jit_compile=jit_setting(cfg.run),
     )
     # Build the compiled loss and metrics now, symbolically (no computation). Otherwise the first
     # fit() pulls one batch from the training stream to build them and drops it: with an
@@ -152,7 +152,7 @@ def _describe_data(cfg, probe, val_input) -> None:
               f"{info['decoded_mb']} MB decoded, {info['skipped']} skipped); val tiles {tiles}", flush=True)
 
 
-def _ema_swapper(model: keras.Model, cfg: types.SimpleNamespace):
+def _ema_swapper(model: keras.Model, cfg: TrainConfig):
     """With ``--ema_momentum``: Keras' SwapEMAWeights, used around val and best.keras saves so
     they see the averaged weights while training goes on with the raw ones."""
     if not cfg.ema_momentum:
@@ -197,19 +197,19 @@ class TrainingFailed(RuntimeError):
     """Training stopped on a non-finite loss, metric or weight (exit code 1)."""
 
 
-def _record_failure(cfg: types.SimpleNamespace, runtime: Runtime, health, started: float) -> None:
+def _record_failure(cfg: TrainConfig, runtime: Runtime, health, started: float) -> None:
     """run.json with status "failed" and the reason; raises TrainingFailed."""
     message = health.message(cfg)
     if runtime.is_chief:
         rundir.write_json(os.path.join(cfg.model_dir, "run.json"), {
-            "status": "failed", "reason": message, "failed_at_step": health.step, "config": vars(cfg),
+            "status": "failed", "reason": message, "failed_at_step": health.step, "config": cfg.flat(),
             "last_finite_loss": health.last_finite, "wall_seconds": time.time() - started,
             "versions": rundir.versions(),
         })
     raise TrainingFailed(message)
 
 
-def _build_or_resume(cfg: types.SimpleNamespace, steps_per_epoch: int) -> tuple[keras.Model, dict, bool]:
+def _build_or_resume(cfg: TrainConfig, steps_per_epoch: int) -> tuple[keras.Model, dict, bool]:
     """The compiled model, the state it resumes from and whether its backbone is frozen: the
     newest checkpoint that loads (an unloadable one is reported and the previous one used), or a
     fresh start."""
@@ -229,14 +229,14 @@ def _build_or_resume(cfg: types.SimpleNamespace, steps_per_epoch: int) -> tuple[
     return model, dict(ckpt.state), ckpt.step < frozen_steps
 
 
-def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
+def train(cfg: TrainConfig, runtime: Runtime) -> dict:
     """Runs (or resumes) training; returns the final metrics written to run.json."""
     from crack_tf.data import make_input
     from crack_tf.training.validation import SourceValidation
 
     started = time.time()
-    seed_everything(cfg)
-    policy = set_precision(cfg, runtime)
+    seed_everything(cfg.run)
+    policy = set_precision(cfg.run, runtime)
     rundir.prepare_model_dir(cfg, runtime.is_chief)
     dcfg = data_config(cfg)
     out_dir = rundir.output_dir(cfg.model_dir, runtime.is_chief)
@@ -270,7 +270,7 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
     sources = tuple(val_input.by_source) if val_input else ()
     progress = cb.ProgressLogger(cfg.model_dir, clock, steps_per_epoch, cfg.epochs, cfg.batch_size, cfg.log_every,
                                  writer, print_lines=not sys.stdout.isatty(),
-                                 lr_at=make_schedule(cfg, steps_per_epoch).value, is_chief=runtime.is_chief,
+                                 lr_at=make_schedule(cfg.optim, steps_per_epoch).value, is_chief=runtime.is_chief,
                                  sources=sources, async_logs=runtime.num_processes == 1, health=health)
     saver = cb.CheckpointAndBest(cfg.model_dir, clock, cfg.checkpoint_every, cfg.best_metric, cfg.best_mode,
                                        state, runtime.is_chief, ema=ema, health=health)
@@ -330,7 +330,7 @@ def train(cfg: types.SimpleNamespace, runtime: Runtime) -> dict:
         print(f"process {runtime.process_id}: weights_sha256={digest}", flush=True)
     if runtime.is_chief:
         rundir.write_json(os.path.join(cfg.model_dir, "run.json"), {
-            "status": "finished", "config": vars(cfg), "class_names": list(CLASS_NAMES), "image_size": cfg.image_size,
+            "status": "finished", "config": cfg.flat(), "class_names": list(CLASS_NAMES), "image_size": cfg.image_size,
             "small_policy": cfg.small_policy, "metrics": results,
             "operating_point": points[cfg.tta] if points else None, "operating_points": points,
             "best": {"metric": cfg.best_metric, "value": state.get("best"), "epoch": state.get("best_epoch")},
@@ -359,7 +359,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cfg = train_flags.config_from_flags()
     train_flags.validate(cfg)
-    runtime = make_runtime(cfg)
+    runtime = make_runtime(cfg.run)
     if cfg.backend_check:
         print(runtime.describe())
         print(f"keras={keras.__version__} replicas={runtime.num_replicas} "

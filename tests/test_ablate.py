@@ -73,7 +73,7 @@ def test_every_shipped_grid_run_is_a_valid_trainer_command(path, monkeypatch):
         cfg = train_flags.parse_args(run.args)  # raises on unknown flags / bad combinations
         assert cfg.model_dir == run.model_dir and cfg.seed == 0
         for key, value in run.options.items():
-            assert ablate.norm(getattr(cfg, key)) == value or ablate._same_number(value, getattr(cfg, key))
+            assert train_flags.parse_value(key, value) == getattr(cfg, key), key  # typed, as the trainer reads it
         if run.row == "zhang2016":
             assert (cfg.model, cfg.image_size, cfg.data_dir) == ("zhang2016", 99, "../shared/data/uav75_tiles")
     train_flags.FLAGS.unparse_flags()

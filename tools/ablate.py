@@ -44,7 +44,6 @@ from ablate_report import (  # noqa: E402  (tools/ is not a package)
     PAPER_HEADLINE,
     collect,
     markdown,
-    norm,
     read_json,
     write_results,
 )
@@ -148,24 +147,22 @@ def build_runs(table: str, base_flagfile: str, rows: list[str], seeds: list[int]
     return runs
 
 
-def _same_number(a: str, b: str) -> bool:
-    try:
-        return float(a) == float(b)
-    except ValueError:
-        return False
-
-
 def stale_flags(run: Run, run_json: dict) -> list[str]:
-    """Flags set by the grid whose value differs from the finished run's config."""
+    """Flags set by the grid whose typed value (as the trainer parses it) differs from the
+    finished run's typed config."""
+    from crack_tf.training import flags as train_flags
+    from crack_tf.training.config import from_values
+
     config = run_json.get("config", {})
-    bools = {"true": "true", "false": "false", "1": "true", "0": "false"}
+    finished = from_values(config)
     differ = []
     for key, value in run.options.items():
-        if key in config and key not in ("model_dir",):
-            want, have = value, norm(config[key])
-            if isinstance(config[key], bool):
-                want = bools.get(value.lower(), value)
-            if want != have and not _same_number(want, have):
+        if key in config and key != "model_dir":
+            try:
+                wanted = train_flags.parse_value(key, value)
+            except Exception:  # noqa: BLE001 - a value the trainer would reject is not the finished run's
+                wanted = value
+            if wanted != getattr(finished, key):
                 differ.append(key)
     return differ
 

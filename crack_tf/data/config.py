@@ -11,10 +11,8 @@ from typing import Any
 
 import numpy as np
 
-SOURCES = ("folder", "tfrecord", "tfds", "photos")
-SMALL_POLICIES = ("resize", "pad")
-BALANCE = ("none", "class_weight", "oversample")
-VALIDATE = ("header", "full")
+from crack_tf.choices import BALANCE, SMALL_POLICIES, VALIDATE
+from crack_tf.choices import INPUT_SOURCES as SOURCES
 
 
 @dataclasses.dataclass

@@ -6,6 +6,7 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
+from crack_tf.choices import SMALL_POLICIES, TTA_MODES
 from crack_tf.export import (
     WARMUP_FILE,
     build_metadata,
@@ -60,12 +61,12 @@ def _define_flags() -> None:
     flags.DEFINE_string("export_dir", "exports/crack_tf", "Model base path; the version folder goes inside.")
     flags.DEFINE_integer("version", None, "Version folder number (default: highest existing + 1).")
     flags.DEFINE_integer("image_size", None, "Eval crop size (default: run.json, else the model input size).")
-    flags.DEFINE_enum("small_policy", None, ["resize", "pad"], "Tiles smaller than image_size (default: run.json, else resize).")
+    flags.DEFINE_enum("small_policy", None, list(SMALL_POLICIES), "Tiles smaller than image_size (default: run.json, else resize).")
     flags.DEFINE_bool("overwrite", False, "Replace an existing version folder.")
     flags.DEFINE_bool("verify", True, "Reload the export and compare it with the Keras model.")
     flags.DEFINE_bool("warmup", True, "Write assets.extra/tf_serving_warmup_requests (needs tensorflow-serving-api).")
     flags.DEFINE_string("serving_name", "crack_tf", "Model name used in the warmup request.")
-    flags.DEFINE_enum("tta", None, ["none", "flips", "d4"], "Test-time augmentation in the signature (default: "
+    flags.DEFINE_enum("tta", None, list(TTA_MODES), "Test-time augmentation in the signature (default: "
                       "the one the model's threshold was picked with, else none).")
     flags.DEFINE_float("threshold", None, "is_crack threshold (default: the model's stored one, else 0.5).")
 

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from crack_tf.choices import SMALL_POLICIES
+
 VARIANTS = ("float32", "float16", "int8")
 
 
@@ -179,7 +181,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("eval_data", "../shared/data/uav75_tiles", "Folder with val/{crack,background}; '' skips.")
     flags.DEFINE_integer("num_eval", 0, "Evaluate on this many val tiles (0 = all).")
     flags.DEFINE_integer("image_size", None, "Default: run.json, else the model input size.")
-    flags.DEFINE_enum("small_policy", None, ["resize", "pad"], "Default: run.json, else resize.")
+    flags.DEFINE_enum("small_policy", None, list(SMALL_POLICIES), "Default: run.json, else resize.")
 
 
 if __name__ == "__main__":

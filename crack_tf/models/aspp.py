@@ -43,8 +43,9 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
-FUSIONS = ("max", "sum", "concat")
-IMPLS = ("auto", "separable", "dense", "dense_s2b", "separable_s2b", "taps")
+from crack_tf.choices import ASPP_IMPLS as IMPLS
+from crack_tf.choices import FUSIONS
+
 #: What ``impl="auto"`` runs on CPUs in float32 (measured with TF on 2 AMD EPYC cores).
 CPU_IMPL = "separable"
 

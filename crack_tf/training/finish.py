@@ -11,7 +11,10 @@
 
 from __future__ import annotations
 
-import types
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from crack_tf.training.config import TrainConfig
 
 import keras
 import numpy as np
@@ -25,7 +28,7 @@ def evaluate_split(model: keras.Model, split_input, callbacks=None) -> dict:
     return {k: float(v) for k, v in results.items() if keras.ops.ndim(v) == 0}
 
 
-def final_metrics(model: keras.Model, cfg: types.SimpleNamespace, dcfg, split_input, val_input) -> dict:
+def final_metrics(model: keras.Model, cfg: TrainConfig, dcfg, split_input, val_input) -> dict:
     """run.json ``metrics``: val and train (pooled and per source for the photos source), and the
     ``--eval_sources`` val tiles."""
     from crack_tf.data import make_input

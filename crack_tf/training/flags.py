@@ -2,40 +2,44 @@
 
 Every flag can be set in an absl flagfile (``--flagfile=configs/<name>.cfg``) and then
 overridden on the command line after it. :func:`config_from_flags` turns the parsed
-flags into a plain namespace and :func:`validate` rejects bad combinations before any
-data is read or any model is built.
+flags into a typed :class:`crack_tf.training.config.TrainConfig` (its groups come from the
+table's sections) and :func:`validate` rejects bad combinations before any data is read or
+any model is built.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-import types
 from collections.abc import Sequence
+from typing import Any
 
 from absl import flags
 
-from crack_tf.models.aspp import IMPLS as ASPP_IMPLS
+from crack_tf.choices import (
+    ASPP_IMPLS,
+    BALANCE,
+    BEST_MODES,
+    DATA_SOURCES,
+    FUSIONS,
+    JIT,
+    LOADERS,
+    LR_SCALING,
+    MODELS,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    SMALL_POLICIES,
+    STAGES,
+    STRATEGIES,
+    TTA_MODES,
+)
 
 FLAGS = flags.FLAGS
 
-MODELS = ("resnet50", "resnet50_aspp", "zhang2016")
-STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
-FUSIONS = ("max", "sum", "concat")
-DATA_SOURCES = ("synthetic", "folder", "tfrecord", "tfds", "photos")
-SMALL_POLICIES = ("resize", "pad")
-BALANCE = ("none", "class_weight", "oversample")
-LOADERS = ("auto", "tf", "numpy")
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("constant", "step", "exponential", "cosine")
-LR_SCALING = ("linear", "none")
-PRECISIONS = ("auto", "float32", "bf16", "fp16")
-JIT = ("auto", "true", "false")
-STRATEGIES = ("auto", "mirrored", "one_device")
-BEST_MODES = ("max", "min")
-
-# (kind, name, default, help, choices-or-None)
-_FLAG_TABLE = [
-    # Model.
+# Group -> rows of (kind, name, default, help, choices-or-None). The groups are the typed
+# sub-configurations of crack_tf.training.config.TrainConfig.
+_GROUPS: dict[str, list[tuple]] = {"model": [
     ("enum", "model", "resnet50_aspp", "Model name from crack_tf.models.", MODELS),
     ("enum", "insert_after", "layer1", "Backbone stage after which ASPP is spliced.", STAGES),
     ("list", "rates", ["2", "4", "8"], "ASPP atrous rates, comma separated.", None),
@@ -45,7 +49,7 @@ _FLAG_TABLE = [
     ("string", "weights", "", "Backbone weights: '' (from scratch), 'imagenet' (Keras cache file) or a path.", None),
     ("float", "dropout", 0.0, "Dropout rate before the classifier.", None),
     ("float", "bn_momentum", 0.0, "BatchNorm moving-average momentum; 0 keeps Keras' 0.99.", None),
-    # Data.
+], "data": [
     ("enum", "data_source", "synthetic", "Where images come from.", DATA_SOURCES),
     ("string", "data_dir", "", "Image folder root / TFRecord dir / TFDS manual dir; for synthetic, "
      "where to generate (default ~/.cache/crack_tf/synthetic); for photos, photo+mask folders with "
@@ -85,7 +89,7 @@ _FLAG_TABLE = [
     ("integer", "loader_workers", 0, "NumPy loader threads (or processes); 0 = min(8, CPU count).", None),
     ("bool", "loader_processes", False, "NumPy loader: worker processes instead of threads (no GIL contention; "
      "each batch is pickled back to the trainer).", None),
-    # Optimisation.
+], "optim": [
     ("integer", "batch_size", 32, "GLOBAL batch size (split across replicas).", None),
     ("integer", "epochs", 10, "Training epochs.", None),
     ("integer", "steps_per_epoch", 0, "Steps per epoch; 0 = one pass over the training split.", None),
@@ -107,8 +111,8 @@ _FLAG_TABLE = [
     ("string", "threshold_rule", "f1", "Rule picking the operating threshold on val after training (after "
      "temperature scaling), stored with the model: f1 or precision@R (best precision with recall >= R).", None),
     ("enum", "tta", "none", "Test-time augmentation of the stored operating point (none, flips, d4: mean p over "
-     "the 4 flips / 8 flips+rotations); run.json also reports the plain one.", ("none", "flips", "d4")),
-    # Run.
+     "the 4 flips / 8 flips+rotations); run.json also reports the plain one.", TTA_MODES),
+], "run": [
     ("integer", "seed", 42, "Global random seed (weights, data order, augmentation).", None),
     ("string", "model_dir", "runs/default", "Output folder: checkpoints, models, logs, run.json.", None),
     ("bool", "overwrite", False, "Wipe a model_dir that holds a run of a different config.", None),
@@ -130,8 +134,9 @@ _FLAG_TABLE = [
     ("string", "coordinator_address", "", "host:port of process 0 for multi-process JAX training.", None),
     ("integer", "num_processes", 1, "Number of processes (multi-host JAX).", None),
     ("integer", "process_id", 0, "This process' index (multi-host JAX).", None),
-]
-
+]}
+_FLAG_TABLE = [row for rows in _GROUPS.values() for row in rows]
+GROUP_OF = {row[1]: group for group, rows in _GROUPS.items() for row in rows}
 FLAG_NAMES = tuple(row[1] for row in _FLAG_TABLE)
 
 # Flags that do not change what a run computes; they may differ when resuming.
@@ -141,39 +146,49 @@ NON_IDENTITY_FLAGS = frozenset(
 )
 
 
-def define_flags() -> None:
-    """Defines the trainer's flags on absl's global FLAGS (idempotent)."""
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> flags.FlagValues:
+    """Defines the trainer's flags on ``flag_values`` (absl's global FLAGS by default; idempotent)."""
     for kind, name, default, help_text, choices in _FLAG_TABLE:
-        if name in FLAGS:
+        if name in flag_values:
             continue
         if kind == "enum":
-            flags.DEFINE_enum(name, default, list(choices), help_text)
+            flags.DEFINE_enum(name, default, list(choices), help_text, flag_values=flag_values)
         else:
-            getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
+            getattr(flags, f"DEFINE_{kind}")(name, default, help_text, flag_values=flag_values)
+    return flag_values
 
 
-def config_from_flags() -> types.SimpleNamespace:
-    """The parsed flag values as a namespace, with typed derived fields."""
-    cfg = types.SimpleNamespace(**{name: FLAGS[name].value for name in FLAG_NAMES})
-    for name in ("rates", "crop_side"):
-        try:
-            setattr(cfg, name, [int(r) for r in getattr(cfg, name)])
-        except ValueError:
-            pass  # validate() names the flag
-    return cfg
+def config_from_flags(flag_values: flags.FlagValues = FLAGS):
+    """The parsed flags as a typed :class:`crack_tf.training.config.TrainConfig`."""
+    from crack_tf.training.config import from_values
+
+    return from_values({name: flag_values[name].value for name in FLAG_NAMES})
 
 
-def parse_args(argv: Sequence[str]) -> types.SimpleNamespace:
-    """Parses ``argv`` (without the program name) for tests and tools."""
-    define_flags()
-    FLAGS.unparse_flags()
-    FLAGS(["crack_tf.train", *argv])
-    cfg = config_from_flags()
+def parse_args(argv: Sequence[str]):
+    """Parses and validates ``argv`` (without the program name) into a TrainConfig, on a private
+    set of flags: absl's global FLAGS (and the flags of a calling tool) are left alone."""
+    flag_values = define_flags(flags.FlagValues())
+    flag_values(["crack_tf.train", *argv])
+    cfg = config_from_flags(flag_values)
     validate(cfg)
     return cfg
 
 
-def validate(cfg: types.SimpleNamespace) -> None:
+@functools.lru_cache(maxsize=1)
+def _private_flags() -> flags.FlagValues:
+    return define_flags(flags.FlagValues())
+
+
+def parse_value(name: str, text: str) -> Any:
+    """The typed value of ``--name=text`` as the trainer would read it (tools compare configs)."""
+    from crack_tf.training.config import INT_LISTS
+
+    value = _private_flags()[name].parser.parse(text)
+    return [int(v) for v in value] if name in INT_LISTS else value
+
+
+def validate(cfg) -> None:
     """Raises ValueError naming the flag for any bad value or combination."""
     problems = []
     if cfg.batch_size < 1:
@@ -240,7 +255,7 @@ def validate(cfg: types.SimpleNamespace) -> None:
         raise ValueError("Invalid training configuration:\n  " + "\n  ".join(problems))
 
 
-def check_replicas(cfg: types.SimpleNamespace, num_replicas: int) -> None:
+def check_replicas(cfg, num_replicas: int) -> None:
     """The global batch must split evenly across replicas."""
     if cfg.batch_size % num_replicas:
         raise ValueError(

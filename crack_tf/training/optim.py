@@ -8,15 +8,18 @@ so adding replicas with the same per-replica batch keeps the per-example step si
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from crack_tf.training.config import OptimOptions
 import math
-import types
 
 import keras
 import numpy as np
 from keras import ops
 
 
-def effective_lr(cfg: types.SimpleNamespace) -> float:
+def effective_lr(cfg: OptimOptions) -> float:
     """Peak learning rate after the documented batch-size scaling rule."""
     if cfg.lr_scaling == "linear":
         return cfg.lr * cfg.batch_size / cfg.lr_reference_batch
@@ -91,7 +94,7 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def make_schedule(cfg: types.SimpleNamespace, steps_per_epoch: int) -> WarmupDecay:
+def make_schedule(cfg: OptimOptions, steps_per_epoch: int) -> WarmupDecay:
     """The learning-rate schedule of a run, in optimizer steps."""
     return WarmupDecay(
         peak_lr=effective_lr(cfg),
@@ -103,12 +106,12 @@ def make_schedule(cfg: types.SimpleNamespace, steps_per_epoch: int) -> WarmupDec
     )
 
 
-def make_optimizer(cfg: types.SimpleNamespace, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+def make_optimizer(cfg: OptimOptions, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     """SGD with momentum (paper) or AdamW; decoupled weight decay, none on BN/bias; with
     ``ema_momentum`` > 0 the optimizer also keeps an exponential moving average of the weights
     (Keras ``use_ema``), which becomes the final model."""
     schedule = make_schedule(cfg, steps_per_epoch)
-    ema = {"use_ema": True, "ema_momentum": cfg.ema_momentum} if getattr(cfg, "ema_momentum", 0) else {}
+    ema = {"use_ema": True, "ema_momentum": cfg.ema_momentum} if cfg.ema_momentum else {}
     if cfg.optimizer == "sgd":
         opt = keras.optimizers.SGD(
             learning_rate=schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay or None, **ema

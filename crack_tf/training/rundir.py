@@ -9,6 +9,10 @@ Layout of ``--model_dir``::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from crack_tf.training.config import TrainConfig
 import hashlib
 import json
 import os
@@ -16,7 +20,6 @@ import platform
 import shutil
 import sys
 import tempfile
-import types
 
 import keras
 import numpy as np
@@ -24,12 +27,12 @@ import numpy as np
 from crack_tf.training.flags import FLAG_NAMES, NON_IDENTITY_FLAGS
 
 
-def identity_config(cfg: types.SimpleNamespace) -> dict:
+def identity_config(cfg: TrainConfig) -> dict:
     """The flags that determine what a run computes."""
     return {k: getattr(cfg, k) for k in FLAG_NAMES if k not in NON_IDENTITY_FLAGS}
 
 
-def prepare_model_dir(cfg: types.SimpleNamespace, is_chief: bool = True) -> None:
+def prepare_model_dir(cfg: TrainConfig, is_chief: bool = True) -> None:
     """Creates ``model_dir``; refuses one that holds a run of another config.
 
     With ``--overwrite`` the old run is deleted instead.

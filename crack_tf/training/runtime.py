@@ -10,10 +10,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from crack_tf.training.config import RunOptions
 import contextlib
 import dataclasses
 import os
-import types
 
 import keras
 
@@ -45,7 +48,7 @@ class Runtime:
         )
 
 
-def _tf_runtime(cfg: types.SimpleNamespace) -> Runtime:
+def _tf_runtime(cfg: RunOptions) -> Runtime:
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -99,10 +102,10 @@ def enable_compile_cache(setting: str) -> str | None:
     return path
 
 
-def _jax_runtime(cfg: types.SimpleNamespace) -> Runtime:
+def _jax_runtime(cfg: RunOptions) -> Runtime:
     import jax
 
-    enable_compile_cache(getattr(cfg, "compile_cache_dir", ""))
+    enable_compile_cache(cfg.compile_cache_dir)
 
     if cfg.num_processes > 1:
         # Cross-process collectives of CPU arrays need gloo (tests, CPU clusters); GPU
@@ -136,7 +139,7 @@ def _single_runtime(backend: str) -> Runtime:
     return Runtime(backend, [device], "one_device", 1)
 
 
-def make_runtime(cfg: types.SimpleNamespace) -> Runtime:
+def make_runtime(cfg: RunOptions) -> Runtime:
     """Creates the distribution for the current Keras backend."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
@@ -153,7 +156,7 @@ def accelerator_present(runtime: Runtime) -> bool:
     return any(tag in d.lower() for d in runtime.devices for tag in ("gpu", "cuda", "tpu", "rocm"))
 
 
-def set_precision(cfg: types.SimpleNamespace, runtime: Runtime) -> str:
+def set_precision(cfg: RunOptions, runtime: Runtime) -> str:
     """Sets the global Keras dtype policy; returns its name."""
     choice = cfg.mixed_precision
     if choice == "auto":
@@ -163,7 +166,7 @@ def set_precision(cfg: types.SimpleNamespace, runtime: Runtime) -> str:
     return policy
 
 
-def seed_everything(cfg: types.SimpleNamespace) -> None:
+def seed_everything(cfg: RunOptions) -> None:
     """Seeds Python, NumPy and the backend; deterministic TF ops when asked."""
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic and keras.backend.backend() == "tensorflow":
@@ -172,5 +175,5 @@ def seed_everything(cfg: types.SimpleNamespace) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def jit_setting(cfg: types.SimpleNamespace) -> bool | str:
+def jit_setting(cfg: RunOptions) -> bool | str:
     return {"auto": "auto", "true": True, "false": False}[cfg.jit_compile]

@@ -1,0 +1,22 @@
+"""Every list of choices, defined once (flags, configs and checks import them from here)."""
+
+from __future__ import annotations
+
+MODELS = ("resnet50", "resnet50_aspp", "zhang2016")
+STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")  # where the ASPP module can be spliced
+FUSIONS = ("max", "sum", "concat")  # ASPP branch fusion
+ASPP_IMPLS = ("auto", "separable", "dense", "dense_s2b", "separable_s2b", "taps")
+DATA_SOURCES = ("synthetic", "folder", "tfrecord", "tfds", "photos")  # the trainer's --data_source
+INPUT_SOURCES = ("folder", "tfrecord", "tfds", "photos")  # DataConfig.source (synthetic is a folder)
+SMALL_POLICIES = ("resize", "pad")
+BALANCE = ("none", "class_weight", "oversample")
+VALIDATE = ("header", "full")
+LOADERS = ("auto", "tf", "numpy")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "step", "exponential", "cosine")
+LR_SCALING = ("linear", "none")
+PRECISIONS = ("auto", "float32", "bf16", "fp16")
+JIT = ("auto", "true", "false")
+STRATEGIES = ("auto", "mirrored", "one_device")
+BEST_MODES = ("max", "min")
+TTA_MODES = ("none", "flips", "d4")  # test-time augmentation: mean p over the views
