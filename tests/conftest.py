@@ -15,7 +15,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "parity: compares against an independent PyTorch reference")
-    config.addinivalue_line("markers", "slow: takes more than ~30 s on 2 CPU cores")
+    config.addinivalue_line("markers", "slow: takes 2 s or more on 2 CPU cores; the quick run (pytest -m \"not slow\") leaves it out")
     config.addinivalue_line("markers", "shared_data: reads ../shared/data")
 
 

@@ -24,6 +24,7 @@ def _np_batches(split, n):
     return [split.dataset[i] for i in range(n)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tf", "numpy"])
 def test_same_seed_same_batches_and_skip_resumes(folder, backend):
     cfg = DataConfig(path=str(folder), image_size=32)

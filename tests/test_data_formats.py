@@ -31,6 +31,7 @@ def _folder_eval(folder, split="train"):
     return make_input(DataConfig(path=str(folder), image_size=36), split, False, 4, backend="tf")
 
 
+@pytest.mark.slow
 def test_tfrecord_round_trip(folder, tmp_path):
     out = tmp_path / "rec"
     env = dict(os.environ, PYTHONPATH=REPO)

@@ -55,6 +55,7 @@ _SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_loader_imports_and_runs_without_tensorflow(tmp_path):
     """On the torch backend with ``import tensorflow`` raising ImportError, backend "auto" picks
     the PyDataset loader, builds a batch, and tensorflow never lands in sys.modules."""

@@ -205,6 +205,7 @@ def test_evaluate_keras_model(ctx, loader) -> None:
     assert rep["picked_threshold"]["f1"] == pytest.approx(S.pick_threshold(probs, labels, "f1")["f1"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_evaluate_savedmodel(ctx, monkeypatch) -> None:
     from crack_tf import export
     from crack_tf import predictor as E  # the one model loader (crack_tf.load_model)
@@ -225,6 +226,7 @@ def test_evaluate_savedmodel(ctx, monkeypatch) -> None:
     _check_report(out, ctx, t)
 
 
+@pytest.mark.slow
 def test_python_dash_m(ctx) -> None:
     root = pathlib.Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
@@ -292,6 +294,7 @@ print("RESULT " + json.dumps({"counts": rep["counts"], "backend": rep["versions"
 """
 
 
+@pytest.mark.slow
 def test_evaluate_without_tensorflow(ctx) -> None:
     """KERAS_BACKEND=torch with TensorFlow blocked: --loader=auto falls back to the NumPy loader."""
     pytest.importorskip("torch")

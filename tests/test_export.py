@@ -64,6 +64,7 @@ def loaded(trained):
     return tf.saved_model.load(str(trained["version_dir"]))
 
 
+@pytest.mark.slow
 def test_version_folder_and_metadata(trained):
     vdir = trained["version_dir"]
     assert sorted(os.listdir(trained["export_dir"])) == ["1"]  # no temporary folder left behind
@@ -88,6 +89,7 @@ def test_warmup_record_is_a_valid_predict_request(trained, loaded):
     assert out["probabilities"].shape == (1, 2)
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_both_signatures(trained):
     cli = shutil.which("saved_model_cli")
     cmd = [cli] if cli else [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]

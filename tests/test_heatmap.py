@@ -135,6 +135,7 @@ def test_4000px_photo_streams_windows_in_bounded_memory():
     assert cols.min() >= 2003 - 128 and cols.max() <= 2000  # only windows over the line fire
 
 
+@pytest.mark.slow
 def test_cli_writes_maps_overlay_and_boxes(tmp_path):
     model = darkness_model(32)
     model.save(tmp_path / "m.keras")
@@ -157,6 +158,7 @@ def test_cli_writes_maps_overlay_and_boxes(tmp_path):
     assert bad.returncode != 0 and "bad.jpg: cannot read this photo" in bad.stderr
 
 
+@pytest.mark.slow
 def test_heatmap_eval_tool_on_photos_with_masks(tmp_path):
     model = darkness_model(32)
     model.save(tmp_path / "m.keras")

@@ -77,6 +77,7 @@ def _rows(path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_predict_scores_tiles_and_photos_names_bad_files_and_uses_the_stored_threshold(model_path, folder, tmp_path):
     out_csv, out_jsonl = tmp_path / "p.csv", tmp_path / "p.jsonl"
     proc = _cmd("crack_tf.predict", [f"--model={model_path}", f"--csv={out_csv}", f"--jsonl={out_jsonl}",
@@ -130,6 +131,7 @@ def test_exif_rotation_is_respected(tmp_path):
     assert shown.shape == (40, 20, 3) and shown[:5].mean() > 200  # the band is now on top
 
 
+@pytest.mark.slow
 def test_a_huge_photo_is_refused_with_its_reason_before_decoding(tmp_path):
     from crack_tf.photo_io import PhotoError, read_photo
 
@@ -138,6 +140,7 @@ def test_a_huge_photo_is_refused_with_its_reason_before_decoding(tmp_path):
         read_photo(str(tmp_path / "huge.png"), 89.5)
 
 
+@pytest.mark.slow
 def test_gps_from_exif_and_boxes_in_centimetres_and_wgs84(model_path, folder, tmp_path):
     from crack_tf.geo import photo_exif
 
@@ -169,6 +172,7 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+@pytest.mark.slow
 def test_report_opens_in_a_real_browser_with_all_entries_and_images(model_path, tmp_path):
     browser = _chromium()
     if browser is None:
@@ -217,6 +221,7 @@ def _tile(crack: bool, seed: int, size: int = 48):
     return image, mask
 
 
+@pytest.mark.slow
 def test_gradcam_maximum_lies_on_the_drawn_crack_of_a_trained_model():
     from scipy.ndimage import binary_dilation
 
@@ -245,6 +250,7 @@ def test_gradcam_maximum_lies_on_the_drawn_crack_of_a_trained_model():
     assert hits >= 16, hits  # the map's maximum is on (or within 3 px of) the crack
 
 
+@pytest.mark.slow
 def test_gradcam_shortcut_equals_the_gradients_through_the_nested_backbone_and_aspp():
     from crack_tf import models
     from crack_tf.gradcam import GradCAM
@@ -257,6 +263,7 @@ def test_gradcam_shortcut_equals_the_gradients_through_the_nested_backbone_and_a
         np.testing.assert_allclose(fast(x), slow(x), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_gradcam_gradients_on_the_jax_backend_without_tensorflow(tmp_path):
     pytest.importorskip("jax")
     from tests.test_train_jax import _env

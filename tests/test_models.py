@@ -104,6 +104,7 @@ def plain_backbone_params(plain_backbone) -> int:
 # ------------------------------------------------------------------ shapes / placement
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("m", [1, 4])
 @pytest.mark.parametrize("insert_after", list(STAGES))
 def test_splice_placement_and_param_count(insert_after, m, plain_backbone, plain_backbone_params):
@@ -180,6 +181,7 @@ def random_backbone_files(tmp_path_factory):
     return {"legacy": str(legacy), "new": str(new)}, expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("insert_after", [None, "layer2"])
 @pytest.mark.parametrize("fmt", ["legacy", "new", "imagenet"])
 def test_backbone_weights_preserved(fmt, insert_after, random_backbone_files, tmp_path, monkeypatch):
@@ -219,6 +221,7 @@ def _assert_same_weights(a: keras.Model, b: keras.Model) -> None:
         ("zhang2016", {}, SIZE),
     ],
 )
+@pytest.mark.slow
 def test_keras_save_load_round_trip(name, kwargs, size, tmp_path):
     model = models.get(name, input_shape=(size, size, 3), **kwargs)
     randomize_weights(model, seed=2)
@@ -270,6 +273,7 @@ def bfloat16_policy():
         keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", ["separable", "dense"])
 def test_mixed_bfloat16(impl, bfloat16_policy):
     model = build_model((32, 32, 3), insert_after="layer1", aspp_impl=impl)
@@ -318,6 +322,7 @@ _TF_FREE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_models_run_without_tensorflow():
     pytest.importorskip("torch")
     env = dict(os.environ)
@@ -469,6 +474,7 @@ def _bright_line_tiles(n: int = 48, size: int = 99, seed: int = 0) -> tuple[np.n
     return np.clip(x, 0, 255).astype("float32"), y
 
 
+@pytest.mark.slow
 def test_zhang2016_learns_bright_tiles():
     """Inputs are scaled to [-1, 1] in the model. With the former [0, 1] scaling this set stayed on
     the ln 2 plateau (train accuracy 0.58 after 20 epochs, seed 0) as the real UAV75 tiles did."""

@@ -132,6 +132,7 @@ def test_evaluate_without_threshold_uses_the_stored_one(keras_model, tmp_path):
     assert given["threshold"] == 0.6 and given["threshold_source"] == "--threshold"
 
 
+@pytest.mark.slow
 def test_export_answers_is_crack_at_the_stored_threshold(keras_model, tmp_path):
     tf = pytest.importorskip("tensorflow")
     path = tmp_path / "m.keras"

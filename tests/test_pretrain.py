@@ -118,6 +118,7 @@ def test_jax_pretraining_without_tensorflow_loads_as_backbone_weights(tmp_path, 
     assert not np.allclose(trained["conv1_bn"][3], 1.0) and np.array_equal(loaded["conv1_bn"][3], trained["conv1_bn"][3])
 
 
+@pytest.mark.slow
 def test_crack_pretraining_on_photo_sources_gives_loadable_backbone_weights(tmp_path):
     from crack_tf import models
     from crack_tf.data.crops import crop_label

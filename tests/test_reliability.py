@@ -35,6 +35,7 @@ def _weights(path):
     return [np.asarray(w) for w in keras.saving.load_model(path, compile=False).get_weights()]
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_at_once_and_leaves_no_model(tmp_path):
     model_dir = tmp_path / "nan"
     proc = _cmd([*TINY, "--lr=1e6", "--checkpoint_every=1", f"--data_dir={tmp_path / 'data'}",
@@ -121,6 +122,7 @@ def test_no_loadable_checkpoint_names_the_files_and_overwrite(tmp_path):
     assert "step-00000004" in str(err.value) and "step-00000002" in str(err.value)
 
 
+@pytest.mark.slow
 def test_heatmap_goes_on_past_a_truncated_photo_and_exits_1(tmp_path):
     model_path = tmp_path / "m.keras"
     darkness_model(32).save(model_path)
@@ -142,6 +144,7 @@ def test_heatmap_goes_on_past_a_truncated_photo_and_exits_1(tmp_path):
     assert strict.returncode == 2 and not (tmp_path / "o2" / "b_heatmap.npy").exists()
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_line_and_exit_2(tmp_path):
     bad_flag = _cmd(["--lr=-1", f"--model_dir={tmp_path / 'x'}"], timeout=120)
     assert bad_flag.returncode == 2

@@ -80,6 +80,7 @@ def test_bad_combinations_are_rejected_before_training(bad, message):
         train_flags.parse_args(bad)
 
 
+@pytest.mark.slow
 def test_unknown_fusion_and_indivisible_batch_fail_fast(tmp_path):
     proc = _run_train(["--fusion=foo", f"--model_dir={tmp_path / 'a'}"])
     out, _ = proc.communicate(timeout=120)
@@ -164,6 +165,7 @@ def test_kill9_mid_epoch_then_resume_gives_identical_weights(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_backend_check_reports_replicas_and_exits(tmp_path):
     proc = _run_train(["--backend_check", "--strategy=mirrored", "--num_devices=2",
                        f"--model_dir={tmp_path / 'unused'}"])

@@ -59,6 +59,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_jax_training_runs_without_tensorflow(tmp_path):
     model_dir = tmp_path / "run"
     proc = _train([*TINY, f"--data_dir={tmp_path / 'data'}", f"--model_dir={model_dir}"], _env(tmp_path, True))

@@ -55,6 +55,7 @@ def test_fit_segments_split_at_resume_and_unfreeze():
     assert fit_segments(50, 10, 5, 0) == []  # finished: nothing left to fit
 
 
+@pytest.mark.slow
 def test_photos_run_reports_val_per_source_and_pooled(sources, tmp_path):
     model_dir = tmp_path / "run"
     out = _finish(_train(_args(sources, model_dir, ["--eval_sources=site_b", "--tta=flips", "--ema_momentum=0.8"])))

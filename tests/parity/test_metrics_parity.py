@@ -236,6 +236,7 @@ def test_case_coverage() -> None:
     threshold=st.sampled_from(THRESHOLDS),
     n_batches=st.integers(1, 4),
 )
+@pytest.mark.slow
 @example(data=[(0, float(np.float32(0.2)), 0)], threshold=0.2, n_batches=1)  # float32 tie at the threshold
 def test_parity_hypothesis(data, threshold, n_batches) -> None:
     """Arbitrary probabilities (ties at the threshold included) with integer weights."""
@@ -307,6 +308,7 @@ _MIRRORED_WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_parity_mirrored_strategy_two_replicas() -> None:
     root = pathlib.Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}

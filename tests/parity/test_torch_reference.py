@@ -31,6 +31,7 @@ def images() -> np.ndarray:
     return np.random.default_rng(1).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("insert_after", [None, "conv1", "layer1", "layer2", "layer3", "layer4"])
 def test_logits_match_keras(insert_after, images):
     rng = np.random.default_rng(0)
