@@ -65,3 +65,14 @@ def run(main: Callable[[list[str]], int | None], extra_errors: tuple[type[BaseEx
         return None
 
     app.run(wrapped, flags_parser=_parse_flags)
+
+
+def entry_point(define_flags: Callable[[], None], main: Callable[[list[str]], int | None],
+                extra_errors: tuple[type[BaseException], ...] = ()) -> Callable[[], None]:
+    """The ``run()`` of a command (its console script): define its flags, then :func:`run`."""
+
+    def command() -> None:
+        define_flags()
+        run(main, extra_errors)
+
+    return command

@@ -233,10 +233,10 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run() -> None:
+    """Console-script entry point."""
     from crack_tf import cli
 
-    _define_flags()
-    cli.run(main)
+    cli.entry_point(_define_flags, main)()
 
 
 if __name__ == "__main__":

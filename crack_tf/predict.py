@@ -110,13 +110,9 @@ def main(argv: list[str]) -> int:
     from crack_tf.scan import Scorer, count_images, file_sha256, iter_images
 
     inputs = argv[1:]
-    if not inputs:
-        raise app.UsageError("pass image files or folders after the flags")
     if not (FLAGS.csv or FLAGS.jsonl):
         raise app.UsageError("pass --csv=FILE and/or --jsonl=FILE")
     total = count_images(inputs, FLAGS.recursive)
-    if total == 0:
-        raise ValueError(f"no files found in {inputs}" + ("" if FLAGS.recursive else " (sub-folders: --recursive)"))
     predictor = load_model(FLAGS.model, FLAGS.tta)
     scorer = Scorer(predictor, FLAGS.window, FLAGS.stride, FLAGS.batch, FLAGS.max_megapixels, FLAGS.gsd_cm,
                     FLAGS.threshold, keep_pixels=FLAGS.explain)
@@ -170,10 +166,10 @@ def main(argv: list[str]) -> int:
 
 
 def run() -> None:
+    """Console-script entry point."""
     from crack_tf import cli
 
-    define_flags()
-    cli.run(main)
+    cli.entry_point(define_flags, main)()
 
 
 if __name__ == "__main__":

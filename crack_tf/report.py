@@ -21,7 +21,7 @@ import os
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from crack_tf.choices import TTA_MODES
 
@@ -163,11 +163,7 @@ def main(argv: list[str]) -> int:
     from crack_tf.scan import Scorer, count_images, iter_images
 
     inputs = argv[1:]
-    if not inputs:
-        raise app.UsageError("pass photo files or folders after the flags")
     total = count_images(inputs, FLAGS.recursive)
-    if total == 0:
-        raise ValueError(f"no files found in {inputs}" + ("" if FLAGS.recursive else " (sub-folders: --recursive)"))
     predictor = load_model(FLAGS.model, FLAGS.tta)
     scorer = Scorer(predictor, FLAGS.window, FLAGS.stride, FLAGS.batch, FLAGS.max_megapixels, FLAGS.gsd_cm,
                     FLAGS.threshold, keep_pixels=True)
@@ -213,10 +209,10 @@ def main(argv: list[str]) -> int:
 
 
 def run() -> None:
+    """Console-script entry point."""
     from crack_tf import cli
 
-    define_flags()
-    cli.run(main)
+    cli.entry_point(define_flags, main)()
 
 
 if __name__ == "__main__":

@@ -96,7 +96,13 @@ def iter_images(paths: Iterable[str], recursive: bool = False) -> Iterator[tuple
 
 
 def count_images(paths: list[str], recursive: bool) -> int:
-    return sum(1 for _ in iter_images(paths, recursive))
+    """How many entries :func:`iter_images` gives; ValueError (a usage error) when none."""
+    if not paths:
+        raise ValueError("pass image files or folders after the flags")
+    total = sum(1 for _ in iter_images(paths, recursive))
+    if total == 0:
+        raise ValueError(f"no files found in {paths}" + ("" if recursive else " (sub-folders: --recursive)"))
+    return total
 
 
 class Scorer:
