@@ -1,0 +1,69 @@
+"""tools/gpu_jobs: what the table job hands to ablate, and which recipe runs it reuses.
+
+The jobs run on the GPU machine; here `python3` is a recorder on PATH, so the test checks the
+shell logic (row filter, grid folder, reused runs) without training anything.
+"""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+JOBS = os.path.join(REPO, "tools", "gpu_jobs")
+
+RECORDER = """#!/usr/bin/env bash
+echo "$*" >> "$CALLS"
+"""
+
+
+@pytest.mark.parametrize("script", sorted(f for f in os.listdir(JOBS) if f.endswith(".sh")))
+def test_job_scripts_are_valid_bash(script):
+    done = subprocess.run(["bash", "-n", os.path.join(JOBS, script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture()
+def job_tree(tmp_path):
+    """A checkout-like folder (tools/, configs/), ../shared/data beside it, a recorder python3."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copytree(os.path.join(REPO, "tools", "gpu_jobs"), repo / "tools" / "gpu_jobs")
+    os.symlink(os.path.join(REPO, "configs"), repo / "configs")
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("python3", "nvidia-smi"):
+        (bin_dir / name).write_text(RECORDER)
+        (bin_dir / name).chmod(0o755)
+    (repo / "runs" / "pretrain").mkdir(parents=True)
+    (repo / "runs" / "pretrain" / "crack.weights.h5").write_bytes(b"")  # pretraining is skipped
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SKIP_WHEELS="1", OUT=str(tmp_path / "out"),
+               CALLS=str(tmp_path / "calls.txt"))
+    return repo, env, tmp_path / "calls.txt"
+
+
+def test_table_job_filters_rows_and_reuses_finished_recipe_runs(job_tree):
+    repo, env, calls = job_tree
+    recipe = repo / "runs" / "ablation_recipe"
+    (recipe / "uav75_pretrained_s0").mkdir(parents=True)
+    (recipe / "uav75_pretrained_s0" / "run.json").write_text("{}")
+    (recipe / "uav75_pretrained_s1").mkdir()  # unfinished: no run.json, so not reused
+    done = subprocess.run(["bash", "tools/gpu_jobs/tables.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, TABLE="table3", ONLY="rates_2_4_6|rates_3_6_9", JOB_S="100"), timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    grid = repo / "runs" / "ablation_table3_pretrained"
+    assert os.path.realpath(grid / "rates_2_4_8_s0") == os.path.realpath(recipe / "uav75_pretrained_s0")
+    assert not os.path.lexists(grid / "rates_2_4_8_s1") and not os.path.lexists(grid / "rates_2_4_8_s2")
+    ablate = [line.split() for line in calls.read_text().splitlines() if line.startswith("tools/ablate.py")]
+    assert len(ablate) == 2 and "--report_only" in ablate[1]  # the grid, then its report
+    for args in ablate:
+        assert "--flagfile=configs/ablation_table3.cfg" in args
+        assert "--base_flagfile=configs/uav75_photos.cfg" in args and "--only=rates_2_4_6|rates_3_6_9" in args
+        assert any(a.startswith("--extra=--weights=runs/pretrain/crack.weights.h5") for a in args)
+        # The grid folder is given after the grid flagfile's own --output_dir, so it wins.
+        outputs = [a for a in args if a.startswith("--output_dir=")]
+        assert outputs[-1] == "--output_dir=runs/ablation_table3_pretrained"
+    assert (repo.parent / "out" / "ablation_table3.tgz").is_file()
