@@ -7,7 +7,8 @@ Every ``window`` x ``window`` crop on a ``stride`` grid (the last row / column i
 the border is covered; photos smaller than a window are reflect-padded) is resized to the
 model input size with the evaluation's bilinear resize and classified; windows stream row by
 row in batches, so memory is the photo plus a few batches, never all windows. The next batches
-are cut and resized in a background thread while the model runs, and every batch has the same
+are cut and resized in a background thread (its windows resized by up to 4 threads) while the
+model runs, and every batch has the same
 shape (the last one padded), so a compiled model never recompiles for another photo size.
 
 Outputs per photo ``<stem>``:
@@ -30,6 +31,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,22 +85,35 @@ def window_starts(length: int, window: int, stride: int) -> np.ndarray:
     return np.asarray(starts, dtype=np.int64)
 
 
+def resize_workers() -> int:
+    """Threads that cut and resize windows (NumPy releases the GIL): at most 4, one core left over."""
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
+
+
 def _windows(photo: np.ndarray, ys: np.ndarray, xs: np.ndarray, window: int, size: int,
-             batch: int) -> Iterator[tuple[np.ndarray, int]]:
+             batch: int, workers: int = 1) -> Iterator[tuple[np.ndarray, int]]:
     """(batch of resized windows, number of real windows in it), row-major. Every batch has the
-    full ``batch`` shape (the last one padded), so the model compiles one shape for all photos."""
-    n = 0
-    buf = np.zeros((batch, size, size, 3), dtype=np.uint8)
-    for y in ys:
-        for x in xs:
+    full ``batch`` shape (the last one padded), so the model compiles one shape for all photos.
+    ``workers`` > 1 resizes the windows of a batch in that many threads (same result)."""
+    coords = [(int(y), int(x)) for y in ys for x in xs]
+
+    def fill(buf: np.ndarray, part: list[tuple[int, int]], first: int) -> None:
+        for n, (y, x) in enumerate(part, first):
             crop = photo[y : y + window, x : x + window]
             buf[n] = crop if window == size else resize_bilinear_np(crop, size, size)
-            n += 1
-            if n == batch:
-                yield buf, n
-                buf, n = np.zeros_like(buf), 0
-    if n:
-        yield buf, n
+
+    threads = workers if workers > 1 and window != size else 1
+    with ThreadPoolExecutor(threads) if threads > 1 else contextlib.nullcontext() as pool:
+        for start in range(0, len(coords), batch):
+            chunk = coords[start : start + batch]
+            buf = np.zeros((batch, size, size, 3), dtype=np.uint8)
+            if pool is None:
+                fill(buf, chunk, 0)
+            else:
+                firsts = range(0, len(chunk), -(-len(chunk) // threads))
+                parts = [chunk[i : i + firsts.step] for i in firsts]
+                list(pool.map(fill, [buf] * len(parts), parts, firsts))
+            yield buf, len(chunk)
 
 
 def _prefetched(batches: Iterator, depth: int = 2) -> Iterator:
@@ -130,8 +145,10 @@ def _pad_to_window(photo: np.ndarray, window: int) -> np.ndarray:
 
 
 def sliding_heatmap(predict: Predictor, photo: np.ndarray, image_size: int, window: int = 128,
-                    stride: int = 64, batch: int = 64, progress: bool | None = None) -> Heatmap:
-    """Classifies every window of ``photo`` (uint8 HxWx3) with ``predict`` (uint8 [B,S,S,3] -> p [B])."""
+                    stride: int = 64, batch: int = 64, progress: bool | None = None,
+                    workers: int | None = None) -> Heatmap:
+    """Classifies every window of ``photo`` (uint8 HxWx3) with ``predict`` (uint8 [B,S,S,3] -> p [B]);
+    ``workers``: resizing threads (default :func:`resize_workers`)."""
     if window < 1 or stride < 1 or batch < 1:
         raise ValueError(f"--window ({window}), --stride ({stride}) and --batch ({batch}) must be >= 1")
     started = time.perf_counter()
@@ -144,7 +161,8 @@ def sliding_heatmap(predict: Predictor, photo: np.ndarray, image_size: int, wind
     show = total >= 2000 if progress is None else progress
     done = 0
     with Progress(total, "  windows") if show else contextlib.nullcontext() as bar:
-        for images, real in _prefetched(_windows(padded, ys, xs, window, image_size, batch)):
+        for images, real in _prefetched(_windows(padded, ys, xs, window, image_size, batch,
+                                                            resize_workers() if workers is None else workers)):
             p = np.asarray(predict(images), dtype=np.float32).reshape(-1)
             if p.shape[0] != images.shape[0]:
                 raise ValueError(f"the model returned {p.shape[0]} probabilities for {images.shape[0]} windows")

@@ -203,3 +203,28 @@ def test_batched_prefetched_heatmap_equals_window_by_window_scoring():
     seen = []
     H.sliding_heatmap(lambda b: seen.append(b.shape) or predict(b), photo, 32, window=64, stride=24, batch=5)
     assert set(seen) == {(5, 32, 32, 3)}  # one shape: a compiled model never recompiles
+
+
+def test_threaded_window_resizing_gives_the_same_batches():
+    """Resizing a batch's windows in several threads changes nothing but the speed."""
+    import threading
+
+    photo, _ = crack_photo(230, 310, seed=5)
+    ys, xs = H.window_starts(230, 64, 20), H.window_starts(310, 64, 20)
+    one = list(H._windows(photo, ys, xs, 64, 40, 7))
+    names = set()
+    real_fill = H.resize_bilinear_np
+
+    def spy(*args):
+        names.add(threading.current_thread().name)
+        return real_fill(*args)
+
+    H.resize_bilinear_np = spy
+    try:
+        three = [(b.copy(), n) for b, n in H._windows(photo, ys, xs, 64, 40, 7, workers=3)]
+    finally:
+        H.resize_bilinear_np = real_fill
+    assert names and all(n.startswith("ThreadPoolExecutor") for n in names)  # cut in the pool's threads
+    assert [n for _, n in one] == [n for _, n in three] and sum(n for _, n in one) == len(ys) * len(xs)
+    for (a, _), (b, _) in zip(one, three):
+        np.testing.assert_array_equal(a, b)
