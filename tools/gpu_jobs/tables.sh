@@ -10,13 +10,7 @@ SECONDS=0
 source tools/gpu_jobs/common.sh
 table=${TABLE:-table2}
 out_dir="runs/ablation_${table}_pretrained"
-if [ ! -f runs/pretrain/crack.weights.h5 ]; then
-  mkdir -p runs/pretrain
-  timeout ${PRETRAIN_S:-170} python3 tools/pretrain.py --mode=crack --data_dir=uavcrack,deepcrack \
-      --data_root=../shared/data --image_size=224 --crop_side=96,192 --steps=1000 --batch_size=128 \
-      --precision=bf16 --lr=0.002 --data_workers=14 --data_processes --log_every=100 \
-      --output=runs/pretrain/crack.weights.h5 2>&1 | tee "$OUT/pretrain.log"
-fi
+pretrain_backbone 170
 reuse() {  # reuse <table row> <recipe row>
   for s in 0 1 2; do
     src="runs/ablation_recipe/${2}_s$s"
