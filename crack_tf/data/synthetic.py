@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -131,21 +132,31 @@ def generate_dataset(
 
     ``n_train`` / ``n_val`` are tiles per split (half crack, half background). A finished
     folder with the same parameters is reused (a ``synthetic.json`` marker records them).
+    Safe when several processes (the workers of one multi-process run) generate the same
+    folder at once: each file is written under a private name and moved into place, so a
+    reader never sees a half-written tile (every writer produces the same bytes).
     """
     root = pathlib.Path(root)
     params = {"n_train": n_train, "n_val": n_val, "size": size, "seed": seed, "version": 1}
     marker = root / _MARKER
     if marker.is_file() and json.loads(marker.read_text()) == params:
         return root
-    for split, count in (("train", n_train), ("val", n_val)):
-        for label, class_name in enumerate(CLASS_NAMES):
-            folder = root / split / class_name
-            folder.mkdir(parents=True, exist_ok=True)
-            n_class = count // 2 + (count % 2 if label == 1 else 0)
-            for i in range(n_class):
-                tile = make_tile(seed, split, label, i, size)
-                Image.fromarray(tile).save(folder / f"{split}_{class_name}_{i:05d}.png")
-        if verbose:
-            print(f"synthetic: wrote {count} {split} tiles of {size}x{size} to {root / split}")
-    marker.write_text(json.dumps(params))
+    scratch = root / f".partial-{os.getpid()}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        for split, count in (("train", n_train), ("val", n_val)):
+            for label, class_name in enumerate(CLASS_NAMES):
+                folder = root / split / class_name
+                folder.mkdir(parents=True, exist_ok=True)
+                n_class = count // 2 + (count % 2 if label == 1 else 0)
+                for i in range(n_class):
+                    name = f"{split}_{class_name}_{i:05d}.png"
+                    Image.fromarray(make_tile(seed, split, label, i, size)).save(scratch / name)
+                    os.replace(scratch / name, folder / name)
+            if verbose:
+                print(f"synthetic: wrote {count} {split} tiles of {size}x{size} to {root / split}")
+        (scratch / _MARKER).write_text(json.dumps(params))
+        os.replace(scratch / _MARKER, marker)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return root
