@@ -63,6 +63,7 @@ def data_config(cfg: TrainConfig):
     shared = {f.name: getattr(d, f.name) for f in dataclasses.fields(DataConfig) if hasattr(d, f.name)}
     return DataConfig(**{**shared, "crop_side": tuple(d.crop_side)}, source=source, path=path,
                       deterministic=cfg.run.deterministic, processes=d.loader_processes,
+                      shared_memory=d.loader_shared_memory,
                       workers=d.loader_workers or min(8, os.cpu_count() or 1))
 
 

@@ -47,3 +47,6 @@ def test_loader_rate_runs_the_photos_input_through_fit(tmp_path):
                         "--crop_side=16,48\n--min_crack_pixels=20\n--val_tile=32\n")
     r = e2e.loader_rate(str(flagfile), 8, 32, 6, 2, False, [])
     assert r["impl"] == "loader" and r["img_per_s"] > 0 and r["workers"] == 2
+    assert r["trainer_cpu_ms_per_batch"] > 0 and r["shared_memory"]
+    piped = e2e.loader_rate(str(flagfile), 8, 32, 6, 2, True, ["--loader_shared_memory=false"])
+    assert piped["processes"] and not piped["shared_memory"] and piped["img_per_s"] > 0

@@ -104,16 +104,19 @@ def loader_rate(flagfile: str, batch: int, size: int, batches: int, workers: int
     model = keras.Sequential([keras.Input((size, size, 3)), keras.layers.GlobalAveragePooling2D(),
                               keras.layers.Dense(2)])
     model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    times = []
+    times, cpu = [], []
 
     class Clock(keras.callbacks.Callback):
         def on_train_batch_end(self, batch_index, logs=None):
             times.append(time.perf_counter())
+            cpu.append(time.process_time())  # this (the trainer's) process only, all its threads
 
     model.fit(split.dataset, steps_per_epoch=batches + 4, epochs=1, verbose=0, callbacks=[Clock()])
-    rate = batch * (len(times) - 4) / (times[-1] - times[3])  # after 4 warm-up batches
+    n = len(times) - 4  # after 4 warm-up batches
     return {"impl": "loader", "flagfile": flagfile, "workers": workers, "processes": processes, "batch": batch,
-            "img_per_s": rate, "cpu_count": os.cpu_count()}
+            "img_per_s": batch * n / (times[-1] - times[3]),
+            "trainer_cpu_ms_per_batch": 1000 * (cpu[-1] - cpu[3]) / n,
+            "shared_memory": "--loader_shared_memory=false" not in extra, "cpu_count": os.cpu_count()}
 
 
 def run_loader(flagfile: str, batch: int, size: int, batches: int, workers: int, processes: bool,
@@ -128,7 +131,6 @@ def run_loader(flagfile: str, batch: int, size: int, batches: int, workers: int,
     return json.loads(lines[-1][7:])
 
 
-
 def parse_e2e(spec: str, default_repeat: int = 1) -> dict:
     """``"flagfile=F;label=L;repo=R;extra=--a=1 --b=2"`` -> dict (flagfile required)."""
     items = dict(part.split("=", 1) for part in spec.split(";") if "=" in part)
@@ -136,6 +138,10 @@ def parse_e2e(spec: str, default_repeat: int = 1) -> dict:
         raise ValueError(f"--e2e={spec!r} needs flagfile=...")
     return {"flagfile": items["flagfile"], "label": items.get("label", ""), "repo": items.get("repo", ""),
             "extra": items.get("extra", "").split(), "repeat": int(items.get("repeat", default_repeat))}
+
+
+# (processes, extra flags): threads; processes with batches through shared memory; through pipes.
+LOADER_MODES = ((False, []), (True, []), (True, ["--loader_shared_memory=false"]))
 
 
 def run_jobs(specs: list[str], loader_workers: list, batch: int, size: int, precision: str, epochs: int,
@@ -146,15 +152,16 @@ def run_jobs(specs: list[str], loader_workers: list, batch: int, size: int, prec
     out = []
     for job in jobs[:1] if loader_workers else []:
         for workers in loader_workers:
-            for processes in (False, True):
+            for processes, how in LOADER_MODES:
                 try:
                     r = run_loader(job["flagfile"], batch, size, loader_batches, int(workers), processes,
-                                   job["extra"])
+                                   [*job["extra"], *how])
                 except RuntimeError as err:
                     log(f"[benchmark] loader {job['flagfile']} failed: {err}")
                     continue
                 out.append(dict(r, model=flagfile_model(job["flagfile"]), aspp_impl="-", mode="train"))
-                log(f"[benchmark] loader workers={workers} processes={processes}: {r['img_per_s']:.0f} img/s")
+                log(f"[benchmark] loader workers={workers} processes={processes}{''.join(' ' + h for h in how)}: "
+                    f"{r['img_per_s']:.0f} img/s, trainer process {r['trainer_cpu_ms_per_batch']:.1f} CPU ms/batch")
     for job in jobs:
         for i in range(job["repeat"]):
             label = f"{job['label'] or job['flagfile']}#{i + 1}"

@@ -58,7 +58,7 @@ def ratio_table(results: list[dict]) -> str:
                         model_only.get((r["model"], r["mode"])) if pipeline_row else None]
         impl = r["impl"] + (f"[{r['label']}]" if r.get("label") else "")
         if r["impl"] == "loader":
-            impl += f"[{r['workers']}{'p' if r['processes'] else 't'}]"
+            impl += f"[{r['workers']}{'p' if r['processes'] else 't'}{'' if r.get('shared_memory', True) else '/pipe'}]"
         rows.append([impl, r["model"], r["aspp_impl"], r["mode"], f"{r['img_per_s']:.1f}"]
                     + [f"{r['img_per_s'] / d:.2f}" if d else "-" for d in denominators])
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]

@@ -59,6 +59,7 @@ class DataConfig:
     num_parallel_calls: int = -1  # tf.data map parallelism; -1 = AUTOTUNE
     workers: int = 1  # NumPy loader: keras PyDataset worker threads
     processes: bool = False  # NumPy loader: worker processes instead of threads
+    shared_memory: bool = True  # with processes (photos source): batches back through shared memory
     cache_mb: int = 1024  # NumPy loader: decoded, upscaled images kept in memory per process
     # Photos source.
     data_root: str = ""

@@ -214,16 +214,17 @@ class CropSampler:
         label, k, crop, rng = self.draw(epoch, index)
         return self.render(self.sources[k].photos[crop[0]], crop, rng), label, k
 
-    def batch(self, step: int, batch_size: int, num_shards: int = 1, shard_index: int = 0
-              ) -> tuple[np.ndarray, np.ndarray]:
+    def batch(self, step: int, batch_size: int, num_shards: int = 1, shard_index: int = 0,
+              out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """This shard's part of global step ``step``: uint8 [B, S, S, 3] and int32 [B] labels.
 
         Global element ``(step * batch_size + j) * num_shards + shard_index`` of the stream; epochs
-        hold ``crops_per_epoch`` elements (a whole number of global batches).
+        hold ``crops_per_epoch`` elements (a whole number of global batches). ``out``: arrays of
+        those shapes to render into (e.g. a shared-memory slot) instead of new ones.
         """
         s = self.options.image_size
-        images = np.empty((batch_size, s, s, 3), np.uint8)
-        labels = np.empty(batch_size, np.int32)
+        images, labels = out if out is not None else (np.empty((batch_size, s, s, 3), np.uint8),
+                                                      np.empty(batch_size, np.int32))
         for j in range(batch_size):
             g = (step * batch_size + j) * num_shards + shard_index
             epoch, index = divmod(g, self.crops_per_epoch)

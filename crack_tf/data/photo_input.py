@@ -44,7 +44,7 @@ def _training(config, split, global_batch, batch, seed, backend, num_shards, sha
         from crack_tf.data.pipeline_photos import CropPyDataset
 
         ds = CropPyDataset(sampler, batch, num_shards, shard_index, skip, steps, workers=config.workers,
-                           processes=config.processes)
+                           processes=config.processes, shared_memory=config.shared_memory)
     else:
         from crack_tf.data.pipeline_photos import crop_dataset_tf
 

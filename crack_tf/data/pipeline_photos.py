@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from crack_tf.data.crops import CropSampler
+from crack_tf.data.shared_batches import BatchRing, SlotHandle, fork_workers, slots_for_queue
 
 _INFINITE = 2**62
 
@@ -29,17 +30,24 @@ class CropPyDataset(keras.utils.PyDataset):
     """Training crops (uint8 [B,S,S,3], int32 [B]); infinite (``len`` = steps per epoch).
 
     ``processes``: Keras' worker processes (forked: the decoded photos are shared, not copied)
-    instead of threads; batches come back pickled. The order is the same either way.
+    instead of threads; batches come back through a shared-memory ring
+    (:mod:`crack_tf.data.shared_batches`; ``shared_memory=False``: pickled through a pipe, as
+    Keras does by default). The batches are the same either way.
     """
 
     def __init__(self, sampler: CropSampler, batch_size: int, num_shards: int = 1, shard_index: int = 0,
                  skip_batches: int = 0, steps_per_epoch: int = 1, workers: int = 1, max_queue_size: int = 0,
-                 processes: bool = False):
+                 processes: bool = False, shared_memory: bool = True):
         super().__init__(workers=workers, use_multiprocessing=processes,
                          max_queue_size=max_queue_size or max(10, 2 * workers))
         self.sampler, self.batch_size = sampler, batch_size
         self.num_shards, self.shard_index, self.skip_batches = num_shards, shard_index, skip_batches
         self._steps = steps_per_epoch
+        self.ring = None
+        if processes and shared_memory and fork_workers():
+            s = sampler.options.image_size
+            self.ring = BatchRing([((batch_size, s, s, 3), np.uint8), ((batch_size,), np.int32)],
+                                  slots_for_queue(self.max_queue_size))
 
     def __len__(self) -> int:
         return self._steps
@@ -48,8 +56,12 @@ class CropPyDataset(keras.utils.PyDataset):
     def num_batches(self) -> int | None:
         return None
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.sampler.batch(self.skip_batches + i, self.batch_size, self.num_shards, self.shard_index)
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray] | SlotHandle:
+        step = self.skip_batches + i
+        if self.ring is None or self.ring.in_owner:
+            return self.sampler.batch(step, self.batch_size, self.num_shards, self.shard_index)
+        self.sampler.batch(step, self.batch_size, self.num_shards, self.shard_index, out=self.ring.views(i))
+        return self.ring.handle(i)  # in a forked worker: unpickles in the trainer as the batch
 
 
 class ArrayPyDataset(keras.utils.PyDataset):

@@ -87,8 +87,10 @@ _GROUPS: dict[str, list[tuple]] = {"model": [
     ("enum", "loader", "auto", "Input pipeline: tf.data, NumPy PyDataset, or auto (tf.data if TF imports).",
      LOADERS),
     ("integer", "loader_workers", 0, "NumPy loader threads (or processes); 0 = min(8, CPU count).", None),
-    ("bool", "loader_processes", False, "NumPy loader: worker processes instead of threads (no GIL contention; "
-     "each batch is pickled back to the trainer).", None),
+    ("bool", "loader_processes", False, "NumPy loader: worker processes instead of threads (no GIL contention).",
+     None),
+    ("bool", "loader_shared_memory", True, "With --loader_processes, photos source: workers hand batches back "
+     "through shared memory (false: pickled through a pipe).", None),
 ], "optim": [
     ("integer", "batch_size", 32, "GLOBAL batch size (split across replicas).", None),
     ("integer", "epochs", 10, "Training epochs.", None),
@@ -142,7 +144,8 @@ FLAG_NAMES = tuple(row[1] for row in _FLAG_TABLE)
 # Flags that do not change what a run computes; they may differ when resuming.
 NON_IDENTITY_FLAGS = frozenset(
     {"overwrite", "log_every", "tensorboard", "backend_check", "checkpoint_every", "loader_workers",
-     "coordinator_address", "process_id", "compile_cache_dir", "loader_processes"}
+     "coordinator_address", "process_id", "compile_cache_dir", "loader_processes",
+     "loader_shared_memory"}
 )
 
 
