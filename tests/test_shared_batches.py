@@ -62,6 +62,7 @@ def _train(dataset, steps: int) -> list[np.ndarray]:
     return model.get_weights()
 
 
+@pytest.mark.timeout(300)  # forked workers: a hang must fail the test, not the CI job
 def test_fit_on_ring_batches_equals_fit_on_the_sampler_batches(sampler):
     """Through Keras' own worker pool, 5x around a ring of 6 slots: a slot reused too early
     or read from the wrong batch changes the weights."""

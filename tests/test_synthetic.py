@@ -52,4 +52,4 @@ def test_readers_never_see_a_half_written_tile_while_another_process_generates(t
             except (OSError, SyntaxError, ValueError) as err:  # what a torn PNG raises
                 failures.append(f"{path.name}: {err}")
     assert proc.returncode == 0
-    assert reads > len(files) and not failures, failures[:5]
+    assert reads >= len(files) and not failures, failures[:5]
