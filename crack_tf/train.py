@@ -49,6 +49,21 @@ def synthetic_root(cfg: TrainConfig) -> str:
     return root
 
 
+def check_weights_file(cfg: TrainConfig) -> None:
+    """Fails before any data is decoded when ``--weights`` names a backbone file that is not
+    there (decoding the crack mix takes seconds to minutes; the model is built after it)."""
+    if cfg.model_options.weights and cfg.model_options.model != "zhang2016":  # zhang2016: no backbone
+        from crack_tf.models.resnet_aspp import resolve_weights_path
+
+        try:
+            resolve_weights_path(cfg.model_options.weights)
+        except FileNotFoundError as err:
+            hint = (" A crack-domain backbone is made by `python tools/pretrain.py --mode=crack "
+                    f"--output={cfg.model_options.weights} ...` (README).")
+            raise FileNotFoundError(str(err) + (hint if cfg.model_options.weights.endswith(".weights.h5")
+                                                else "")) from None
+
+
 def data_config(cfg: TrainConfig):
     """The :class:`crack_tf.data.DataConfig` of a run: the data options it shares by name, plus
     the source / path (the synthetic set is generated as a folder), the loader and determinism."""
@@ -360,6 +375,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cfg = train_flags.config_from_flags()
     train_flags.validate(cfg)
+    check_weights_file(cfg)
     runtime = make_runtime(cfg.run)
     if cfg.backend_check:
         print(runtime.describe())

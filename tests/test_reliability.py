@@ -150,6 +150,13 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
     assert bad_flag.returncode == 2
     assert bad_flag.stderr.strip().splitlines()[-1].startswith("error: Invalid training configuration")
     assert "--lr must be > 0" in bad_flag.stderr and "Traceback" not in bad_flag.stderr
+    # A missing backbone file is named before any data is read (here: a data folder that does not exist).
+    no_weights = _cmd([f"--weights={tmp_path / 'crack.weights.h5'}", "--data_source=folder",
+                       f"--data_dir={tmp_path / 'nowhere'}", f"--model_dir={tmp_path / 'w'}"], timeout=120)
+    assert no_weights.returncode == 2 and "Traceback" not in no_weights.stderr
+    last = no_weights.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Backbone weights file not found") and "tools/pretrain.py --mode=crack" in last
+    assert "nowhere" not in no_weights.stderr and not (tmp_path / "w").exists()
     missing = _cmd([f"--model={tmp_path / 'missing.keras'}", f"--data={tmp_path}"], "crack_tf.evaluate", timeout=120)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert missing.stderr.strip().splitlines()[-1].startswith("error: ") and "missing.keras" in missing.stderr
