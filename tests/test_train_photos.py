@@ -102,14 +102,17 @@ def _weights(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "jax_processes"])
 def test_kill9_then_resume_is_bit_identical_with_photos(sources, tmp_path, backend):
     # With weight averaging: the resumed run goes on from the raw weights of its checkpoint.
+    # jax_processes: forked loader workers handing batches back through shared memory.
     extra = ["--epochs=2", "--checkpoint_every=2", "--deterministic=true", "--ema_momentum=0.9"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    if backend == "jax":
+    if backend.startswith("jax"):
         env = _env(tmp_path, block_tf=True)
         extra.append("--loader=numpy")
+    if backend == "jax_processes":
+        extra += ["--loader_processes", "--loader_workers=2"]
     _finish(_train(_args(sources, tmp_path / "straight", extra), env))
     resumed = tmp_path / "resumed"
     proc = _train(_args(sources, resumed, extra), dict(env, CRACK_TF_STEP_DELAY="0.5"), start_new_session=True)
