@@ -49,6 +49,7 @@ import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
 from crack_tf.data.image_np import decode_image_np, resize_bilinear_np  # noqa: E402
+from crack_tf.data.pipeline_photos import CropPyDataset  # noqa: E402
 from crack_tf.data.synthetic import make_tile  # noqa: E402
 from crack_tf.models.resnet_aspp import CaffePreprocess  # noqa: E402
 
@@ -265,12 +266,16 @@ def pretrain(mode: str, output: str, image_size: int = 128, steps: int = 100, ba
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) if supervised
                   else nt_xent(temperature),
                   metrics=["sparse_categorical_accuracy"] if supervised else None)
-    batches = Batches(lambda i: make_batch(mode, i, batch_size, image_size, seed, **data), log_every,
-                      workers=max(1, data_workers), max_queue_size=max(10, 2 * data_workers),
-                      use_multiprocessing=data_processes)
+    queue = {"workers": max(1, data_workers), "max_queue_size": max(10, 2 * data_workers)}
+    if mode == "crack":  # the trainer's crop stream: batch i = sampler.batch(i), shared-memory batches
+        batches = CropPyDataset(data["sampler"], batch_size, steps_per_epoch=log_every, processes=data_processes,
+                                **queue)
+    else:
+        batches = Batches(lambda i: make_batch(mode, i, batch_size, image_size, seed, **data), log_every,
+                          use_multiprocessing=data_processes, **queue)
     print(f"pretrain {mode}: {epochs * log_every} steps x {batch_size} at {image_size} px, "
           f"backend {keras.backend.backend()}, params {backbone.count_params():,}", flush=True)
-    history = model.fit(batches, epochs=epochs, verbose=1 if sys.stdout.isatty() else 2)
+    history = model.fit(batches, epochs=epochs, steps_per_epoch=log_every, verbose=1 if sys.stdout.isatty() else 2)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     backbone.save_weights(output)
     if save_model:
