@@ -16,6 +16,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "exponential", "cosine")
 LR_SCALING = ("linear", "none")
 PRECISIONS = ("auto", "float32", "bf16", "fp16")
+INFERENCE_PRECISIONS = ("auto", "float32", "bf16")  # --precision of the inspection commands
 JIT = ("auto", "true", "false")
 STRATEGIES = ("auto", "mirrored", "one_device")
 BEST_MODES = ("max", "min")

@@ -31,6 +31,7 @@ from absl import app, flags
 import crack_tf
 from crack_tf import metrics as M
 from crack_tf.choices import SMALL_POLICIES, TTA_MODES
+from crack_tf.model_precision import define_precision_flag
 
 FLAGS = flags.FLAGS
 
@@ -44,6 +45,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("data_root", "", "--source=photos: folder the --data entries are under.")
     flags.DEFINE_enum("tta", None, list(TTA_MODES), "Test-time augmentation: mean p over flips / D4 "
                       "(default: the one the model's threshold was picked with).")
+    define_precision_flag()
     flags.DEFINE_bool("fail_fast", False, "Stop when a file cannot be read (default: skip it, name it at the end and "
                       "exit with 1).")
     flags.DEFINE_enum("loader", "auto", ["auto", "tf", "numpy"], "Input pipeline: tf.data, the TF-free NumPy one, or auto.")
@@ -146,6 +148,7 @@ def evaluate(
     tta: str | None = None,
     data_root: str = "",
     fail_fast: bool = False,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Runs the whole evaluation and writes the report; returns the report dict (+ ``paths``).
 
@@ -159,14 +162,14 @@ def evaluate(
         raise ValueError(f"--threshold={threshold} must be in [0, 1]")
     if pick_threshold:
         stats.pick_threshold([0.5], [1], pick_threshold)  # validates the rule before the long run
-    predictor = load_model(model, tta)
+    predictor = load_model(model, tta, precision)
     if threshold is None:
         threshold, threshold_source = predictor.threshold, predictor.threshold_source
     else:
         threshold_source = "--threshold"
     if verbose:
         print(f"evaluate: threshold {threshold:.4g} ({threshold_source}), temperature {predictor.temperature:.3g}, "
-              f"tta {predictor.tta}", file=sys.stderr)
+              f"tta {predictor.tta}, precision {predictor.precision}", file=sys.stderr)
     size = predictor.image_size or image_size
     if size is None:
         raise ValueError(f"--model={model} accepts any input size and has no run.json: pass --image_size")
@@ -211,6 +214,7 @@ def main(argv: Sequence[str]) -> int:
         FLAGS.model, FLAGS.data, FLAGS.split, FLAGS.threshold, FLAGS.output_dir, FLAGS.image_size,
         FLAGS.small_policy, FLAGS.source, FLAGS.loader, FLAGS.batch_size, FLAGS.bootstrap, FLAGS.seed,
         FLAGS.pick_threshold, FLAGS.worst, tta=FLAGS.tta, data_root=FLAGS.data_root, fail_fast=FLAGS.fail_fast,
+        precision=FLAGS.precision,
     )  # fmt: skip
     m, ci = rep["metrics"], rep["ci95"]
 

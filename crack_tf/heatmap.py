@@ -41,6 +41,7 @@ from crack_tf.choices import TTA_MODES
 from crack_tf.data.image_np import resize_bilinear_np
 from crack_tf.data.progress import Progress
 from crack_tf.evaluation.pixels import _dilate, pixel_metrics, pool_metrics  # noqa: F401  (re-exported)
+from crack_tf.model_precision import define_precision_flag
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -277,6 +278,7 @@ def _define_flags() -> None:
                        "threshold, else 0.5.")
     flags.DEFINE_enum("tta", None, list(TTA_MODES), "Test-time augmentation of each window (default: "
                       "the one the model's threshold was picked with).")
+    define_precision_flag()
     flags.DEFINE_float("max_megapixels", 89.5, "Photos above this are skipped (Pillow's decompression-bomb limit "
                        "by default); raise it to process them.")
     flags.DEFINE_bool("fail_fast", False, "Stop at the first photo that cannot be processed (default: skip it, "
@@ -296,15 +298,15 @@ def main(argv: list[str]) -> int:
     if not photos:
         raise app.UsageError("pass one or more photo paths after the flags")
     cfg = flags.FLAGS
-    predictor = load_model(cfg.model, cfg.tta)
+    predictor = load_model(cfg.model, cfg.tta, cfg.precision)
     predict = predictor.predict
     size = cfg.image_size or predictor.image_size
     if not size:
         raise app.UsageError(f"--model={cfg.model}: its input size is unknown; pass --image_size")
     threshold = predictor.threshold if cfg.threshold is None else cfg.threshold
     print(f"heatmap: threshold {threshold:.4g} "
-          f"({predictor.threshold_source if cfg.threshold is None else '--threshold'}), tta {predictor.tta}",
-          flush=True)
+          f"({predictor.threshold_source if cfg.threshold is None else '--threshold'}), tta {predictor.tta}, "
+          f"precision {predictor.precision}", flush=True)
     os.makedirs(cfg.output_dir, exist_ok=True)
     total_s, total_mp = 0.0, 0.0
     failures = Failures(cfg.fail_fast)

@@ -27,6 +27,7 @@ import sys
 from absl import app, flags
 
 from crack_tf.choices import TTA_MODES
+from crack_tf.model_precision import define_precision_flag
 
 FLAGS = flags.FLAGS
 CSV_FIELDS = ("path", "kind", "width", "height", "crack_probability", "is_crack", "threshold", "windows", "boxes",
@@ -40,6 +41,7 @@ def define_flags() -> None:
     flags.DEFINE_bool("recursive", False, "Also read the sub-folders of folder arguments.")
     flags.DEFINE_integer("batch", 64, "Tiles / windows per model call.")
     flags.DEFINE_enum("tta", None, list(TTA_MODES), "Test-time augmentation (default: the model's).")
+    define_precision_flag()
     flags.DEFINE_float("threshold", None, "is_crack threshold (default: the model's stored one, else 0.5).")
     flags.DEFINE_integer("window", 128, "Window side in photo pixels; files no larger are scored as tiles.")
     flags.DEFINE_integer("stride", 64, "Window step of the photo scan.")
@@ -113,7 +115,7 @@ def main(argv: list[str]) -> int:
     if not (FLAGS.csv or FLAGS.jsonl):
         raise app.UsageError("pass --csv=FILE and/or --jsonl=FILE")
     total = count_images(inputs, FLAGS.recursive)
-    predictor = load_model(FLAGS.model, FLAGS.tta)
+    predictor = load_model(FLAGS.model, FLAGS.tta, FLAGS.precision)
     scorer = Scorer(predictor, FLAGS.window, FLAGS.stride, FLAGS.batch, FLAGS.max_megapixels, FLAGS.gsd_cm,
                     FLAGS.threshold, keep_pixels=FLAGS.explain)
     cam = None
@@ -124,8 +126,8 @@ def main(argv: list[str]) -> int:
 
         cam = GradCAM(predictor.model)
     print(f"predict: {total} files, threshold {scorer.threshold:.4g} "
-          f"({predictor.threshold_source if FLAGS.threshold is None else '--threshold'}), tta {predictor.tta}",
-          file=sys.stderr, flush=True)
+          f"({predictor.threshold_source if FLAGS.threshold is None else '--threshold'}), tta {predictor.tta}, "
+          f"precision {predictor.precision}", file=sys.stderr, flush=True)
     model_name, model_hash = os.path.abspath(FLAGS.model), file_sha256(FLAGS.model)
     writers, failures = Writers(FLAGS.csv, FLAGS.jsonl), Failures(FLAGS.fail_fast)
     counts = {"tile": 0, "photo": 0, "crack": 0}

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from crack_tf.choices import TTA_MODES
+from crack_tf.choices import INFERENCE_PRECISIONS, TTA_MODES
 from crack_tf.model_meta import DEFAULT_THRESHOLD, read_metadata
 
 ENDPOINTS = ("predict_images", "serving_default")  # SavedModel endpoints tried, in order
@@ -67,6 +67,7 @@ class Predictor:
     metadata: dict
     model: Any = None  # the keras.Model of a .keras file
     _probabilities: Callable[[np.ndarray], np.ndarray] | None = None  # one view -> calibrated p [B]
+    precision: str = "as exported"  # the Keras dtype policy a .keras model computes in
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Calibrated p(crack) float32 [B] of uint8 / float [B, S, S, 3] images (mean over TTA views)."""
@@ -79,7 +80,7 @@ class Predictor:
 
     def describe(self) -> str:
         return (f"threshold {self.threshold:.4g} ({self.threshold_source}), temperature {self.temperature:.3g}, "
-                f"tta {self.tta}")
+                f"tta {self.tta}, precision {self.precision}")
 
 
 def _operating_point(meta: dict) -> tuple[float, str, float]:
@@ -91,15 +92,20 @@ def _operating_point(meta: dict) -> tuple[float, str, float]:
     return DEFAULT_THRESHOLD, "default: the model stores no threshold", 1.0
 
 
-def _keras(path: str, tta: str | None) -> Predictor:
+def _keras(path: str, tta: str | None, precision: str | None) -> Predictor:
     import keras
 
     import crack_tf.models  # noqa: F401  (registers the custom layers)
     from crack_tf import CLASS_NAMES
+    from crack_tf import model_precision as mp
     from crack_tf.evaluation.calibration import calibrated_probability, logit_margin
 
     try:
-        model = keras.saving.load_model(path, compile=False)
+        saved = mp.saved_policy(mp.read_config(path))
+        policy = saved if precision is None else mp.choose_policy(
+            precision, saved, mp.accelerator_available(), keras.backend.backend(), mp.native_bf16_cpu())
+        model = (keras.saving.load_model(path, compile=False) if policy == saved
+                 else mp.load_in_policy(path, policy))
     except Exception as e:  # noqa: BLE001  (re-raised with the path named)
         raise ValueError(f"{path}: cannot load this .keras file ({type(e).__name__}: {e})") from e
     if model.output_shape[-1] not in (1, 2):
@@ -116,7 +122,7 @@ def _keras(path: str, tta: str | None) -> Predictor:
     return Predictor(path, "keras", meta.get("image_size") or run.get("image_size") or model.input_shape[1],
                      meta.get("small_policy") or run.get("small_policy") or "resize",
                      list(meta.get("class_names") or run.get("class_names") or CLASS_NAMES), threshold, source,
-                     temperature, tta, meta, model, probabilities)
+                     temperature, tta, meta, model, probabilities, policy)
 
 
 def _endpoint_input(fn: Any) -> tuple[str | None, Any]:
@@ -185,17 +191,26 @@ def _savedmodel(path: str, tta: str | None) -> Predictor:
                      None, probabilities)
 
 
-def load_model(path: str, tta: str | None = None) -> Predictor:
-    """Loads a ``.keras`` file or a SavedModel folder; raises ValueError / FileNotFoundError."""
+def load_model(path: str, tta: str | None = None, precision: str | None = None) -> Predictor:
+    """Loads a ``.keras`` file or a SavedModel folder; raises ValueError / FileNotFoundError.
+
+    ``precision`` (``.keras`` only): None = the saved dtype policy; ``auto`` / ``float32`` /
+    ``bf16`` as in :mod:`crack_tf.model_precision` (``auto``: float32 on a CPU without native bf16).
+    """
     if tta is not None and tta not in TTA_MODES:
         raise ValueError(f"--tta={tta!r}; choose one of {TTA_MODES}")
+    if precision is not None and precision not in INFERENCE_PRECISIONS:
+        raise ValueError(f"--precision={precision!r}; choose one of {INFERENCE_PRECISIONS}")
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "saved_model.pb")):
             raise ValueError(f"--model={path} is a folder without saved_model.pb: pass a .keras file or a SavedModel "
                              "folder")
+        if precision not in (None, "auto"):
+            raise ValueError(f"--precision={precision}: a SavedModel computes in the precision it was exported "
+                             "with; pass the .keras file to choose")
         return _savedmodel(path, tta)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--model={path}: no such file or folder")
     if not path.endswith(".keras"):
         raise ValueError(f"--model={path} is neither a .keras file nor a SavedModel folder")
-    return _keras(path, tta)
+    return _keras(path, tta, precision)

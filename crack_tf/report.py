@@ -24,6 +24,7 @@ import numpy as np
 from absl import flags
 
 from crack_tf.choices import TTA_MODES
+from crack_tf.model_precision import define_precision_flag
 
 FLAGS = flags.FLAGS
 THUMB_SIDE, OVERLAY_SIDE = 320, 1600
@@ -45,6 +46,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("stride", 64, "Window step in photo pixels.")
     flags.DEFINE_integer("batch", 64, "Windows per model call.")
     flags.DEFINE_enum("tta", None, list(TTA_MODES), "Test-time augmentation (default: the model's).")
+    define_precision_flag()
     flags.DEFINE_float("threshold", None, "Crack threshold (default: the model's stored one, else 0.5).")
     flags.DEFINE_float("gsd_cm", None, "Ground sampling distance in cm per pixel (box sizes, WGS84 boxes).")
     flags.DEFINE_float("max_megapixels", 89.5, "Skip photos larger than this (raise it to process them).")
@@ -164,7 +166,7 @@ def main(argv: list[str]) -> int:
 
     inputs = argv[1:]
     total = count_images(inputs, FLAGS.recursive)
-    predictor = load_model(FLAGS.model, FLAGS.tta)
+    predictor = load_model(FLAGS.model, FLAGS.tta, FLAGS.precision)
     scorer = Scorer(predictor, FLAGS.window, FLAGS.stride, FLAGS.batch, FLAGS.max_megapixels, FLAGS.gsd_cm,
                     FLAGS.threshold, keep_pixels=True)
     cam = None
