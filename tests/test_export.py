@@ -222,3 +222,35 @@ def test_read_run_json_prefers_run_json_then_config_json(tmp_path):
     assert run["image_size"] == 96 and run["small_policy"] == "pad" and run["config"]["lr"] == 0.1
     (tmp_path / "run.json").write_text(json.dumps(RUN_JSON))
     assert export.read_run_json(model_path) == RUN_JSON
+
+
+@pytest.mark.slow
+def test_a_bf16_trained_model_is_exported_in_float32_unless_asked(tmp_path):
+    """GPU runs save mixed_bfloat16 layers; the export serves float32 by default (every CPU can run it)."""
+    from crack_tf.predictor import load_model
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(4)
+        model = models.get("zhang2016", input_shape=(SIZE, SIZE, 3))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model_path = tmp_path / "bf16.keras"
+    model.save(model_path)
+    images = np.random.default_rng(5).integers(0, 256, (6, SIZE, SIZE, 3), dtype=np.uint8)
+    expected = {p: load_model(str(model_path), precision=p).predict(images) for p in ("float32", "bf16")}
+    assert not np.array_equal(expected["float32"], expected["bf16"])
+    for flag, policy, key in ((None, "float32", "float32"), ("saved", "mixed_bfloat16", "bf16")):
+        export_dir = tmp_path / f"exp_{policy}"
+        argv = [sys.executable, "-m", "crack_tf.export", f"--model={model_path}", f"--export_dir={export_dir}",
+                "--nowarmup", *([f"--precision={flag}"] if flag else [])]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=240,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"precision {policy}" in proc.stdout
+        meta = json.loads((export_dir / "1" / "assets" / export.METADATA_FILE).read_text())
+        assert meta["precision"] == policy
+        got = load_model(str(export_dir / "1")).predict(images)
+        np.testing.assert_allclose(got, expected[key], atol=2e-3)  # PNG round trip of uint8 is exact
+        other = expected["bf16" if key == "float32" else "float32"]
+        assert np.abs(got - expected[key]).max() < np.abs(got - other).max()

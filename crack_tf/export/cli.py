@@ -30,13 +30,15 @@ def main(argv: Sequence[str]) -> int:
         from crack_tf.model_meta import read_metadata
         from crack_tf.predictor import load_model
 
-        model = load_model(FLAGS.model).model
+        predictor = load_model(FLAGS.model, precision=None if FLAGS.precision == "saved" else FLAGS.precision)
+        model = predictor.model
         if model is None:
             raise ValueError(f"--model={FLAGS.model} is a SavedModel already; export takes the .keras file")
         metadata = build_metadata(
             model, read_run_json(FLAGS.model), FLAGS.image_size, FLAGS.small_policy, source=FLAGS.model,
             model_meta=read_metadata(FLAGS.model), tta=FLAGS.tta, threshold=FLAGS.threshold,
         )
+        metadata["precision"] = predictor.precision
         path = export_saved_model(
             model, FLAGS.export_dir, metadata, FLAGS.version, FLAGS.overwrite, FLAGS.warmup, FLAGS.serving_name
         )
@@ -45,7 +47,8 @@ def main(argv: Sequence[str]) -> int:
         return 2
     print(f"exported {FLAGS.model} -> {path} (signatures {DEFAULT_SIGNATURE}, {IMAGES_SIGNATURE}; "
           f"{metadata['image_size']} px, small_policy={metadata['small_policy']}; is_crack at threshold "
-          f"{metadata['threshold']:.4g}, temperature {metadata['temperature']:.3g}, tta {metadata['tta']})")
+          f"{metadata['threshold']:.4g}, temperature {metadata['temperature']:.3g}, tta {metadata['tta']}, "
+          f"precision {metadata['precision']})")
     if FLAGS.verify:
         diff = verify_export(model, path, metadata["image_size"], metadata=metadata)
         print(f"verified: SavedModel matches the Keras model (max |dp| = {diff:.1e})")
@@ -69,6 +72,10 @@ def _define_flags() -> None:
     flags.DEFINE_enum("tta", None, list(TTA_MODES), "Test-time augmentation in the signature (default: "
                       "the one the model's threshold was picked with, else none).")
     flags.DEFINE_float("threshold", None, "is_crack threshold (default: the model's stored one, else 0.5).")
+    flags.DEFINE_enum("precision", "float32", ["float32", "bf16", "saved"],
+                      "Compute precision of the signatures. float32 (default) serves on every CPU and GPU; a "
+                      "GPU-trained model is saved in bf16, which TF Serving on a CPU without bf16 instructions "
+                      "cannot run; bf16; saved = as in the .keras file.")
 
 
 def run() -> None:

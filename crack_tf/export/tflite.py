@@ -132,7 +132,7 @@ def main(argv: list[str]) -> int:
     try:
         from crack_tf.predictor import load_model
 
-        model = load_model(FLAGS.model).model
+        model = load_model(FLAGS.model, precision="float32").model  # the converters start from float32
         meta = export.build_metadata(model, export.read_run_json(FLAGS.model), FLAGS.image_size, FLAGS.small_policy)
     except (FileNotFoundError, ValueError) as err:
         print(f"crack_tf.export.tflite: {err}", file=sys.stderr)
