@@ -109,6 +109,32 @@ def test_model_dir_of_another_config_is_refused(tmp_path):
 
 
 @pytest.mark.slow
+def test_other_processes_never_read_a_half_written_config_json(tmp_path):
+    """The chief writes config.json while the other processes of a multi-process run check it
+    (a torn read once failed CI's 2-process test: 'Expecting value: line 1 column 1')."""
+    import textwrap
+
+    from crack_tf.training import rundir
+
+    cfg = train_flags.parse_args([f"--model_dir={tmp_path}"])
+    rundir.prepare_model_dir(cfg)
+    writer = textwrap.dedent(
+        f"""
+        from crack_tf.training import flags, rundir
+        cfg = flags.parse_args(["--model_dir={tmp_path}"])
+        for _ in range(400):
+            rundir.prepare_model_dir(cfg)  # the chief, rewriting the same config
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", writer], cwd=REPO)
+    reads = 0
+    while proc.poll() is None:
+        rundir.prepare_model_dir(cfg, is_chief=False)  # reads and compares, as process 1 does
+        reads += 1
+    assert proc.returncode == 0 and reads > 0
+
+
+@pytest.mark.slow
 def test_two_replica_mirrored_training(tmp_path):
     model_dir = tmp_path / "mirrored"
     out = _finish(_run_train([*TINY, "--strategy=mirrored", "--num_devices=2", "--epochs=4",

@@ -54,8 +54,7 @@ def prepare_model_dir(cfg: TrainConfig, is_chief: bool = True) -> None:
                 shutil.rmtree(cfg.model_dir)
     if is_chief:
         os.makedirs(cfg.model_dir, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(wanted, f, indent=2, sort_keys=True)
+        write_json(path, wanted)  # atomic: the other processes of the run may be reading it now
 
 
 def output_dir(model_dir: str, is_chief: bool) -> str:
