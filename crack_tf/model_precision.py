@@ -19,9 +19,8 @@ import copy
 import json
 import zipfile
 
-from crack_tf.choices import INFERENCE_PRECISIONS
+from crack_tf.choices import DTYPE_POLICIES, INFERENCE_PRECISIONS
 
-POLICIES = {"float32": "float32", "bf16": "mixed_bfloat16"}
 _BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
@@ -96,7 +95,7 @@ def choose_policy(choice: str, saved: str, accelerator: bool, backend: str, nati
     if choice not in INFERENCE_PRECISIONS:
         raise ValueError(f"--precision={choice!r}; choose one of {INFERENCE_PRECISIONS}")
     if choice != "auto":
-        return POLICIES[choice]
+        return DTYPE_POLICIES[choice]
     if accelerator or saved == "float32" or (backend == "tensorflow" and native_bf16):
         return saved
     return "float32"

@@ -38,7 +38,6 @@ def test_a_forked_worker_writes_a_slot_and_its_handle_unpickles_as_the_batch():
     np.testing.assert_array_equal(labels, [9, 10, 11])
     _write(ring, 7, 1)  # slot 7 % 2 = 1: the copy above does not change with it
     assert images[0, 0, 0, 0] == 9 and ring.reads == 1
-    ring.close()
 
 
 def test_ring_length_covers_the_enqueuer_queue():

@@ -22,10 +22,12 @@ import mmap
 import multiprocessing
 import os
 import uuid
+import weakref
 
 import numpy as np
 
-_RINGS: dict[str, BatchRing] = {}
+# Weak: a ring (hundreds of MB) lives as long as the dataset that made it, not as long as the process.
+_RINGS: weakref.WeakValueDictionary[str, BatchRing] = weakref.WeakValueDictionary()
 
 
 def fork_workers() -> bool:
@@ -72,14 +74,6 @@ class BatchRing:
     def in_owner(self) -> bool:
         """True in the process that made the ring, False in a forked worker."""
         return os.getpid() == self._owner
-
-    def close(self) -> None:
-        """Unmaps the ring (after the workers are gone; arrays still viewing it keep it mapped)."""
-        _RINGS.pop(self.token, None)
-        try:
-            self._buffer.close()
-        except BufferError:  # a view is still alive: the mapping goes with it
-            pass
 
 
 class SlotHandle:

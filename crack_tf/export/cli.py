@@ -6,7 +6,7 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from crack_tf.choices import SMALL_POLICIES, TTA_MODES
+from crack_tf.choices import EXPORT_PRECISIONS, SMALL_POLICIES, TTA_MODES
 from crack_tf.export import (
     WARMUP_FILE,
     build_metadata,
@@ -72,7 +72,7 @@ def _define_flags() -> None:
     flags.DEFINE_enum("tta", None, list(TTA_MODES), "Test-time augmentation in the signature (default: "
                       "the one the model's threshold was picked with, else none).")
     flags.DEFINE_float("threshold", None, "is_crack threshold (default: the model's stored one, else 0.5).")
-    flags.DEFINE_enum("precision", "float32", ["float32", "bf16", "saved"],
+    flags.DEFINE_enum("precision", "float32", list(EXPORT_PRECISIONS),
                       "Compute precision of the signatures. float32 (default) serves on every CPU and GPU; a "
                       "GPU-trained model is saved in bf16, which TF Serving on a CPU without bf16 instructions "
                       "cannot run; bf16; saved = as in the .keras file.")

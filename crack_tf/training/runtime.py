@@ -20,6 +20,8 @@ import os
 
 import keras
 
+from crack_tf.choices import DTYPE_POLICIES
+
 
 @dataclasses.dataclass
 class Runtime:
@@ -161,7 +163,7 @@ def set_precision(cfg: RunOptions, runtime: Runtime) -> str:
     choice = cfg.mixed_precision
     if choice == "auto":
         choice = "bf16" if accelerator_present(runtime) else "float32"
-    policy = {"float32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[choice]
+    policy = DTYPE_POLICIES[choice]
     keras.mixed_precision.set_global_policy(policy)
     return policy
 
