@@ -22,6 +22,7 @@ setup(
         "tensorflow-datasets",
         "importlib_resources",  # TFDS builder code needs it
         "matplotlib",  # evaluation report plots
+        "scipy",  # temperature fit, pixel metrics, connected-component boxes
     ],
     extras_require={
         "cpu": ["tensorflow-cpu>=2.16", "tensorboard"],
