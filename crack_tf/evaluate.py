@@ -54,7 +54,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("output_dir", None, "Report folder (default: <model folder>/eval_<split>).")
     flags.DEFINE_float("threshold", None, "Predicted crack iff p(crack) > threshold (default: the model's stored "
                        "threshold, else 0.5).")
-    flags.DEFINE_string("pick_threshold", None, "Also pick a threshold on this split: 'f1' or 'precision@R' (e.g. precision@0.9).")
+    flags.DEFINE_string("pick_threshold", None, "Also pick a threshold on this split: 'f1', 'precision@R' (e.g. precision@0.9) or a "
+                        "source-balanced rule such as mean_source_f1 / min_source_accuracy (--source=photos).")
     flags.DEFINE_integer("batch_size", 32, "Evaluation batch size.")
     flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the 95% CIs (0 = none).")
     flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
@@ -198,8 +199,9 @@ def evaluate(
         "skipped": [list(s) for s in inp.skipped],
         "versions": {"crack_tf": crack_tf.__version__, "keras": keras.__version__, "backend": keras.backend.backend()},
     }
+    groups = R.source_names(res["names"]) if inp.by_source else None
     rep = R.build_report(res["scores"], res["labels"], threshold, res["counts"], res["rates"], n_resamples, seed,
-                         pick_threshold, meta)  # fmt: skip
+                         pick_threshold, meta, groups)  # fmt: skip
     if inp.by_source:
         rep["by_source"] = R.by_source_metrics(res["scores"], res["labels"], res["names"], threshold)
     out = output_dir or os.path.join(os.path.dirname(os.path.abspath(model.rstrip("/"))), f"eval_{split}")

@@ -178,9 +178,10 @@ def _ema_swapper(model: keras.Model, cfg: TrainConfig):
     return swapper
 
 
-def _store_operating_point(model, cfg, val_input, out_dir: str, runtime) -> dict | None:
-    """Picks the operating point on val for final.keras (returned for run.json) and best.keras,
-    and writes each into its file. Single-process runs only (val is sharded across processes)."""
+def _store_operating_point(model, cfg, val_input, out_dir: str, runtime, eval_input=None) -> dict | None:
+    """Picks the operating point on val for final.keras (returned for run.json; its per-tile margins
+    in ``<model_dir>/margins.npz``) and best.keras, and writes each into its file. Single-process
+    runs only (val is sharded across processes)."""
     from crack_tf.model_meta import write_metadata
 
     if val_input is None or runtime.num_processes > 1:
@@ -196,13 +197,18 @@ def _store_operating_point(model, cfg, val_input, out_dir: str, runtime) -> dict
             # best.keras is another model; under a tf.distribute strategy predict_on_batch of the
             # live model returns per-replica rows, so the saved file is scored on one device.
             model = keras.saving.load_model(path, compile=False)
-        points = finish.operating_point(model, val_input, cfg.threshold_rule, cfg.tta)
+        points, margins = finish.operating_point(model, val_input, cfg.threshold_rule, cfg.tta, eval_input)
+        if name == "final.keras":
+            finish.save_margins(os.path.join(cfg.model_dir, "margins.npz"), margins)
         chosen = points[cfg.tta]
         at = chosen["val_at_threshold"]
         print(f"{name} operating point ({cfg.threshold_rule} on val, tta {cfg.tta}): threshold "
               f"{chosen['threshold']:.4f}, temperature {chosen['temperature']:.3f} (ECE {chosen['ece_before']:.3f} "
               f"-> {chosen['ece_after']:.3f}); val P={at['precision']:.4f} R={at['recall']:.4f} "
               f"acc={at['accuracy']:.4f}", flush=True)
+        for source, m in (chosen.get("eval_sources_at_threshold_by_source") or {}).items():
+            print(f"  eval source {source} at that point: acc={m['accuracy']:.4f} P={m['precision']:.4f} "
+                  f"R={m['recall']:.4f}", flush=True)
         write_metadata(path, {"operating_point": chosen, "image_size": cfg.image_size, "tta": cfg.tta,
                               "small_policy": cfg.small_policy, "class_names": list(CLASS_NAMES), "model": cfg.model})
         result = result or points
@@ -336,11 +342,12 @@ def train(cfg: TrainConfig, runtime: Runtime) -> dict:
         for var in model.trainable_variables:
             var.assign(keras.ops.convert_to_numpy(var))
 
-    results = finish.final_metrics(model, cfg, dcfg, split_input, val_input)
+    eval_input = finish.eval_sources_input(cfg, dcfg)
+    results = finish.final_metrics(model, cfg, split_input, val_input, eval_input)
     model.save(os.path.join(out_dir, "final.keras"))  # every process: saving is collective
     if state.get("best") is None:  # no validation: the final model is the best we know
         model.save(os.path.join(out_dir, "best.keras"))
-    points = _store_operating_point(model, cfg, val_input, out_dir, runtime)
+    points = _store_operating_point(model, cfg, val_input, out_dir, runtime, eval_input)
     digest = rundir.weights_digest(model)
     if runtime.num_processes > 1:
         print(f"process {runtime.process_id}: weights_sha256={digest}", flush=True)
@@ -354,7 +361,8 @@ def train(cfg: TrainConfig, runtime: Runtime) -> dict:
             "epoch_seconds": progress.epoch_seconds,
             "runtime": {"backend": runtime.backend, "strategy": runtime.strategy_name,
                         "replicas": runtime.num_replicas, "processes": runtime.num_processes,
-                        "devices": runtime.devices},
+                        "devices": runtime.devices, "xla_flags": runtime.xla_flags,
+                        "deterministic": cfg.run.deterministic},
             "versions": rundir.versions(), "data": {**train_summary, "steps_per_epoch": steps_per_epoch},
             "wall_seconds": time.time() - started, "weights_sha256": digest,
         })

@@ -68,7 +68,10 @@ def test_every_shipped_grid_run_is_a_valid_trainer_command(path, monkeypatch):
     monkeypatch.chdir(REPO)
     lines = [ln.strip() for ln in open(path) if ln.strip() and not ln.startswith("#")]
     get = lambda key: [ln.split("=", 1)[1] for ln in lines if ln.startswith(f"--{key}=")]  # noqa: E731
-    runs = ablate.build_runs(get("table")[0], get("base_flagfile")[0], get("row"), [0], "runs/x", [])
+    folds = ablate.loso_folds(get("loso")[0]) if get("loso") else None
+    extra = ablate.split_extra(get("extra"))
+    runs = ablate.build_runs(get("table")[0], get("base_flagfile")[0], get("row"), [0], "runs/x", extra, folds=folds)
+    assert all("{" not in a for run in runs for a in run.args), "a placeholder left unfilled"
     for run in runs:
         cfg = train_flags.parse_args(run.args)  # raises on unknown flags / bad combinations
         assert cfg.model_dir == run.model_dir and cfg.seed == 0
@@ -206,3 +209,64 @@ def test_parallel_runs_overlap_and_get_their_own_gpu(tmp_path, monkeypatch):
     md = (tmp_path / "g" / "results.md").read_text()
     assert "| a | zhang2016 | 2 | 55.00 ± 7.07 |" in md
     assert sum(ln.startswith("done") for ln in lines) == 4
+
+
+def test_loso_expands_each_row_into_folds_with_per_fold_backbones():
+    folds = ablate.loso_folds("uav75:0.5,uavcrack:0.3,deepcrack:0.2")
+    assert [f.name for f in folds] == ["all", "no_uav75", "no_uavcrack", "no_deepcrack"]
+    assert folds[2].data_dir == "uav75:0.5,deepcrack:0.2" and folds[2].left_out == "uavcrack"
+    runs = ablate.build_runs("ours", "b.cfg", ["base:weights=bb/{fold}.h5;lr=0.1"], [0, 1], "out", ["--epochs=2"],
+                             folds=folds)
+    assert len(runs) == 8 and [r.name for r in runs[:3]] == ["base_all_s0", "base_all_s1", "base_no_uav75_s0"]
+    no_uavcrack = next(r for r in runs if r.name == "base_no_uavcrack_s1")
+    assert no_uavcrack.args == ["--flagfile=b.cfg", "--weights=bb/no_uavcrack.h5", "--lr=0.1",
+                                "--data_dir=uav75:0.5,deepcrack:0.2", "--eval_sources=uavcrack", "--seed=1",
+                                "--model_dir=out/base_no_uavcrack_s1", "--epochs=2"]
+    assert no_uavcrack.fold == "no_uavcrack" and no_uavcrack.options["weights"] == "bb/no_uavcrack.h5"
+    assert "--eval_sources" not in " ".join(runs[0].args) and runs[0].options["data_dir"].count(",") == 2
+    only = ablate.loso_folds("a,b,c", ["no_b"])
+    assert [f.name for f in only] == ["no_b"] and only[0].train_sources == "a+c"
+    with pytest.raises(ValueError, match="unknown fold"):
+        ablate.loso_folds("a,b", ["no_z"])
+    with pytest.raises(ValueError, match="two or more distinct"):
+        ablate.loso_folds("a")
+    with pytest.raises(ValueError, match="sets --data_dir / --eval_sources per fold"):
+        ablate.build_runs("ours", "b.cfg", ["x:eval_sources=a"], [0], "out", [], folds=only)
+
+
+def _fake_loso_run(run, left_out_acc: float, val_acc: float):
+    os.makedirs(run.model_dir, exist_ok=True)
+    m = {"accuracy": val_acc, "precision": 0.9, "recall": 0.9, "f1": 0.9, "missed_alarm_rate": 0.1,
+         "false_alarm_rate": 0.1, "loss": 0.3}
+    point = {"threshold": 0.3, "temperature": 1.2, "ece_before": 0.05, "ece_after": 0.04, "tta": "none",
+             "val_at_threshold": dict(m), "val_at_threshold_by_source": {}}
+    metrics = {"val": m, "train": m}
+    sources = [s.split(":")[0] for s in run.options["data_dir"].split(",")]
+    point["val_at_threshold_by_source"] = {s: dict(m) for s in sources}
+    if run.fold.startswith("no_"):
+        src = run.fold[3:]
+        point["eval_sources_at_threshold_by_source"] = {src: dict(m, accuracy=left_out_acc, precision=0.7, recall=0.8)}
+        metrics["eval_sources_by_source"] = {src: dict(m, accuracy=left_out_acc - 0.1)}
+    with open(os.path.join(run.model_dir, "run.json"), "w") as f:
+        json.dump({"config": {"model": "resnet50_aspp", "seed": run.seed}, "metrics": metrics,
+                   "operating_point": point, "operating_points": {"none": point}, "best": {}}, f)
+
+
+def test_loso_table_scores_each_left_out_source_at_its_folds_threshold(tmp_path):
+    folds = ablate.loso_folds("a,b,c")
+    runs = ablate.build_runs("ours", "b.cfg", ["base:lr=0.1"], [0, 1], str(tmp_path), [], folds=folds)
+    left_out = {("no_a", 0): 0.80, ("no_a", 1): 0.90, ("no_b", 0): 0.70, ("no_b", 1): 0.70,
+                ("no_c", 0): 0.60, ("no_c", 1): 0.50}
+    for run in runs:
+        _fake_loso_run(run, left_out.get((run.fold, run.seed), 0.0), 0.95 if run.fold == "all" else 0.9)
+    ablate.write_results(str(tmp_path), "ours", runs)
+    md = (tmp_path / "results.md").read_text()
+    line_a = next(ln for ln in md.splitlines() if ln.startswith("| base | a |"))
+    assert "| 2 | 0.300 | 85.00 ± 7.07 [21.5, 148.5] | 70.00 ± 0.00 / 80.00 ± 0.00 | 75.00 ± 7.07 | 90.00 ± 0.00 |" in line_a
+    # per seed: (80 + 70 + 60) / 3 = 70 and (90 + 70 + 50) / 3 = 70
+    summary = next(ln for ln in md.splitlines() if ln.startswith("| base | 3 |"))
+    assert "| 70.00 ± 0.00" in summary and "| 95.00 ± 0.00 |" in summary and "a 95.00 ± 0.00" in summary
+    assert "| base [no_b] |" in md and "| base [all] |" in md  # one line per fold in the other tables
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert {r["fold"] for r in rows} == {"all", "no_a", "no_b", "no_c"}
+    assert float(next(r for r in rows if r["run"] == "base_no_c_s1")["thr_eval_c_accuracy"]) == 0.5

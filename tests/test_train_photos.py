@@ -58,7 +58,8 @@ def test_fit_segments_split_at_resume_and_unfreeze():
 @pytest.mark.slow
 def test_photos_run_reports_val_per_source_and_pooled(sources, tmp_path):
     model_dir = tmp_path / "run"
-    out = _finish(_train(_args(sources, model_dir, ["--eval_sources=site_b", "--tta=flips", "--ema_momentum=0.8"])))
+    out = _finish(_train(_args(sources, model_dir, ["--eval_sources=site_b", "--tta=flips", "--ema_momentum=0.8",
+                                                    "--threshold_rule=min_source_accuracy"])))
     assert "source site_a: weight 0.7" in out and "| site_b acc=" in out
     run = json.load(open(model_dir / "run.json"))
     by_source = run["metrics"]["val_by_source"]
@@ -90,7 +91,34 @@ def test_photos_run_reports_val_per_source_and_pooled(sources, tmp_path):
     assert stored["operating_point"]["threshold"] == run["operating_point"]["threshold"] and stored["tta"] == "flips"
     assert set(run["operating_point"]["val_at_threshold_by_source"]) == {"site_a", "site_b"}
     assert "operating_point" in read_metadata(str(model_dir / "best.keras"))
-    assert "final.keras operating point (f1 on val, tta flips): threshold" in out
+    assert "final.keras operating point (min_source_accuracy on val, tta flips): threshold" in out
+    # margins.npz: every tile's margins per view; the stored point is reproduced from its val part,
+    # and the --eval_sources tiles are scored at that same temperature and threshold.
+    from crack_tf.evaluation import calibration, stats
+    from crack_tf.training.finish import metrics_by_source
+
+    arrays = np.load(model_dir / "margins.npz")
+    point = run["operating_point"]
+    val, ev = arrays["split"] == "val", arrays["split"] == "eval"
+    assert arrays["margins"].shape == (4, len(arrays["labels"])) and str(arrays["tta"]) == "flips"
+    assert set(arrays["sources"][val]) == {"site_a", "site_b"} and set(arrays["sources"][ev]) == {"site_b"}
+    again = calibration.operating_point(arrays["margins"][:, val], arrays["labels"][val], "min_source_accuracy",
+                                        sources=arrays["sources"][val])
+    assert again["threshold"] == pytest.approx(point["threshold"], abs=1e-6)
+    assert again["temperature"] == pytest.approx(point["temperature"], rel=1e-4)
+    probs = calibration.calibrated_probability(arrays["margins"], point["temperature"])
+    per_source = metrics_by_source(probs[val], arrays["labels"][val], arrays["sources"][val], point["threshold"])
+    worst = min(m["accuracy"] for m in per_source.values())
+    for t in np.linspace(0.01, 0.99, 99):  # no threshold does better for the worst source
+        assert worst >= min(stats.all_metrics(probs[val & (arrays["sources"] == s)],
+                                              arrays["labels"][val & (arrays["sources"] == s)], t)["accuracy"]
+                            for s in ("site_a", "site_b")) - 1e-9
+    scored = point["eval_sources_at_threshold_by_source"]["site_b"]
+    expected = stats.all_metrics(probs[ev], arrays["labels"][ev], float(np.float32(point["threshold"])))
+    assert scored["accuracy"] == pytest.approx(expected["accuracy"]) and scored["recall"] == pytest.approx(
+        expected["recall"])
+    assert scored["accuracy"] == pytest.approx(point["val_at_threshold_by_source"]["site_b"]["accuracy"])
+    assert "eval source site_b at that point: acc=" in out
 
 
 def _weights(path):

@@ -10,6 +10,15 @@ Grid format (an absl flagfile for THIS tool, see configs/ablation_*.cfg)::
   --row=resnet50:model=resnet50        # one row: NAME:flag=value;flag=value;...
   --row=layer1_x4:model=resnet50_aspp;insert_after=layer1;depth_multiplier=4;rates=2,4,8
 
+Leave-one-source-out (``--loso=uav75:0.5,uavcrack:0.3,deepcrack:0.2``, the full mix in the
+trainer's ``--data_dir`` syntax): every (row, seed) becomes one run per fold, ``all`` (the whole
+mix) and ``no_<source>`` (the mix without that source, its val the other sources', and
+``--eval_sources=<source>``: the left-out source's val tiles scored at the threshold the fold's
+model would ship with). In row flags and ``--extra``, ``{fold}`` becomes the fold name and
+``{train_sources}`` its training sources joined by ``+`` (``weights=runs/pretrain/{fold}.weights.h5``:
+a backbone per fold, pretrained without the left-out source). ``--folds`` keeps some folds only.
+results.md then holds the leave-one-source-out table.
+
 Each (row, seed) is one ``python -m crack_tf.train --flagfile=<base> --<row flags> --seed=<s>
 --model_dir=<output_dir>/<row>_s<seed> <extra>`` subprocess (later flags win, so ``--extra``
 overrides everything; a row may name its own ``flagfile=...``). Logs go to
@@ -68,6 +77,9 @@ def define_flags() -> None:
     flags.DEFINE_string("only", None, "Run only rows whose name matches this regex (re.search).")
     flags.DEFINE_multi_string("extra", [], "Trainer flags appended to every run, comma separated: "
                               "--extra=--epochs=2,--rates=2,4,6 (split before each '--').")
+    flags.DEFINE_string("loso", None, "Leave-one-source-out over this photo-source mix (--data_dir syntax, e.g. "
+                        "uav75:0.5,uavcrack:0.3,deepcrack:0.2): folds all + no_<source> per row and seed.")
+    flags.DEFINE_list("folds", [], "With --loso: only these folds (e.g. no_uav75,no_deepcrack).")
     flags.DEFINE_bool("dry_run", False, "Print the commands and exit.")
     flags.DEFINE_bool("report_only", False, "Only rebuild results.csv / results.md from finished runs.")
 
@@ -83,6 +95,7 @@ class Run:
     status: str = "pending"
     seconds: float = 0.0
     options: dict = field(default_factory=dict)
+    fold: str = ""
 
     @property
     def name(self) -> str:
@@ -126,24 +139,68 @@ def flag_values(args: list[str]) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class Fold:
+    """One leave-one-source-out fold: its name, training mix (``--data_dir``) and left-out source."""
+
+    name: str
+    data_dir: str
+    left_out: str = ""
+
+    @property
+    def train_sources(self) -> str:
+        return "+".join(part.split(":")[0] for part in self.data_dir.split(","))
+
+    def args(self) -> list[str]:
+        return [f"--data_dir={self.data_dir}"] + ([f"--eval_sources={self.left_out}"] if self.left_out else [])
+
+    def fill(self, args: list[str]) -> list[str]:
+        return [a.replace("{fold}", self.name).replace("{train_sources}", self.train_sources) for a in args]
+
+
+def loso_folds(mix: str, keep: list[str] | None = None) -> list[Fold]:
+    """``all`` and ``no_<source>`` for every source of ``mix`` (``--data_dir`` syntax; weights kept)."""
+    parts = [p.strip() for p in mix.split(",") if p.strip()]
+    names = [p.split(":")[0] for p in parts]
+    if len(parts) < 2 or len(set(names)) != len(names) or not all(re.fullmatch(r"[A-Za-z0-9_.\-]+", n) for n in names):
+        raise ValueError(f"--loso={mix!r}: give two or more distinct photo sources, e.g. uav75:0.5,uavcrack:0.3,deepcrack:0.2")
+    folds = [Fold("all", ",".join(parts))]
+    folds += [Fold(f"no_{name}", ",".join(p for p in parts if p.split(":")[0] != name), name) for name in names]
+    if keep:
+        unknown = sorted(set(keep) - {f.name for f in folds})
+        if unknown:
+            raise ValueError(f"--folds: unknown fold(s) {unknown}; the folds are {[f.name for f in folds]}")
+        folds = [f for f in folds if f.name in keep]
+    return folds
+
+
 def build_runs(table: str, base_flagfile: str, rows: list[str], seeds: list[int], output_dir: str,
-               extra: list[str], only: str | None = None) -> list[Run]:
-    """Expands the grid into runs (row-major, then seeds)."""
+               extra: list[str], only: str | None = None, folds: list[Fold] | None = None) -> list[Run]:
+    """Expands the grid into runs (row-major, then folds, then seeds)."""
     if not rows:
         raise ValueError("no --row given: define the grid in the ablation flagfile (see --help)")
     parsed = [parse_row(r) for r in rows]
     names = [n for n, _ in parsed]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate row names in the grid: {sorted({n for n in names if names.count(n) > 1})}")
+    if folds:
+        clash = {k for _, row_args in parsed for k in flag_values(row_args + extra)} & {"data_dir", "eval_sources"}
+        if clash:
+            raise ValueError(f"--loso sets --data_dir / --eval_sources per fold; the grid also sets {sorted(clash)}")
     runs = []
     for name, row_args in parsed:
         if only and not re.search(only, name):
             continue
-        for seed in seeds:
-            model_dir = os.path.join(output_dir, f"{name}_s{seed}")
-            args = [f"--flagfile={base_flagfile}", *row_args, f"--seed={seed}", f"--model_dir={model_dir}", *extra]
-            runs.append(Run(table, name, seed, args, model_dir, os.path.join(output_dir, "logs", f"{name}_s{seed}.log"),
-                            options=flag_values(args)))
+        for fold in folds or [None]:
+            stem = f"{name}_{fold.name}" if fold else name
+            for seed in seeds:
+                model_dir = os.path.join(output_dir, f"{stem}_s{seed}")
+                args = [f"--flagfile={base_flagfile}", *row_args, *(fold.args() if fold else []), f"--seed={seed}",
+                        f"--model_dir={model_dir}", *extra]
+                args = fold.fill(args) if fold else args
+                runs.append(Run(table, name, seed, args, model_dir,
+                                os.path.join(output_dir, "logs", f"{stem}_s{seed}.log"), options=flag_values(args),
+                                fold=fold.name if fold else ""))
     return runs
 
 
@@ -283,7 +340,10 @@ def main(argv: list[str]) -> int:
     try:
         seeds = [int(s) for s in FLAGS.seeds]
         extra = split_extra(FLAGS.extra)
-        runs = build_runs(FLAGS.table, FLAGS.base_flagfile, FLAGS.row, seeds, output_dir, extra, FLAGS.only)
+        folds = loso_folds(FLAGS.loso, FLAGS.folds) if FLAGS.loso else None
+        if FLAGS.folds and not FLAGS.loso:
+            raise ValueError("--folds needs --loso")
+        runs = build_runs(FLAGS.table, FLAGS.base_flagfile, FLAGS.row, seeds, output_dir, extra, FLAGS.only, folds)
     except ValueError as e:
         raise app.UsageError(str(e)) from e
     if not os.path.isfile(FLAGS.base_flagfile):

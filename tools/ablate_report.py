@@ -4,7 +4,9 @@ Every table cell is over the seeds of a row: mean ± sample std, and for the val
 a 95% confidence interval of the mean (Student t, n - 1 degrees of freedom). Rows come from each
 run's ``run.json``: val metrics at the training threshold (0.5), the operating point stored
 with the model (threshold picked on val by ``--threshold_rule``: metrics there, pooled and per
-source) and, with ``--tta``, the test-time-augmented operating point.
+source) and, with ``--tta``, the test-time-augmented operating point. Leave-one-source-out grids
+(``ablate.py --loso``) get one line per (row, fold) and a table of each left-out source scored at
+the threshold its fold's model stores, with the mean over left-out sources per seed.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ PAPER_HEADLINE = {"precision": 96.69, "false_alarm_rate": 3.31}
 
 METRICS = ("accuracy", "precision", "recall", "f1", "missed_alarm_rate", "false_alarm_rate", "loss")
 OPTION_KEYS = ("model", "insert_after", "depth_multiplier", "rates", "fusion", "image_size", "weights", "epochs")
-CSV_FIELDS = (["table", "row", "seed", "run"] + list(OPTION_KEYS)
+CSV_FIELDS = (["table", "row", "fold", "seed", "run"] + list(OPTION_KEYS)
               + [f"val_{m}" for m in METRICS] + [f"train_{m}" for m in METRICS]
               + ["best_epoch", "best_value", "wall_seconds", "images_per_second", "backend"])
 AT_THRESHOLD = ("accuracy", "precision", "recall", "f1")
@@ -62,7 +64,8 @@ def _row_dict(run, rj: dict) -> dict:
     """One CSV row of a finished run (``run``: an ablate.Run)."""
     cfg = rj.get("config", {})
     m = rj.get("metrics", {})
-    row = {"table": run.table, "row": run.row, "seed": run.seed, "run": run.name}
+    row = {"table": run.table, "row": run.row, "fold": run.fold, "seed": run.seed, "run": run.name,
+           "group": f"{run.row} [{run.fold}]" if run.fold else run.row}
     row.update({k: norm(cfg.get(k, "")) for k in OPTION_KEYS})
     for split in ("val", "train"):
         for k in METRICS:
@@ -76,6 +79,10 @@ def _row_dict(run, rj: dict) -> dict:
         row.update({f"thr_{k}": point["val_at_threshold"][k] for k in AT_THRESHOLD})
         for source, sm in (point.get("val_at_threshold_by_source") or {}).items():
             row.update({f"thr_{source}_{k}": sm[k] for k in AT_THRESHOLD})
+        for source, sm in (point.get("eval_sources_at_threshold_by_source") or {}).items():
+            row.update({f"thr_eval_{source}_{k}": sm[k] for k in AT_THRESHOLD})
+    for source, sm in (m.get("eval_sources_by_source") or {}).items():
+        row.update({f"eval_{source}_{k}": sm.get(k, "") for k in AT_THRESHOLD})
     for mode, tta_point in (rj.get("operating_points") or {}).items():
         if mode != (point.get("tta") or "none"):
             row.update({f"{mode}_thr_{k}": tta_point["val_at_threshold"][k] for k in AT_THRESHOLD})
@@ -142,7 +149,8 @@ def options_text(r: dict) -> str:
 
 def _sources(results: list[dict]) -> list[str]:
     return list(dict.fromkeys(k[4:-len("_accuracy")] for r in results for k in r
-                              if k.startswith("thr_") and k.endswith("_accuracy") and k != "thr_accuracy"))
+                              if k.startswith("thr_") and k.endswith("_accuracy") and k != "thr_accuracy"
+                              and not k.startswith("thr_eval_")))
 
 
 def markdown(table: str, results: list[dict], row_order: list[str]) -> str:
@@ -156,7 +164,7 @@ def markdown(table: str, results: list[dict], row_order: list[str]) -> str:
              "", "| row | options | n | val acc | train acc | P | R | F1 | MA | FA | val acc 95% CI | best ep | s/run | "
              "paper train | paper test |", "|" + "---|" * 15]
     for name in row_order:
-        rs = [r for r in results if r["row"] == name]
+        rs = [r for r in results if r["group"] == name]
         p_train, p_test = paper.get(name, (None, None))
         if not rs:
             lines.append(f"| {name} | (not run) | 0 |" + " - |" * 10 + f" {_paper(p_train)} | {_paper(p_test)} |")
@@ -182,7 +190,7 @@ def markdown(table: str, results: list[dict], row_order: list[str]) -> str:
         lines += ["### At the stored operating point (threshold picked on val; val metrics there, percent)", "",
                   "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name in row_order:
-            rs = [r for r in with_point if r["row"] == name]
+            rs = [r for r in with_point if r["group"] == name]
             if not rs:
                 continue
             thr = [float(r["threshold"]) for r in rs]
@@ -197,7 +205,49 @@ def markdown(table: str, results: list[dict], row_order: list[str]) -> str:
             cells.append(f"{statistics.fmean(e[0] for e in ece):.3f} -> {statistics.fmean(e[1] for e in ece):.3f}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    lines += loso_markdown(results)
     return "\n".join(lines)
+
+
+def loso_markdown(results: list[dict]) -> list[str]:
+    """The leave-one-source-out table: each left-out source's accuracy (P / R) at the threshold its
+    fold's model stores (picked on the other sources' val), at 0.5, and the fold's own pooled val;
+    per row the mean over left-out sources (per seed, then mean ± std over seeds) beside the ``all``
+    fold's per-source val at its stored threshold."""
+    folded = [r for r in results if r.get("fold", "").startswith("no_")]
+    if not folded:
+        return []
+    lines = ["### Leave one source out (percent, mean ± std over seeds)", "",
+             "Each `no_<source>` fold trains on the other sources, picks its operating point on their val, and "
+             "scores the left-out source's val tiles at that point (the threshold it would ship with) and at 0.5. "
+             "`all`: the whole mix's per-source val at its own stored threshold.", "",
+             "| row | left out | n | threshold | left-out acc | left-out P / R | left-out acc at 0.5 | "
+             "val acc of the trained sources |", "|" + "---|" * 8]
+    summary = []
+    for row in dict.fromkeys(r["row"] for r in folded):
+        rs = [r for r in folded if r["row"] == row]
+        per_seed: dict[int, list[float]] = {}
+        for fold in dict.fromkeys(r["fold"] for r in rs):
+            fr = [r for r in rs if r["fold"] == fold and r.get(f"thr_eval_{fold[3:]}_accuracy", "") != ""]
+            if not fr:
+                continue
+            src = fold[3:]
+            thr = [float(r["threshold"]) for r in fr]
+            lines.append(f"| {row} | {src} | {len(fr)} | {statistics.fmean(thr):.3f} | "
+                         f"{_pct(_values(fr, f'thr_eval_{src}_accuracy'), ci=True)} | "
+                         f"{_pct(_values(fr, f'thr_eval_{src}_precision'))} / {_pct(_values(fr, f'thr_eval_{src}_recall'))} | "
+                         f"{_pct(_values(fr, f'eval_{src}_accuracy'))} | {_pct(_values(fr, 'thr_accuracy'))} |")
+            for r in fr:
+                per_seed.setdefault(int(r["seed"]), []).append(100 * float(r[f"thr_eval_{src}_accuracy"]))
+        n_folds = max((len(v) for v in per_seed.values()), default=0)
+        means = [statistics.fmean(v) for v in per_seed.values() if len(v) == n_folds]
+        full = [r for r in results if r["row"] == row and r.get("fold") == "all" and r.get("thr_accuracy", "") != ""]
+        sources = _sources(full)
+        summary.append(f"| {row} | {n_folds} | {_pct(means, ci=True)} | {_pct(_values(full, 'thr_accuracy'))} | "
+                       + " | ".join(f"{s} {_pct(_values(full, f'thr_{s}_accuracy'))}" for s in sources) + " |")
+    lines += ["", "| row | left-out sources | mean left-out acc (per seed, then over seeds) | `all` pooled val | "
+              "`all` val per source |", "|" + "---|" * 5, *summary, ""]
+    return lines
 
 
 def write_results(output_dir: str, table: str, runs) -> list[dict]:
@@ -210,7 +260,7 @@ def write_results(output_dir: str, table: str, runs) -> list[dict]:
         writer.writeheader()
         writer.writerows(results)
     os.replace(tmp, os.path.join(output_dir, "results.csv"))
-    order = list(dict.fromkeys(r.row for r in runs))
+    order = list(dict.fromkeys(f"{r.row} [{r.fold}]" if r.fold else r.row for r in runs))
     with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as f:
         f.write(markdown(table, results, order))
     return results

@@ -6,8 +6,10 @@
   how far the probabilities can be taken at face value: the expected calibration error (ECE,
   15 equal-width bins) is reported before and after.
 * **Threshold** ``t`` on the calibrated probability, by a documented rule
-  (``crack_tf.evaluation.stats.pick_threshold``): ``f1`` (the highest F1, the default) or
-  ``precision@R`` (the best precision with recall >= R).
+  (``crack_tf.evaluation.stats.pick_threshold``): ``f1`` (the highest F1, the default),
+  ``precision@R`` (the best precision with recall >= R), or a source-balanced rule
+  (``mean_source_f1``, ``min_source_accuracy``, ...: the mean or worst over the val sources of each
+  source's own metric, so the source with the most tiles does not set the threshold alone).
 
 Both are stored in run.json, in the ``.keras`` file (:mod:`crack_tf.model_meta`) and in the
 SavedModel (assets and the ``is_crack`` output); every command uses them by default.
@@ -64,15 +66,16 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
 
 
 def operating_point(margin: np.ndarray, labels: np.ndarray, rule: str = DEFAULT_RULE,
-                    temperature_scaling: bool = True) -> dict:
+                    temperature_scaling: bool = True, sources: np.ndarray | None = None) -> dict:
     """Temperature, threshold and the val metrics there, from val logit margins ([N] or [V, N]
-    with V test-time views, see :func:`logit_margin`) and labels."""
+    with V test-time views, see :func:`logit_margin`) and labels; ``sources`` [N]: each example's
+    source name, for the source-balanced rules."""
     labels = np.asarray(labels).reshape(-1)
     if not (labels == 1).any() or not (labels == 0).any():
         raise ValueError("the operating point needs val examples of both classes")
     temperature = fit_temperature(margin, labels) if temperature_scaling else 1.0
     probs = calibrated_probability(margin, temperature)
-    picked = stats.pick_threshold(probs, labels, rule)
+    picked = stats.pick_threshold(probs, labels, rule, groups=sources)
     return {
         "rule": rule,
         "threshold": picked["threshold"],
@@ -82,5 +85,5 @@ def operating_point(margin: np.ndarray, labels: np.ndarray, rule: str = DEFAULT_
         "nll_before": _nll(calibrated_probability(margin), labels),
         "nll_after": _nll(probs, labels),
         "val_examples": int(len(labels)),
-        "val_at_threshold": {k: v for k, v in picked.items() if k not in ("rule", "threshold")},
+        "val_at_threshold": {k: v for k, v in picked.items() if k not in ("rule", "threshold", "source_score")},
     }

@@ -56,6 +56,7 @@ def build_report(
     seed: int = 0,
     pick: str | None = None,
     info: dict[str, Any] | None = None,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The report dict. ``counts`` / ``keras_rates`` come from the streamed crack_tf.metrics; the
     rates are reported from the float64 NumPy evaluation of the same formulas, checked against them."""
@@ -79,14 +80,19 @@ def build_report(
         "bootstrap": {"resamples": n_resamples, "seed": seed, "method": "percentile, resample N with replacement"},
         "conventions": "crack = positive; predicted crack iff p(crack) > threshold; a ratio with a zero "
         "denominator is 0 and MA = 1 - R, FA = 1 - P; AUCs are null without both classes",
-        "picked_threshold": stats.pick_threshold(scores, labels, pick) if pick else None,
+        "picked_threshold": stats.pick_threshold(scores, labels, pick, groups) if pick else None,
     }
     return _clean(report)
 
 
+def source_names(names: list[str]) -> np.ndarray:
+    """The source of each example name ``"<source>/<tile>"``."""
+    return np.array([n.split("/", 1)[0] for n in names])
+
+
 def by_source_metrics(scores: np.ndarray, labels: np.ndarray, names: list[str], threshold: float) -> dict:
     """Metrics of each source's examples (names ``"<source>/<tile>"``) at ``threshold``."""
-    sources = np.array([n.split("/", 1)[0] for n in names])
+    sources = source_names(names)
     t32 = float(np.float32(threshold))
     out = {}
     for name in dict.fromkeys(sources.tolist()):

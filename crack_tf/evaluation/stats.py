@@ -161,26 +161,79 @@ def threshold_sweep(scores: Any, labels: Any) -> dict[str, np.ndarray]:
 
 
 _RULE = re.compile(r"^(f1|precision@(0(\.\d+)?|1(\.0*)?))$")
+_SOURCE_RULE = re.compile(r"^(mean|min)_source_(accuracy|balanced_accuracy|f1)$")
+#: Every rule's form, for error messages and flag help.
+RULES_HELP = ("'f1' (pooled max F1), 'precision@R' (best precision with recall >= R, e.g. precision@0.9), or a "
+              "source-balanced rule '<mean|min>_source_<accuracy|balanced_accuracy|f1>' (the threshold maximising "
+              "the mean, or the minimum, over sources of each source's own metric)")
 
 
-def pick_threshold(scores: Any, labels: Any, rule: str) -> dict[str, float | str]:
+def is_source_rule(rule: str) -> bool:
+    """True for the source-balanced rules (``mean_source_f1``, ``min_source_accuracy``, ...)."""
+    return bool(_SOURCE_RULE.match(rule))
+
+
+def check_rule(rule: str) -> None:
+    """Raises ValueError naming the valid forms unless ``rule`` is one."""
+    if not (_RULE.match(rule) or _SOURCE_RULE.match(rule)):
+        raise ValueError(f"--pick_threshold / --threshold_rule={rule!r}: use {RULES_HELP}")
+
+
+def _balanced_accuracy(rates: dict[str, np.ndarray]) -> np.ndarray:
+    return 1.0 - (rates["missed_alarm_rate"] + rates["false_alarm_rate"]) / 2
+
+
+def source_metric_at(scores: Any, labels: Any, groups: Any, thresholds: np.ndarray, metric: str
+                     ) -> dict[str, np.ndarray]:
+    """{source: ``metric`` at each of ``thresholds``} (crack iff score > threshold), each source
+    counted on its own samples only."""
+    s, y, _ = _prepare(scores, labels)
+    g = np.asarray(groups).reshape(-1)
+    if g.shape != s.shape:
+        raise ValueError(f"groups {g.shape} and scores {s.shape} differ in length")
+    t = np.asarray(thresholds, np.float64)
+    out = {}
+    for name in dict.fromkeys(g.tolist()):
+        pos, neg = np.sort(s[(g == name) & y]), np.sort(s[(g == name) & ~y])
+        tp = pos.size - np.searchsorted(pos, t, side="right")  # scores above t
+        fp = neg.size - np.searchsorted(neg, t, side="right")
+        rates = rates_from_counts(tp.astype(np.float64), fp.astype(np.float64), (neg.size - fp).astype(np.float64),
+                                  (pos.size - tp).astype(np.float64), xp=np)
+        out[name] = _balanced_accuracy(rates) if metric == "balanced_accuracy" else rates[metric]
+    return out
+
+
+def pick_threshold(scores: Any, labels: Any, rule: str, groups: Any = None) -> dict[str, float | str]:
     """Threshold chosen by ``rule`` on these scores.
 
     ``"f1"``: the highest F1 (ties: the highest threshold). ``"precision@R"`` (e.g. ``precision@0.9``):
     the best precision among thresholds with recall >= R (ties: higher recall, then higher threshold).
-    Returns the rule, the threshold and the rates there.
+    ``"<mean|min>_source_<metric>"``: the threshold maximising the mean (or the worst) over the
+    sources in ``groups`` [N] (source names; None = one source) of each source's own accuracy,
+    balanced accuracy (mean of recall and specificity) or F1, so no source dominates by its number of
+    tiles (ties: the mean, then the highest threshold). Returns the rule, the threshold and the pooled
+    rates there (with ``source_score``: the aggregated metric, for source rules).
     """
-    if not _RULE.match(rule):
-        raise ValueError(f"--pick_threshold={rule!r}: use 'f1' or 'precision@R' with R in [0, 1], e.g. precision@0.9")
+    check_rule(rule)
     sweep = threshold_sweep(scores, labels)
     if sweep["tp"][-1] == 0:
         raise ValueError("cannot pick a threshold: the data has no crack (positive) examples")
+    extra = {}
     if rule == "f1":
         k = int(np.argmax(sweep["f1"]))  # first maximum = highest threshold
-    else:
+    elif rule.startswith("precision@"):
         target = float(rule.split("@")[1])
         ok = sweep["recall"] >= target - 1e-12
         key = np.where(ok, sweep["precision"], -1.0)
         best = np.flatnonzero(key == key.max())
         k = int(best[np.argmax(sweep["recall"][best])])
-    return {"rule": rule, **{name: float(sweep[name][k]) for name in ("threshold", *RATES)}}
+    else:
+        aggregate, metric = _SOURCE_RULE.match(rule).groups()
+        groups = np.zeros(np.size(scores), int) if groups is None else groups
+        per_source = np.stack(list(source_metric_at(scores, labels, groups, sweep["threshold"], metric).values()))
+        mean = per_source.mean(axis=0)
+        key = mean if aggregate == "mean" else per_source.min(axis=0)
+        best = np.flatnonzero(key >= key.max() - 1e-12)
+        k = int(best[np.argmax(mean[best] >= mean[best].max() - 1e-12)])  # first = highest threshold
+        extra = {"source_score": float(key[k])}
+    return {"rule": rule, **{name: float(sweep[name][k]) for name in ("threshold", *RATES)}, **extra}

@@ -3,10 +3,16 @@
 * ``final_metrics``: val and train metrics of the final model (pooled and per source for the
   photos source) and, with ``--eval_sources``, the val tiles of other photo sources.
 * ``operating_point``: temperature and threshold picked on the (pooled) val split by
-  ``--threshold_rule`` (``crack_tf.evaluation.calibration``), for plain predictions and, with
-  ``--tta``, for test-time-augmented ones; the val metrics at that threshold, pooled and per
-  source. The trainer stores the chosen point (``--tta``'s) in run.json and in the ``.keras``
-  files, so evaluate / heatmap / export use it by default.
+  ``--threshold_rule`` (``crack_tf.evaluation.calibration``; the source-balanced rules see each
+  tile's source), for plain predictions and, with ``--tta``, for test-time-augmented ones; the val
+  metrics at that threshold, pooled and per source, and the ``--eval_sources`` tiles scored at the
+  same point (``eval_sources_at_threshold_by_source``: a leave-one-source-out run's score on the
+  source it never saw, at the threshold it would ship with). The trainer stores the chosen point
+  (``--tta``'s) in run.json and in the ``.keras`` files, so evaluate / heatmap / export use it by
+  default.
+* ``save_margins``: the per-tile logit margins behind the point (every test-time view), labels,
+  sources and split (``val`` / ``eval``) in ``margins.npz``, so other threshold rules and the
+  few-labelled-tiles calibration can be scored later without the model.
 """
 
 from __future__ import annotations
@@ -28,10 +34,9 @@ def evaluate_split(model: keras.Model, split_input, callbacks=None) -> dict:
     return {k: float(v) for k, v in results.items() if keras.ops.ndim(v) == 0}
 
 
-def final_metrics(model: keras.Model, cfg: TrainConfig, dcfg, split_input, val_input) -> dict:
+def final_metrics(model: keras.Model, cfg: TrainConfig, split_input, val_input, eval_input=None) -> dict:
     """run.json ``metrics``: val and train (pooled and per source for the photos source), and the
-    ``--eval_sources`` val tiles."""
-    from crack_tf.data import make_input
+    ``--eval_sources`` val tiles (``eval_input``, from :func:`eval_sources_input`)."""
     from crack_tf.training.validation import evaluate_sources
 
     results = {}
@@ -45,12 +50,20 @@ def final_metrics(model: keras.Model, cfg: TrainConfig, dcfg, split_input, val_i
         results["train"], results["train_by_source"] = evaluate_sources(model, train_eval.by_source)
     else:
         results["train"] = evaluate_split(model, train_eval)
-    if cfg.eval_sources:
-        extra = dcfg.replace(source="photos", path=cfg.eval_sources)
-        tiles = make_input(extra, cfg.val_split or "val", training=False, global_batch_size=cfg.batch_size,
-                           backend=cfg.loader)
-        results["eval_sources"], results["eval_sources_by_source"] = evaluate_sources(model, tiles.by_source)
+    if eval_input is not None:
+        results["eval_sources"], results["eval_sources_by_source"] = evaluate_sources(model, eval_input.by_source)
     return results
+
+
+def eval_sources_input(cfg: TrainConfig, dcfg):
+    """The val tiles of the ``--eval_sources`` photo sources (None without them)."""
+    from crack_tf.data import make_input
+
+    if not cfg.eval_sources:
+        return None
+    extra = dcfg.replace(source="photos", path=cfg.eval_sources)
+    return make_input(extra, cfg.val_split or "val", training=False, global_batch_size=cfg.batch_size,
+                      backend=cfg.loader)
 
 
 def _batches(dataset):
@@ -75,20 +88,47 @@ def val_margins(model: keras.Model, split_input, tta: str = "none") -> tuple[np.
     return np.concatenate(margins, axis=1), np.concatenate(labels), np.asarray(sources)
 
 
-def operating_point(model: keras.Model, val_input, rule: str, tta: str) -> dict:
-    """{tta mode: point} for "none" and ``tta``; each point has the pooled val metrics at its
-    threshold and, for several sources, the metrics of each."""
-    points = {}
+def metrics_by_source(probs: np.ndarray, labels: np.ndarray, sources: np.ndarray, threshold: float) -> dict:
+    """{source: all metrics at ``threshold``} (float32 threshold, as the Keras metrics compare)."""
+    t32 = float(np.float32(threshold))
+    return {name: {k: float(v) for k, v in stats.all_metrics(probs[sources == name], labels[sources == name],
+                                                             t32).items()}
+            for name in dict.fromkeys(sources.tolist())}
+
+
+def operating_point(model: keras.Model, val_input, rule: str, tta: str, eval_input=None) -> tuple[dict, dict]:
+    """({tta mode: point}, margins) for "none" and ``tta``; each point has the pooled val metrics at
+    its threshold and, for several sources, the metrics of each; with ``eval_input`` (the
+    ``--eval_sources`` tiles) also those sources' metrics at the same temperature and threshold.
+    ``margins``: the arrays of :func:`save_margins` for ``tta``'s views."""
+    points, arrays = {}, {}
     for mode in dict.fromkeys(["none", tta]):
         margins, labels, sources = val_margins(model, val_input, mode)
-        point = calibration.operating_point(margins, labels, rule)
+        point = calibration.operating_point(margins, labels, rule, sources=sources)
         probs = calibration.calibrated_probability(margins, point["temperature"])
-        t32 = float(np.float32(point["threshold"]))
         point["tta"] = mode
         if len(set(sources.tolist())) > 1:
-            point["val_at_threshold_by_source"] = {
-                name: {k: float(v) for k, v in stats.all_metrics(probs[sources == name], labels[sources == name],
-                                                                 t32).items()}
-                for name in dict.fromkeys(sources.tolist())}
+            point["val_at_threshold_by_source"] = metrics_by_source(probs, labels, sources, point["threshold"])
+        split = np.full(len(labels), "val")
+        if eval_input is not None:
+            e_margins, e_labels, e_sources = val_margins(model, eval_input, mode)
+            e_probs = calibration.calibrated_probability(e_margins, point["temperature"])
+            point["eval_sources_at_threshold_by_source"] = metrics_by_source(e_probs, e_labels, e_sources,
+                                                                             point["threshold"])
+            margins, labels = np.concatenate([margins, e_margins], axis=1), np.concatenate([labels, e_labels])
+            sources, split = np.concatenate([sources, e_sources]), np.concatenate([split, np.full(len(e_labels), "eval")])
         points[mode] = point
-    return points
+        if mode == tta:
+            arrays = {"margins": margins.astype(np.float32), "labels": labels.astype(np.int8),
+                      "sources": sources.astype(str), "split": split, "tta": np.array(tta)}
+    return points, arrays
+
+
+def save_margins(path: str, arrays: dict) -> None:
+    """``margins.npz``: ``margins`` float32 [V, N] (V test-time views), ``labels`` [N], ``sources`` [N],
+    ``split`` [N] ("val", or "eval" for the ``--eval_sources`` tiles), ``tta``; written atomically."""
+    import os
+
+    tmp = path + ".tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)

@@ -10,7 +10,6 @@ any model is built.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -111,7 +110,9 @@ _GROUPS: dict[str, list[tuple]] = {"model": [
     ("float", "ema_momentum", 0.0, "Exponential moving average of the weights (e.g. 0.99; 0 = off): val, "
      "best.keras and the final model use the average.", None),
     ("string", "threshold_rule", "f1", "Rule picking the operating threshold on val after training (after "
-     "temperature scaling), stored with the model: f1 or precision@R (best precision with recall >= R).", None),
+     "temperature scaling), stored with the model: f1 (pooled val), precision@R (best precision with recall >= R), "
+     "or source-balanced: <mean|min>_source_<accuracy|balanced_accuracy|f1> over the val sources (no source "
+     "dominates by its tile count).", None),
     ("enum", "tta", "none", "Test-time augmentation of the stored operating point (none, flips, d4: mean p over "
      "the 4 flips / 8 flips+rotations); run.json also reports the plain one.", TTA_MODES),
 ], "run": [
@@ -120,7 +121,8 @@ _GROUPS: dict[str, list[tuple]] = {"model": [
     ("bool", "overwrite", False, "Wipe a model_dir that holds a run of a different config.", None),
     ("enum", "mixed_precision", "auto", "Compute precision; auto = bf16 on GPU, float32 on CPU.", PRECISIONS),
     ("enum", "jit_compile", "auto", "XLA compilation of the train step.", JIT),
-    ("bool", "deterministic", False, "Deterministic ops (TF) and data order (slower).", None),
+    ("bool", "deterministic", False, "Deterministic ops and data order (slower): TF op determinism; on JAX, "
+     "XLA's deterministic GPU kernels (--xla_gpu_deterministic_ops), so a seed gives one model on a GPU.", None),
     ("enum", "strategy", "auto", "Distribution: auto (all GPUs), mirrored, one_device.", STRATEGIES),
     ("integer", "num_devices", 0, "Devices to use; 0 = all. On a CPU-only TF machine, mirrored with "
      "N > 1 splits the CPU into N logical devices.", None),
@@ -214,8 +216,12 @@ def validate(cfg) -> None:
         problems.append("--threshold must be in (0, 1)")
     if not 0 <= cfg.ema_momentum < 1:
         problems.append("--ema_momentum must be in [0, 1) (0 = no weight averaging)")
-    if not re.fullmatch(r"f1|precision@(0(\.\d+)?|1(\.0*)?)", cfg.threshold_rule):
-        problems.append(f"--threshold_rule={cfg.threshold_rule!r}: use f1 or precision@R, e.g. precision@0.9")
+    from crack_tf.evaluation.stats import check_rule
+
+    try:
+        check_rule(cfg.threshold_rule)
+    except ValueError as err:
+        problems.append(str(err).replace("--pick_threshold / ", ""))
     if cfg.freeze_backbone_epochs < 0 or cfg.freeze_backbone_epochs >= cfg.epochs:
         problems.append("--freeze_backbone_epochs must be in [0, epochs)")
     elif cfg.freeze_backbone_epochs and cfg.model == "zhang2016":

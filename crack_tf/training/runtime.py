@@ -35,6 +35,10 @@ class Runtime:
     num_processes: int = 1
     strategy: object = None  # tf.distribute.Strategy on the TF backend
 
+    @property
+    def xla_flags(self) -> str:
+        return os.environ.get("XLA_FLAGS", "")
+
     def scope(self):
         """Context in which variables must be created (a no-op outside TF strategies)."""
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
@@ -104,9 +108,30 @@ def enable_compile_cache(setting: str) -> str | None:
     return path
 
 
+DETERMINISTIC_XLA_FLAG = "--xla_gpu_deterministic_ops=true"
+
+
+def deterministic_xla(enabled: bool) -> str:
+    """With ``--deterministic`` on JAX: XLA's deterministic GPU kernels (no atomics in reductions and
+    scatters, no autotuning between algorithms of different rounding), so one seed gives one model
+    on a GPU. Set in ``XLA_FLAGS`` before JAX starts its backends; a no-op on the CPU. Returns the
+    flags in effect."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if enabled and DETERMINISTIC_XLA_FLAG.split("=")[0] not in flags:
+        from jax._src import xla_bridge
+
+        if xla_bridge.backends_are_initialized():
+            raise RuntimeError("--deterministic on JAX must be set before JAX starts its backends: start a "
+                               f"fresh process, or export XLA_FLAGS={DETERMINISTIC_XLA_FLAG}")
+        flags = f"{flags} {DETERMINISTIC_XLA_FLAG}".strip()
+        os.environ["XLA_FLAGS"] = flags
+    return flags
+
+
 def _jax_runtime(cfg: RunOptions) -> Runtime:
     import jax
 
+    deterministic_xla(cfg.deterministic)
     enable_compile_cache(cfg.compile_cache_dir)
 
     if cfg.num_processes > 1:
