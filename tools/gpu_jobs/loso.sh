@@ -8,6 +8,9 @@
 #   JOB_S=570 bash tools/gpu_jobs/loso.sh                           # there; ONLY=<row regex>, SEEDS=0,1,2
 #   PRETRAIN_STEPS=1000 (per backbone), PARALLEL=12, REPEAT=0 skips the repeated run.
 SECONDS=0
+# At most 8 files come back from $OUT: everything goes under $OUT/loso and is packed into one archive.
+final_out=${OUT:-$PWD/runs/gpu_out}
+export OUT=$final_out/loso
 source tools/gpu_jobs/common.sh
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.065}
 grid=configs/ablation_loso.cfg
@@ -55,4 +58,6 @@ if os.path.isfile(a) and os.path.isfile(b):
 else:
     print("repeat not finished yet")
 PY
+cat runs/ablation_loso/results.md 2>/dev/null | grep -A30 "Leave one source out"
+tar czf "$final_out/loso_out.tgz" -C "$final_out" loso && rm -rf "$OUT"
 echo "loso.sh done at ${SECONDS}s"
