@@ -1,0 +1,59 @@
+"""tools/threshold_rules.py: rules ranked by the left-out source's accuracy, from stored margins."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.tool_loader import load_tool
+
+rules_tool = load_tool("threshold_rules")
+
+
+def _write_run(folder, seed, val_sources, eval_source=None, shift=0.0):
+    """margins.npz of a run: each val source's classes at margins -2 / +2 (+ a per-source offset),
+    the left-out source's shifted by ``shift`` (its best threshold lies elsewhere)."""
+    rng = np.random.default_rng(seed)
+    margins, labels, sources, split = [], [], [], []
+    for k, src in enumerate(val_sources + ([eval_source] if eval_source else [])):
+        y = rng.integers(0, 2, 400)
+        offset = shift if src == eval_source else (1.5 if k == 1 else 0.0)
+        m = np.where(y == 1, 2.0, -2.0) + offset + rng.normal(0, 1.0, 400)
+        margins.append(m)
+        labels.append(y)
+        sources += [src] * 400
+        split += ["eval" if src == eval_source else "val"] * 400
+    folder.mkdir(parents=True)
+    np.savez(folder / "margins.npz", margins=np.concatenate(margins)[None].astype(np.float32),
+             labels=np.concatenate(labels), sources=np.array(sources), split=np.array(split), tta=np.array("none"))
+    (folder / "run.json").write_text(json.dumps({"config": {"seed": seed, "eval_sources": eval_source or ""}}))
+
+
+def test_rules_are_scored_on_the_left_out_source_with_the_pick_made_on_val(tmp_path):
+    for seed in (0, 1):
+        _write_run(tmp_path / f"r_no_c_s{seed}", seed, ["a", "b"], "c", shift=1.0)
+        _write_run(tmp_path / f"r_all_s{seed}", seed, ["a", "b", "c"])
+    runs = [rules_tool.load_run(str(p)) for p in sorted(tmp_path.iterdir())]
+    assert {r["fold"] for r in runs} == {"all", "no_c"}
+    arrays = runs[-1]["arrays"]  # r_no_c_s1
+    scored = rules_tool.score_rules(arrays, ["f1", "min_source_accuracy"])
+    # the threshold is chosen on the val tiles alone, then applied to the left-out source
+    val = arrays["split"] == "val"
+    from crack_tf.evaluation import calibration, stats
+
+    t = calibration.fit_temperature(arrays["margins"][:, val], arrays["labels"][val])
+    probs = calibration.calibrated_probability(arrays["margins"], t)
+    expected = stats.pick_threshold(probs[val], arrays["labels"][val], "min_source_accuracy", arrays["sources"][val])
+    assert scored["min_source_accuracy"]["threshold"] == pytest.approx(expected["threshold"])
+    ev = ~val
+    acc = stats.all_metrics(probs[ev], arrays["labels"][ev], expected["threshold"])["accuracy"]
+    assert scored["min_source_accuracy"]["eval"]["c"]["accuracy"] == pytest.approx(acc)
+    assert set(scored["f1"]["val"]) == {"a", "b"} and set(scored["f1"]["eval"]) == {"c"}
+    md, numbers = rules_tool.table(runs, ["f1", "min_source_accuracy"])
+    assert md.count("\n| `") == 2 and "left out c" in md and "`all` val c" in md
+    assert len(numbers["f1"]["left_out"]["c"]) == 2 and len(numbers["f1"]["all_fold_val"]["a"]) == 2
+    ranked = [line.split("|")[1].strip() for line in md.splitlines()[2:]]
+    means = {rule: np.mean(numbers[rule]["mean_over_left_out_per_seed"]) for rule in numbers}
+    assert ranked == [f"`{r}`" for r in sorted(means, key=lambda r: -means[r])]  # best first
