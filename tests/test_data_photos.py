@@ -152,6 +152,35 @@ def test_val_fold_by_source_image_is_stable_and_disjoint(tmp_path):
     assert list_photos(spec, "val", 0.5).pairs == val.pairs  # stable
 
 
+@pytest.mark.parametrize("layout", ["train_and_val_folders", "train_folder_only"])
+def test_cross_validation_folds_cover_every_photo_once_grouped_and_balanced(tmp_path, layout):
+    splits = {"train": 9, "val": 4} if layout == "train_and_val_folders" else {"train": 13}
+    root = write_source(tmp_path / "src", splits)
+    if layout == "train_and_val_folders":  # the val photos must not share stems with train ones
+        for f in (root / "val" / "images").iterdir():
+            f.rename(f.with_name("v" + f.name))
+        for f in (root / "val" / "masks").iterdir():
+            f.rename(f.with_name("v" + f.name))
+    spec = SourceSpec("src", str(root))
+    every = {pair for split in ("train", "val") for pair in list_photos(spec, split).pairs}
+    assert len(every) == 13
+    seen, sizes = set(), []
+    for i in range(4):
+        val, train = list_photos(spec, f"cv4_{i}_val"), list_photos(spec, f"cv4_{i}_train")
+        assert set(val.pairs) | set(train.pairs) == every and not set(val.pairs) & set(train.pairs)
+        assert not set(val.groups) & set(train.groups) and val.fold == f"fold {i} of 4"
+        assert not seen & set(val.pairs)  # each photo is val in exactly one fold
+        seen |= set(val.pairs)
+        sizes.append(len(val.pairs))
+        assert list_photos(spec, f"cv4_{i}_val").pairs == val.pairs  # stable
+    assert seen == every and max(sizes) - min(sizes) <= 1  # one photo per group here: balanced folds
+    for bad in ("cv1_0_val", "cv4_4_train"):
+        with pytest.raises(ValueError, match="cross-validation needs K >= 2"):
+            list_photos(spec, bad)
+    with pytest.raises(ValueError, match="cannot make 20 folds"):
+        list_photos(spec, "cv20_0_val")
+
+
 def test_bad_photos_are_skipped_by_name_and_empty_data_fails_fast(tmp_path):
     root = write_source(tmp_path / "bad", {"train": 3, "val": 1})
     images, masks = root / "train" / "images", root / "train" / "masks"

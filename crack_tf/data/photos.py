@@ -17,6 +17,13 @@ else the file stem without a trailing ``-<n>``) goes to val when a hash of its n
 ``val_fraction``. The fold never changes with the seed or the file order, and no source image
 is in both folds.
 
+Cross-validation folds: the split names ``cv<K>_<i>_val`` and ``cv<K>_<i>_train`` (e.g.
+``--train_split=cv5_2_train --val_split=cv5_2_val``) pool each source's ``train/`` and ``val/``
+photos, deal its source images (groups) into ``K`` folds of near-equal size by the order of their
+hash (so no source image is in two folds, and the folds never change with the seed or the file
+order), and take fold ``i`` as val and the other ``K - 1`` as train: a K-fold estimate over every
+labelled photo of a small source (UAV75's 60) instead of one small val folder.
+
 Bad files are skipped and counted by name (no mask, a mask of another size, an unreadable
 image); an empty split or one with no crack pixel anywhere fails before training starts.
 TF-free: NumPy and Pillow only.
@@ -101,10 +108,50 @@ def group_of(stem: str) -> str:
     return re.sub(r"-\d+$", "", stem)
 
 
+def _group_hash(group: str) -> float:
+    return int.from_bytes(hashlib.sha1(group.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
 def in_val_fold(group: str, val_fraction: float) -> bool:
     """Stable fold assignment of a source image: its hash, not the seed or the file order."""
-    h = int.from_bytes(hashlib.sha1(group.encode("utf-8")).digest()[:8], "big") / 2**64
-    return h < val_fraction
+    return _group_hash(group) < val_fraction
+
+
+_CV_SPLIT = re.compile(r"^cv(\d+)_(\d+)_(train|val)$")
+
+
+def cv_split(split: str) -> tuple[int, int, str] | None:
+    """``"cv5_2_val"`` -> ``(5, 2, "val")``; None for other split names; ValueError for a bad fold."""
+    m = _CV_SPLIT.match(split)
+    if not m:
+        return None
+    k, i, part = int(m.group(1)), int(m.group(2)), m.group(3)
+    if k < 2 or not 0 <= i < k:
+        raise ValueError(f"split {split!r}: cross-validation needs K >= 2 and 0 <= fold < K (cv<K>_<fold>_<train|val>)")
+    return k, i, part
+
+
+def cv_folds(groups: list[str], k: int) -> dict[str, int]:
+    """Fold of each distinct group: groups sorted by hash and dealt round-robin (sizes differ by <= 1)."""
+    ordered = sorted(dict.fromkeys(groups), key=lambda g: (_group_hash(g), g))
+    return {g: n % k for n, g in enumerate(ordered)}
+
+
+def _list_cv(source: SourceSpec, split: str, k: int, i: int, part: str) -> PhotoListing:
+    """Fold ``i`` of ``k`` (val) or the other folds (train) over the source's train/ and val/ photos
+    (or, without val/, train/'s val fold and the rest: every labelled photo once)."""
+    parts = [list_photos(source, "train"), list_photos(source, "val")]  # every labelled photo, once
+    pairs = [pair for p in parts for pair in p.pairs]
+    groups = [g for p in parts for g in p.groups]
+    fold_of = cv_folds(groups, k)
+    if len(fold_of) < k:
+        raise ValueError(f"photos source {source.name!r}: {len(fold_of)} source images cannot make {k} folds")
+    keep = [(fold_of[g] == i) == (part == "val") for g in groups]
+    out = PhotoListing(source.name, [pr for pr, kp in zip(pairs, keep) if kp], [g for g, kp in zip(groups, keep) if kp],
+                       [s for p in parts for s in p.skipped], f"{'fold' if part == 'val' else 'all but fold'} {i} of {k}")
+    if not out.pairs:
+        raise ValueError(f"photos source {source.name!r} split {split!r}: no photo in {out.fold}")
+    return out
 
 
 @dataclasses.dataclass
@@ -131,6 +178,9 @@ def list_photos(source: SourceSpec, split: str, val_fraction: float = 0.2) -> Ph
     root = pathlib.Path(source.path)
     if not root.is_dir():
         raise ValueError(f"photos source {source.name!r}: {root} is not a directory")
+    cv = cv_split(split)
+    if cv:
+        return _list_cv(source, split, *cv)
     folder, fold = root / split, "folder"
     if split in ("val", "train") and (root / "train" / "images").is_dir() and not (root / "val").exists():
         folder, fold = root / "train", "val fold of train/" if split == "val" else "train minus val fold"
