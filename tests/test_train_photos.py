@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from crack_tf.train import fit_segments
+from crack_tf.training.loop import fit_segments
 from tests.photo_data import write_source
 from tests.test_train_jax import _env
 

@@ -95,7 +95,7 @@ def loader_rate(flagfile: str, batch: int, size: int, batches: int, workers: int
     import keras
 
     from crack_tf.data import make_input
-    from crack_tf.train import data_config
+    from crack_tf.training.build import data_config
     from crack_tf.training import flags as train_flags
 
     cfg = train_flags.parse_args([f"--flagfile={flagfile}", f"--batch_size={batch}", f"--image_size={size}",
