@@ -1,51 +1,63 @@
 #!/usr/bin/env bash
 # Leave-one-source-out on the GPU machine (issue 23): one crack-domain backbone per fold, pretrained on
-# that fold's training sources only, then configs/ablation_loso.cfg (every row x 4 folds x seeds), and
+# that fold's training sources only, then configs/ablation_loso.cfg (every row x folds x seeds), and
 # one repeated run (fold no_uav75, seed 0, in runs/ablation_loso_repeat) to see whether --deterministic
 # gives the same model twice. Resumable: backbones already in runs/pretrain and finished runs are kept
 # (the machine stays warm between calls), a run cut off by the budget resumes from its checkpoint.
 #   bash tools/gpu_jobs/stage_data.sh uav75 uavcrack deepcrack     # here, once: .data/ travels
-#   JOB_S=570 bash tools/gpu_jobs/loso.sh                           # there; ONLY=<row regex>, SEEDS=0,1,2
+#   JOB_S=520 bash tools/gpu_jobs/loso.sh                           # there; ONLY=<row regex>, SEEDS=0,1,2
+#   FOLDS=no_uav75,no_uavcrack,no_deepcrack (default; add "all" for the whole mix),
 #   PRETRAIN_STEPS=1000 (per backbone), PARALLEL=12, REPEAT=0 skips the repeated run.
+# At most 8 files come back from $OUT, so $OUT gets only: machine.txt, loso.log (this job's output),
+# the results of both grids and runs.tgz (run.json, margins.npz, history, logs; no models).
 SECONDS=0
-# At most 8 files come back from $OUT: everything goes under $OUT/loso and is packed into one archive.
-final_out=${OUT:-$PWD/runs/gpu_out}
-export OUT=$final_out/loso
 source tools/gpu_jobs/common.sh
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.065}
+exec > >(tee -a "$OUT/loso.log") 2>&1
 grid=configs/ablation_loso.cfg
-out_dir=runs/ablation_loso
+pack() {  # what has finished so far, in one archive (also every 30 s: a call cut short still returns it)
+  cp runs/ablation_loso/results.md "$OUT/loso_results.md" 2>/dev/null
+  tar czf "$OUT/.runs.tgz" --exclude='*.keras' --exclude='ckpt' --exclude='*.weights.h5' --exclude='tensorboard' \
+      runs/ablation_loso runs/ablation_loso_repeat runs/pretrain_logs 2>/dev/null; mv -f "$OUT/.runs.tgz" "$OUT/runs.tgz"
+}
+( while sleep 30; do pack; done ) &
+packer=$!
+folds=${FOLDS:-no_uav75,no_uavcrack,no_deepcrack}
 declare -A FOLD_SOURCES=([all]=uav75,uavcrack,deepcrack [no_uav75]=uavcrack,deepcrack
                          [no_uavcrack]=uav75,deepcrack [no_deepcrack]=uav75,uavcrack)
-mkdir -p runs/pretrain
-for fold in "${!FOLD_SOURCES[@]}"; do
+mkdir -p runs/pretrain runs/pretrain_logs
+pids=()
+for fold in ${folds//,/ }; do
   weights=runs/pretrain/loso_$fold.weights.h5
   [ -f "$weights" ] && continue
-  XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout "${PRETRAIN_S:-300}" python3 tools/pretrain.py --mode=crack \
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout -k 10 "${PRETRAIN_S:-300}" python3 tools/pretrain.py --mode=crack \
       --data_dir="${FOLD_SOURCES[$fold]}" --data_root=../shared/data --image_size=224 --crop_side=96,192 \
       --steps="${PRETRAIN_STEPS:-1000}" --batch_size=128 --precision=bf16 --lr=0.002 --data_workers=4 \
-      --data_processes --log_every=250 --output="$weights" > "$OUT/pretrain_$fold.log" 2>&1 &
+      --data_processes --log_every=250 --output="$weights" > "runs/pretrain_logs/$fold.log" 2>&1 &
+  pids+=($!)
 done
-wait
-for fold in "${!FOLD_SOURCES[@]}"; do
-  tail -2 "$OUT/pretrain_$fold.log" 2>/dev/null
+[ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"
+for fold in ${folds//,/ }; do
+  tail -1 "runs/pretrain_logs/$fold.log" 2>/dev/null
+  cp "runs/pretrain/loso_$fold.weights.h5.json" runs/pretrain_logs/ 2>/dev/null
   [ -f "runs/pretrain/loso_$fold.weights.h5" ] || { echo "pretraining $fold failed: no weights"; exit 1; }
-  cp "runs/pretrain/loso_$fold.weights.h5.json" "$OUT/pretrain_$fold.json" 2>/dev/null
 done
 echo "backbones ready at ${SECONDS}s"
-budget=$(( ${JOB_S:-570} - SECONDS ))
+budget=$(( ${JOB_S:-520} - SECONDS - 25 ))  # what is left for training, packing included
 if [ "${REPEAT:-1}" != 0 ]; then
-  timeout --signal=TERM "$((budget - 30))" python3 tools/ablate.py --flagfile=$grid --seeds=0 --folds=no_uav75 \
-      ${ONLY:+--only=$ONLY} --output_dir=runs/ablation_loso_repeat > "$OUT/repeat.log" 2>&1 &
+  timeout -k 10 --signal=TERM "$budget" python3 tools/ablate.py --flagfile=$grid --seeds=0 --folds=no_uav75 \
+      ${ONLY:+--only=$ONLY} --output_dir=runs/ablation_loso_repeat > runs/pretrain_logs/repeat.log 2>&1 &
+  repeat=$!
 fi
-GRID_OUT=$out_dir BUDGET_S=$((budget - 30)) bash tools/gpu_jobs/grid.sh $grid "${SEEDS:-0,1,2}" "${PARALLEL:-12}" \
-    ${ONLY:+--only=$ONLY}
-wait
-python3 tools/ablate.py --flagfile=$grid --seeds=0 --folds=no_uav75 --output_dir=runs/ablation_loso_repeat \
-    --report_only >/dev/null 2>&1
-tar czf "$OUT/loso_repeat.tgz" --exclude='*.keras' --exclude='ckpt' --exclude='*.weights.h5' \
-    runs/ablation_loso_repeat 2>/dev/null
-python3 - <<'PY' | tee "$OUT/determinism.txt"
+timeout -k 10 --signal=TERM "$budget" python3 tools/ablate.py --flagfile=$grid --seeds="${SEEDS:-0,1,2}" \
+    --folds="$folds" --parallel="${PARALLEL:-12}" ${ONLY:+--only=$ONLY} --output_dir=runs/ablation_loso
+[ -n "${repeat:-}" ] && wait "$repeat"
+for d in runs/ablation_loso runs/ablation_loso_repeat; do
+  python3 tools/ablate.py --flagfile=$grid --seeds=0,1,2 --output_dir=$d --report_only >/dev/null 2>&1
+done
+kill $packer 2>/dev/null
+pack
+python3 - <<'PY'
 import json, os
 a, b = "runs/ablation_loso/pretrained_no_uav75_s0/run.json", "runs/ablation_loso_repeat/pretrained_no_uav75_s0/run.json"
 if os.path.isfile(a) and os.path.isfile(b):
@@ -56,8 +68,7 @@ if os.path.isfile(a) and os.path.isfile(b):
           f"{ra['operating_point']['threshold']:.4f} / {rb['operating_point']['threshold']:.4f}; xla_flags "
           f"{ra['runtime'].get('xla_flags')!r}; wall {ra['wall_seconds']:.0f} s / {rb['wall_seconds']:.0f} s")
 else:
-    print("repeat not finished yet")
+    print("repeat not finished")
 PY
-cat runs/ablation_loso/results.md 2>/dev/null | grep -A30 "Leave one source out"
-tar czf "$final_out/loso_out.tgz" -C "$final_out" loso && rm -rf "$OUT"
+grep -A20 "Leave one source out" runs/ablation_loso/results.md 2>/dev/null
 echo "loso.sh done at ${SECONDS}s"
