@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 from absl import app, flags
 
+from crack_tf import cli
 from crack_tf.choices import TTA_MODES
 from crack_tf.evaluation import site_calibration as sc
 from crack_tf.evaluation.head_refit import DEFAULT_L2
@@ -228,18 +228,11 @@ def main(argv: Sequence[str]) -> int:
           f"{res['point']['threshold']:.4g} (sample files sha256 {rec['files_sha256'][:12]}...)")
     if res["export"]:
         print(f"calibrate: exported {res['export']} (is_crack at threshold {res['point']['threshold']:.4g}; verified)")
-    if res["skipped"]:
-        print(f"calibrate: {len(res['skipped'])} file(s) could not be used and were left out:", file=sys.stderr)
-        for path, reason in res["skipped"]:
-            print(f"  {path}: {reason}", file=sys.stderr)
-        return 1
-    return 0
+    return cli.report_left_out("calibrate", res["skipped"])
 
 
 def run() -> None:
     """Console-script entry point."""
-    from crack_tf import cli
-
     cli.entry_point(_define_flags, main)()
 
 

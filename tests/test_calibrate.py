@@ -24,6 +24,7 @@ from crack_tf.calibrate import calibrate
 from crack_tf.evaluation import few_shot, head_refit, site_calibration, stats
 from crack_tf.model_meta import read_metadata, write_metadata
 from crack_tf.predictor import load_model
+from tests.test_gpu_jobs import job_tree  # noqa: F401  (fixture)
 from tests.tool_loader import load_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -334,14 +335,63 @@ def test_site_margins_tool_writes_what_the_curve_tool_reads(model_file, tmp_path
     out = load_tool("site_margins").main_args([f"--run={run}"])
     with np.load(out) as z:
         margins, labels, sources, split = z["margins"], z["labels"], z["sources"], z["split"]
-    _, tiles = eval_tiles(DataConfig(source="photos", path="site_a,site_b", data_root=str(tmp_path / "data"),
-                                     image_size=SIZE, val_tile=32), "val")
+    def cut(source, split):
+        return eval_tiles(DataConfig(source="photos", path=source, data_root=str(tmp_path / "data"),
+                                     image_size=SIZE, val_tile=32), split)[1][0]
+
+    tiles = [cut("site_a", "val"), cut("site_b", "val"), cut("site_b", "train")]  # the left-out: val + train
     assert margins.shape == (1, sum(len(t.labels) for t in tiles)) and set(labels.tolist()) == {0, 1}
     np.testing.assert_array_equal(labels, np.concatenate([t.labels for t in tiles]))
-    assert split.tolist() == ["val"] * len(tiles[0].labels) + ["eval"] * len(tiles[1].labels)
+    assert split.tolist() == ["val"] * len(tiles[0].labels) + ["eval"] * (len(tiles[1].labels) + len(tiles[2].labels))
     assert set(sources[split == "eval"].tolist()) == {"site_b"}
     gray = np.concatenate([t.images.reshape(len(t.labels), -1).astype(np.float64).mean(1) for t in tiles])
     np.testing.assert_allclose(margins[0], 0.1 * (200 - gray) - 10, atol=1e-3)  # the model's known margin
     rows = load_tool("few_shot_curve").main_args([f"--runs={run}", f"--out={tmp_path / 'curve'}", "--ns=0,2",
                                                   "--draws=3"])
-    assert [r["left_out"] for r in rows] == ["site_b", "site_b"] and rows[0]["rest"] == len(tiles[1].labels)
+    assert [r["left_out"] for r in rows] == ["site_b", "site_b"] and rows[0]["rest"] == int((split == "eval").sum())
+
+
+def test_photos_and_masks_of_a_site_are_cut_into_tiles_and_hashed(model_file, tmp_path):
+    from tests.photo_data import write_source
+
+    write_source(tmp_path / "site_c", {"val": 5}, size=256)
+    res = calibrate(str(model_file), "site_c", str(tmp_path / "c.keras"), source="photos",
+                    data_root=str(tmp_path), min_examples=10, n_resamples=0)
+    rec = res["point"]["site_calibration"]
+    assert rec["source"] == "photos" and rec["split"] == "val" and rec["files"] == 10  # 5 photos + 5 masks
+    assert rec["class_counts"]["crack"] >= 5 and rec["class_counts"]["background"] >= 5
+    names = [(f"site_c/val/{kind}/p{i:02d}.png", str(tmp_path / "site_c" / "val" / kind / f"p{i:02d}.png"))
+             for i in range(5) for kind in ("images", "masks")]
+    assert rec["files_sha256"] == site_calibration.files_sha256(names)
+    assert load_model(str(tmp_path / "c.keras")).threshold == pytest.approx(res["point"]["threshold"])
+
+
+def test_unreadable_tiles_are_left_out_named_and_exit_1(model_file, tmp_path, capsys):
+    from crack_tf.cli import report_left_out
+
+    data = write_tiles(tmp_path / "site", CRACK_GRAYS, BACKGROUND_GRAYS)
+    (data / "crack" / "broken.png").write_bytes(b"\x89PNG not really")
+    res = calibrate(str(model_file), str(data), str(tmp_path / "o.keras"), n_resamples=0)
+    assert [os.path.basename(p) for p, _ in res["skipped"]] == ["broken.png"]
+    rec = res["point"]["site_calibration"]
+    assert rec["examples"] == 30 and rec["files"] == 30 and rec["skipped"] == 1
+    assert report_left_out("calibrate", res["skipped"]) == 1 and report_left_out("calibrate", []) == 0
+    assert "calibrate: 1 file(s) could not be used" in capsys.readouterr().err
+
+
+def test_gpu_job_leaves_each_source_out_of_pretraining_and_training(job_tree):  # noqa: F811  (the fixture)
+    repo, env, calls = job_tree
+    done = subprocess.run(["bash", "tools/gpu_jobs/few_shot.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, LEFT_OUT="uav75,deepcrack", SEEDS="0,1"), timeout=60)
+    assert done.returncode == 1 and "no backbone runs/pretrain/crack_no_deepcrack.weights.h5" in done.stdout
+    lines = [line.split() for line in calls.read_text().splitlines()]
+    pre = [a for a in lines if a[0] == "tools/pretrain.py"]
+    assert len(pre) == 1 and "--data_dir=uavcrack" in pre[0]  # uav75 out: the existing backbone is kept
+    train = [a for a in lines if a[:2] == ["-m", "crack_tf.train"]]
+    assert len(train) == 2 and all("--data_dir=uavcrack:0.3,deepcrack:0.2" in a and "--eval_sources=uav75" in a
+                                   and "--weights=runs/pretrain/crack.weights.h5" in a for a in train)
+    assert [a for a in train[1] if a.startswith("--model_dir")] == ["--model_dir=runs/loso_uav75_s1"]
+    assert sum(a[0] == "tools/site_margins.py" for a in lines) == 2
+    bad = subprocess.run(["bash", "tools/gpu_jobs/few_shot.sh"], cwd=repo, capture_output=True, text=True,
+                         env=dict(env, LEFT_OUT="pavement"), timeout=60)
+    assert bad.returncode == 2 and "unknown source pavement" in bad.stdout

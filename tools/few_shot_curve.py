@@ -39,6 +39,9 @@ def read_run(folder: str) -> tuple[np.ndarray, np.ndarray, str, dict]:
     if not point:
         raise ValueError(f"{folder}/run.json has no operating_point")
     with np.load(os.path.join(folder, "margins.npz")) as z:
+        missing = [k for k in ("margins", "labels", "sources", "split") if k not in z.files]
+        if missing:
+            raise ValueError(f"{folder}/margins.npz lacks {missing} (tools/site_margins.py writes it)")
         margins, labels, sources, split = (z[k] for k in ("margins", "labels", "sources", "split"))
     target = split.astype(str) == "eval"
     if not target.any():
@@ -99,15 +102,8 @@ def main_args(argv: list[str]) -> list[dict]:
     return rows
 
 
-def main() -> int:
-    try:
-        rows = main_args(sys.argv[1:])
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"few_shot_curve: {len(rows)} rows from {len({r['run'] for r in rows})} runs")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from crack_tf.cli import run_tool
+
+    sys.exit(run_tool(main_args, lambda rows: f"few_shot_curve: {len(rows)} rows from {len({r['run'] for r in rows})} "
+                      f"runs"))

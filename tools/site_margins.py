@@ -4,8 +4,8 @@
 
 For a run trained with ``--data_dir=uav75,uavcrack --eval_sources=deepcrack``: the logit margins
 of ``<run>/final.keras`` (``--model``) on the fixed val tiles of the trained sources (``split`` =
-"val") and of the left-out ones (``--eval``, default the run's ``--eval_sources``; ``split`` =
-"eval"), with the test-time augmentation of the model's stored point (``--tta``). Arrays:
+"val") and of the left-out ones (``--eval``, default the run's ``--eval_sources``; their val and train
+tiles, ``--eval_split``; ``split`` = "eval"), with the test-time augmentation of the model's stored point (``--tta``). Arrays:
 ``margins`` [V, N] float32, ``labels`` [N] int, ``sources`` [N] str, ``split`` [N] str. Uses the
 NumPy loader (no TensorFlow needed).
 """
@@ -42,7 +42,8 @@ def main_args(argv: list[str]) -> str:
     parser.add_argument("--model", default=None, help="Model file (default <run>/final.keras).")
     parser.add_argument("--val", default=None, help="Trained sources (default: the run's --data_dir).")
     parser.add_argument("--eval", default=None, help="Left-out sources (default: the run's --eval_sources).")
-    parser.add_argument("--eval_split", default="val", help="Split of the left-out sources.")
+    parser.add_argument("--eval_split", default="val,train", help="Split(s) of the left-out sources (never "
+                        "trained on: all of them can be scored).")
     parser.add_argument("--data_root", default=None, help="Default: the run's --data_root.")
     parser.add_argument("--val_tile", type=int, default=None, help="Default: the run's --val_tile, else 128.")
     parser.add_argument("--tta", default=None, help="Default: the model's stored tta.")
@@ -59,8 +60,8 @@ def main_args(argv: list[str]) -> str:
         raise ValueError(f"{predictor.path}: give a .keras model with a fixed input size")
     common = dict(data_root=root, size=predictor.image_size, small_policy=predictor.small_policy,
                   val_tile=args.val_tile or config.get("val_tile") or 128, tta=predictor.tta)
-    parts = [(*margins_of(predictor.model, val, split="val", **common), "val"),
-             (*margins_of(predictor.model, left_out, split=args.eval_split, **common), "eval")]
+    parts = [(*margins_of(predictor.model, val, split="val", **common), "val")]
+    parts += [(*margins_of(predictor.model, left_out, split=s, **common), "eval") for s in args.eval_split.split(",")]
     out = args.out or os.path.join(args.run, "margins.npz")
     np.savez(out, margins=np.concatenate([p[0] for p in parts], 1).astype(np.float32),
              labels=np.concatenate([p[1] for p in parts]).astype(np.int64),
@@ -69,15 +70,7 @@ def main_args(argv: list[str]) -> str:
     return out
 
 
-def main() -> int:
-    try:
-        out = main_args(sys.argv[1:])
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"site_margins: wrote {out}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from crack_tf.cli import run_tool
+
+    sys.exit(run_tool(main_args, lambda out: f"site_margins: wrote {out}"))
