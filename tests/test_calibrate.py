@@ -190,6 +190,7 @@ def test_temperature_fit_and_tta_and_the_rule_default_to_the_stored_ones(model_f
     assert fitted["temperature"] != 2.0 and fitted["rule"] == "f1" and fitted["site_calibration"]["after"]["accuracy"] == 1
 
 
+@pytest.mark.slow  # 1.6-3.9 s on the shared 2 cores
 def test_last_layer_refit_learns_what_the_old_head_ignores(model_file, tmp_path):
     # Red cracks on concrete of one gray: the old head (gray only) scores every tile alike.
     red = write_tiles(tmp_path / "red", [70] * 15, [70] * 25, red=40)
@@ -395,3 +396,18 @@ def test_gpu_job_leaves_each_source_out_of_pretraining_and_training(job_tree):  
     bad = subprocess.run(["bash", "tools/gpu_jobs/few_shot.sh"], cwd=repo, capture_output=True, text=True,
                          env=dict(env, LEFT_OUT="pavement"), timeout=60)
     assert bad.returncode == 2 and "unknown source pavement" in bad.stdout
+
+
+@pytest.mark.slow
+def test_calibrate_runs_on_jax_without_tensorflow(model_file, site, tmp_path):
+    code = ("import sys; sys.modules['tensorflow'] = None\n"
+            "from crack_tf.calibrate import calibrate\n"
+            f"r = calibrate({str(model_file)!r}, {str(site)!r}, {str(tmp_path / 'j.keras')!r}, fit='last_layer', "
+            "n_resamples=0)\n"
+            "import keras; print(keras.backend.backend(), r['point']['site_calibration']['after']['accuracy'])\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=REPO))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-2:] == ["jax", "1.0"]
+    assert load_model(str(tmp_path / "j.keras")).threshold == read_metadata(str(tmp_path / "j.keras"))[
+        "operating_point"]["threshold"]
