@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from absl import app, flags
 
@@ -65,6 +66,28 @@ def run(main: Callable[[list[str]], int | None], extra_errors: tuple[type[BaseEx
         return None
 
     app.run(wrapped, flags_parser=_parse_flags)
+
+
+def report_left_out(command: str, skipped: list[tuple[str, str]]) -> int:
+    """Names the files a command could not use (stderr); the exit code: 1 if there are any, else 0."""
+    if not skipped:
+        return 0
+    print(f"{command}: {len(skipped)} file(s) could not be used and were left out:", file=sys.stderr)
+    for path, reason in skipped:
+        print(f"  {path}: {reason}", file=sys.stderr)
+    return EXIT_SOME_FAILED
+
+
+def run_tool(main_args: Callable[[list[str]], Any], done: Callable[[Any], str]) -> int:
+    """An argparse tool's ``main``: ``main_args(sys.argv[1:])``, user errors as one line (exit 2),
+    else prints ``done(result)`` and returns 0."""
+    try:
+        result = main_args(sys.argv[1:])
+    except USER_ERRORS as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print(done(result))
+    return 0
 
 
 def entry_point(define_flags: Callable[[], None], main: Callable[[list[str]], int | None],

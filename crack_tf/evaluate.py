@@ -230,12 +230,9 @@ def main(argv: Sequence[str]) -> int:
         p = rep["picked_threshold"]
         print(f"evaluate: {p['rule']} picks threshold {p['threshold']:.4f} (R={p['recall']:.4f}, P={p['precision']:.4f})")
     print(f"evaluate: report written to {rep['paths']['markdown']}")
-    if rep["skipped"]:
-        print(f"evaluate: {len(rep['skipped'])} file(s) could not be used and were left out:", file=sys.stderr)
-        for path, reason in rep["skipped"]:
-            print(f"  {path}: {reason}", file=sys.stderr)
-        return 1
-    return 0
+    from crack_tf.cli import report_left_out
+
+    return report_left_out("evaluate", rep["skipped"])
 
 
 def run() -> None:

@@ -87,7 +87,10 @@ def _operating_point(meta: dict) -> tuple[float, str, float]:
     """(threshold, where it came from, temperature) stored in the model file itself."""
     point = meta.get("operating_point")
     if point:
-        return (float(point["threshold"]), f"stored in the model: {point.get('rule', '?')} on val",
+        site = point.get("site_calibration")
+        where = (f"a site sample of {site.get('examples', '?')} tiles ({str(site.get('date', '?'))[:10]}, "
+                 "crack_tf.calibrate)") if site else "val"
+        return (float(point["threshold"]), f"stored in the model: {point.get('rule', '?')} on {where}",
                 float(point.get("temperature", 1.0)))
     return DEFAULT_THRESHOLD, "default: the model stores no threshold", 1.0
 

@@ -90,7 +90,7 @@ def build_metadata(
     threshold: float | None = None,
 ) -> dict:
     """Metadata JSON: explicit arguments win over the ``.keras`` file's own metadata
-    (``model_meta``) and ``run.json``, which win over the model."""
+    (``model_meta``), which wins over ``run.json``, which wins over the model."""
     from crack_tf.model_meta import DEFAULT_THRESHOLD
     from crack_tf.predictor import TTA_MODES
 
@@ -105,15 +105,15 @@ def build_metadata(
             raise ValueError(f"--threshold={threshold} must be in [0, 1]")
         point = {**point, "threshold": threshold, "rule": "--threshold at export"}
     model_size = _model_image_size(model)
-    size = image_size or run.get("image_size") or model_size
+    size = image_size or model_meta.get("image_size") or run.get("image_size") or model_size
     if size is None:
         raise ValueError("the model accepts any input size: pass --image_size (the eval crop size)")
     if model_size is not None and size != model_size:
         raise ValueError(f"--image_size={size} does not match the model input size {model_size}")
-    policy = small_policy or run.get("small_policy") or "resize"
+    policy = small_policy or model_meta.get("small_policy") or run.get("small_policy") or "resize"
     if policy not in ("resize", "pad"):
         raise ValueError(f"small_policy must be 'resize' or 'pad', got {policy!r}")
-    class_names = list(run.get("class_names") or crack_tf.CLASS_NAMES)
+    class_names = list(model_meta.get("class_names") or run.get("class_names") or crack_tf.CLASS_NAMES)
     if len(class_names) != model.output_shape[-1]:
         raise ValueError(f"{len(class_names)} class names {class_names} for a model with {model.output_shape[-1]} outputs")
     import tensorflow as tf
@@ -319,6 +319,37 @@ def verify_export(model: keras.Model, version_dir: str, size: int, atol: float =
     if diff > atol:
         raise RuntimeError(f"exported SavedModel differs from the Keras model by {diff:.2e} > {atol:g}")
     return diff
+
+
+def export_model_file(
+    model_path: str,
+    export_dir: str,
+    version: int | None = None,
+    image_size: int | None = None,
+    small_policy: str | None = None,
+    tta: str | None = None,
+    threshold: float | None = None,
+    precision: str = "float32",
+    overwrite: bool = False,
+    warmup: bool = True,
+    serving_name: str = "crack_tf",
+    run: dict | None = None,
+) -> tuple[str, dict, keras.Model]:
+    """Exports a ``.keras`` file with its stored operating point (what ``python -m crack_tf.export``
+    does); ``run``: the training's run.json (default: the one beside the file). ``precision``:
+    ``float32`` / ``bf16`` / ``saved``. Returns (version folder, metadata, the Keras model)."""
+    from crack_tf.model_meta import read_metadata
+    from crack_tf.predictor import load_model
+
+    predictor = load_model(model_path, precision=None if precision == "saved" else precision)
+    if predictor.model is None:
+        raise ValueError(f"--model={model_path} is a SavedModel already; export takes the .keras file")
+    metadata = build_metadata(predictor.model, read_run_json(model_path) if run is None else run, image_size,
+                              small_policy, source=model_path, model_meta=read_metadata(model_path), tta=tta,
+                              threshold=threshold)
+    metadata["precision"] = predictor.precision
+    path = export_saved_model(predictor.model, export_dir, metadata, version, overwrite, warmup, serving_name)
+    return path, metadata, predictor.model
 
 
 def quiet_tf_logs() -> None:

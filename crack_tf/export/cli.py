@@ -7,14 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from crack_tf.choices import EXPORT_PRECISIONS, SMALL_POLICIES, TTA_MODES
-from crack_tf.export import (
-    WARMUP_FILE,
-    build_metadata,
-    export_saved_model,
-    quiet_tf_logs,
-    read_run_json,
-    verify_export,
-)
+from crack_tf.export import WARMUP_FILE, export_model_file, quiet_tf_logs, verify_export
 from crack_tf.serving import DEFAULT_SIGNATURE, IMAGES_SIGNATURE
 
 
@@ -27,20 +20,9 @@ def main(argv: Sequence[str]) -> int:
         print(f"crack_tf.export: unexpected arguments {list(argv[1:])}", file=sys.stderr)
         return 2
     try:
-        from crack_tf.model_meta import read_metadata
-        from crack_tf.predictor import load_model
-
-        predictor = load_model(FLAGS.model, precision=None if FLAGS.precision == "saved" else FLAGS.precision)
-        model = predictor.model
-        if model is None:
-            raise ValueError(f"--model={FLAGS.model} is a SavedModel already; export takes the .keras file")
-        metadata = build_metadata(
-            model, read_run_json(FLAGS.model), FLAGS.image_size, FLAGS.small_policy, source=FLAGS.model,
-            model_meta=read_metadata(FLAGS.model), tta=FLAGS.tta, threshold=FLAGS.threshold,
-        )
-        metadata["precision"] = predictor.precision
-        path = export_saved_model(
-            model, FLAGS.export_dir, metadata, FLAGS.version, FLAGS.overwrite, FLAGS.warmup, FLAGS.serving_name
+        path, metadata, model = export_model_file(
+            FLAGS.model, FLAGS.export_dir, FLAGS.version, FLAGS.image_size, FLAGS.small_policy, FLAGS.tta,
+            FLAGS.threshold, FLAGS.precision, FLAGS.overwrite, FLAGS.warmup, FLAGS.serving_name,
         )
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"crack_tf.export: {err}", file=sys.stderr)

@@ -1,0 +1,114 @@
+"""How many labelled tiles a new site needs: the few-shot calibration curve (leave-one-source-out).
+
+For a target set (a source the model never saw) with the model's margins ``[V, N]`` and labels:
+for each ``n`` in ``ns`` and each of ``draws`` random draws, calibrate on ``n`` labelled tiles
+(:func:`crack_tf.evaluation.site_calibration.fit_point`) and score the **rest** of the target set
+at the new point; ``n = 0`` is the stored point on the whole set. Draws of ``n >= 10`` are
+stratified (each class gets its share of ``n``, at least one tile), smaller ones are plain random
+draws; a draw with one class cannot be calibrated (the command refuses it) and keeps the stored
+point (counted as ``fallbacks``). ``tools/few_shot_curve.py`` runs it on the ``margins.npz`` of
+leave-one-source-out runs and writes the table and the plot.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from crack_tf.evaluation import site_calibration as sc
+from crack_tf.evaluation import stats
+
+DEFAULT_NS = (0, 10, 25, 50, 100)
+STRATIFY_FROM = 10
+CURVE_METRICS = ("accuracy", "precision", "recall", "f1")
+
+
+def draw_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``n`` tiles: stratified (both classes, shares as in ``labels``) when n >= 10."""
+    y = np.asarray(labels).reshape(-1)
+    if not 0 < n < y.size:
+        raise ValueError(f"n={n} must be in [1, {y.size - 1}] for {y.size} target tiles")
+    if n < STRATIFY_FROM:
+        return rng.choice(y.size, n, replace=False)
+    crack, background = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    k = int(np.clip(round(n * crack.size / y.size), 1, n - 1))
+    k = min(k, crack.size)
+    if n - k > background.size:
+        k = n - background.size
+    return np.concatenate([rng.choice(crack, k, replace=False), rng.choice(background, n - k, replace=False)])
+
+
+def _metrics(margins: np.ndarray, labels: np.ndarray, point: dict) -> dict[str, float]:
+    values = stats.all_metrics(sc.predictions(margins, point), labels, float(np.float32(point["threshold"])))
+    return {k: float(values[k]) for k in CURVE_METRICS}
+
+
+def few_shot_curve(
+    margins: np.ndarray,
+    labels: np.ndarray,
+    ns: Sequence[int] = DEFAULT_NS,
+    draws: int = 20,
+    rule: str = "f1",
+    seed: int = 0,
+    base_point: dict | None = None,
+    fit: str = "threshold",
+) -> list[dict]:
+    """One row per ``n``: ``n``, ``draws``, ``fallbacks``, ``rest`` (tiles scored) and the mean / std
+    (sample std over the draws; 0 for one draw) of accuracy, precision, recall and F1."""
+    if fit not in sc.MARGIN_FITS:
+        raise ValueError(f"fit={fit!r}: the curve works on margins, choose one of {sc.MARGIN_FITS}")
+    margins = np.atleast_2d(np.asarray(margins, np.float64))
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    if margins.shape[1] != labels.size:
+        raise ValueError(f"margins {margins.shape} and labels {labels.shape} differ in length")
+    sc.check_sample(labels, min_examples=2)
+    base = dict(base_point or {"threshold": 0.5, "temperature": 1.0})
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in ns:
+        if n >= labels.size:
+            continue  # nothing left to score
+        if n == 0:
+            results, fallbacks = [_metrics(margins, labels, base)], 0
+        else:
+            results, fallbacks = [], 0
+            for _ in range(draws):
+                picked = draw_sample(labels, n, rng)
+                rest = np.setdiff1d(np.arange(labels.size), picked)
+                if len(np.unique(labels[picked])) < 2:
+                    point, fallbacks = base, fallbacks + 1
+                else:
+                    point = sc.fit_point(margins[:, picked], labels[picked], rule, fit, base)
+                results.append(_metrics(margins[:, rest], labels[rest], point))
+        row = {"n": int(n), "draws": len(results), "fallbacks": fallbacks, "rest": int(labels.size - n)}
+        for k in CURVE_METRICS:
+            values = np.array([r[k] for r in results])
+            row[f"{k}_mean"] = float(values.mean())
+            row[f"{k}_std"] = float(values.std(ddof=1)) if values.size > 1 else 0.0
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"every n of {list(ns)} is >= the {labels.size} target tiles")
+    return rows
+
+
+def curve_png(curves: dict[str, list[dict]], path: str | os.PathLike, metric: str = "accuracy",
+              title: str = "") -> None:
+    """One line per curve (label -> rows of :func:`few_shot_curve`): mean +- std of ``metric`` vs n."""
+    from crack_tf.evaluation.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, rows in curves.items():
+        n = [r["n"] for r in rows]
+        ax.errorbar(n, [r[f"{metric}_mean"] for r in rows], yerr=[r[f"{metric}_std"] for r in rows], marker="o",
+                    capsize=3, label=label)
+    ax.set_xlabel("labelled tiles of the new site (n; 0 = stored point)")
+    ax.set_ylabel(f"{metric} on the rest of the site")
+    ax.set_title(title or f"few-shot site calibration: {metric} (mean +- std over draws)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)

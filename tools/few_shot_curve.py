@@ -1,0 +1,109 @@
+"""Few-shot site calibration curve of leave-one-source-out runs: a CSV, a markdown table, a plot.
+
+  python tools/few_shot_curve.py --runs='runs/loso_*' --out=docs/results/few_shot \\
+      --ns=0,10,25,50,100 --draws=20 --fit=threshold,temperature+threshold
+
+Each run folder holds ``run.json`` (its ``operating_point``: temperature, threshold, rule, tta)
+and ``margins.npz``: ``margins`` [V, N] float32 (logit margins, V test-time views of the point's
+tta), ``labels`` [N] int, ``sources`` [N] str and ``split`` [N] in {"val", "eval"}. The left-out
+source is the ``split == "eval"`` part; on it, for each n, ``crack_tf.evaluation.few_shot``
+calibrates on n random labelled tiles (``--draws`` times) and scores the rest. Writes
+``few_shot.csv``, ``few_shot.md`` and ``few_shot.png`` (accuracy, mean +- std over the draws,
+one line per run and fit) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from crack_tf.evaluation import few_shot  # noqa: E402
+from crack_tf.evaluation import site_calibration as sc  # noqa: E402
+
+FIELDS = ["run", "left_out", "fit", "n", "draws", "fallbacks", "rest"] + [
+    f"{m}_{s}" for m in few_shot.CURVE_METRICS for s in ("mean", "std")]
+
+
+def read_run(folder: str) -> tuple[np.ndarray, np.ndarray, str, dict]:
+    """(margins [V, N_eval], labels, left-out source name(s), stored point) of one run folder."""
+    with open(os.path.join(folder, "run.json"), encoding="utf-8") as f:
+        point = json.load(f).get("operating_point")
+    if not point:
+        raise ValueError(f"{folder}/run.json has no operating_point")
+    with np.load(os.path.join(folder, "margins.npz")) as z:
+        missing = [k for k in ("margins", "labels", "sources", "split") if k not in z.files]
+        if missing:
+            raise ValueError(f"{folder}/margins.npz lacks {missing} (tools/site_margins.py writes it)")
+        margins, labels, sources, split = (z[k] for k in ("margins", "labels", "sources", "split"))
+    target = split.astype(str) == "eval"
+    if not target.any():
+        raise ValueError(f"{folder}/margins.npz has no split == 'eval' entries (the left-out source)")
+    margins = np.atleast_2d(margins)
+    return margins[:, target], labels[target], "+".join(sorted(set(sources[target].astype(str)))), point
+
+
+def curves(folders: list[str], ns: list[int], draws: int, fits: list[str], rule: str | None, seed: int) -> list[dict]:
+    rows = []
+    for folder in folders:
+        margins, labels, left_out, point = read_run(folder)
+        for fit in fits:
+            for row in few_shot.few_shot_curve(margins, labels, ns, draws, sc.resolve_rule(rule, point), seed,
+                                               point, fit):
+                rows.append({"run": os.path.basename(os.path.normpath(folder)), "left_out": left_out, "fit": fit,
+                             **row})
+    return rows
+
+
+def write_outputs(rows: list[dict], out: str) -> None:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "few_shot.csv"), "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| run | left out | fit | n | accuracy | precision | recall | F1 | draws (fallbacks) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = [f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_std']:.3f}" for m in few_shot.CURVE_METRICS]
+        lines.append(f"| {r['run']} | {r['left_out']} | {r['fit']} | {r['n']} | " + " | ".join(cells)
+                     + f" | {r['draws']} ({r['fallbacks']}) |")
+    with open(os.path.join(out, "few_shot.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    grouped: dict[str, list[dict]] = {}
+    for r in rows:
+        grouped.setdefault(f"{r['run']} ({r['left_out']}, {r['fit']})", []).append(r)
+    few_shot.curve_png(grouped, os.path.join(out, "few_shot.png"))
+
+
+def main_args(argv: list[str]) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", required=True, help="Glob of run folders (quote it).")
+    parser.add_argument("--out", required=True, help="Output folder.")
+    parser.add_argument("--ns", default=",".join(map(str, few_shot.DEFAULT_NS)), help="Sample sizes.")
+    parser.add_argument("--draws", type=int, default=20, help="Random draws per sample size.")
+    parser.add_argument("--fit", default="threshold", help=f"Comma-separated fits of {sc.MARGIN_FITS}.")
+    parser.add_argument("--rule", default=None, help="Threshold rule (default: each run's stored rule, else f1).")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    folders = sorted(d for d in glob.glob(args.runs) if os.path.isdir(d))
+    if not folders:
+        raise ValueError(f"--runs={args.runs!r} matches no run folder")
+    fits = [f for f in args.fit.split(",") if f]
+    ns = [int(n) for n in args.ns.split(",") if n]
+    rows = curves(folders, ns, args.draws, fits, args.rule, args.seed)
+    write_outputs(rows, args.out)
+    return rows
+
+
+if __name__ == "__main__":
+    from crack_tf.cli import run_tool
+
+    sys.exit(run_tool(main_args, lambda rows: f"few_shot_curve: {len(rows)} rows from {len({r['run'] for r in rows})} "
+                      f"runs"))
