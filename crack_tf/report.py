@@ -27,6 +27,7 @@ import numpy as np
 from absl import flags
 
 from crack_tf.choices import TTA_MODES
+from crack_tf.heatmap import downscale
 from crack_tf.model_precision import define_precision_flag
 from crack_tf.report_pages import composite, flight_data, heat_rgba, render_photo, write_index
 
@@ -48,19 +49,6 @@ def define_flags() -> None:
     flags.DEFINE_float("max_megapixels", 89.5, "Skip photos larger than this (raise it to process them).")
     flags.DEFINE_bool("explain", False, "Add a Grad-CAM view of each photo's highest window.")
     flags.DEFINE_bool("fail_fast", False, "Stop at the first unreadable file.")
-
-
-def downscale(image: np.ndarray, max_side: int) -> np.ndarray:
-    """``image`` with its longest side at most ``max_side`` (subsampled first: no copy of a huge photo)."""
-    from PIL import Image
-
-    h, w = image.shape[:2]
-    scale = max(h, w) / max_side
-    if scale <= 1:
-        return image
-    step = int(scale)
-    img = Image.fromarray(np.ascontiguousarray(image[::step, ::step]) if step > 1 else image)
-    return np.asarray(img.resize((max(1, round(w / scale)), max(1, round(h / scale))), Image.BILINEAR))
 
 
 def heat_layer(result, max_side: int) -> np.ndarray:

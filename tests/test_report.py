@@ -8,6 +8,7 @@ in ``runs/test_artifacts/report/`` (index_1000.png, index_flight.png, detail.png
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import pathlib
@@ -108,14 +109,20 @@ def test_index_of_1000_photos_loads_in_2_s_and_sorts_filters_and_pages(tmp_path,
     rng = np.random.default_rng(0)
     out = tmp_path / "report"
     (out / "img").mkdir(parents=True)
+    noise = rng.normal(0, 12, (192, 256, 3))
+    thumbs = []  # ten real-size 256 x 192 JPEGs (~10 kB), their bytes written to the 1,000 thumbnail files
+    for tint in range(10):
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(noise + (130 + 12 * tint, 120, 120), 0, 255).astype(np.uint8)).save(buf, "JPEG",
+                                                                                                   quality=82)
+        thumbs.append(buf.getvalue())
     entries = []
     for i in range(1000):
         p = float(rng.uniform())
         r = ScanResult(f"/flight/DJI_{i:04d}.JPG", "photo", 4000, 3000, p, p > 0.6, 0.6, 2000, [], p / 5)
         key = entry_key(i, r.path)
-        thumb = np.full((48, 64, 3), (int(255 * p), 90, 90), np.uint8)
-        Image.fromarray(thumb).save(out / "img" / f"{key}_thumb.jpg", quality=70)
-        entries.append((r, key, {"thumb": f"img/{key}_thumb.jpg", "thumb_size": (64, 48)}))
+        (out / "img" / f"{key}_thumb.jpg").write_bytes(thumbs[min(int(10 * p), 9)])
+        entries.append((r, key, {"thumb": f"img/{key}_thumb.jpg", "thumb_size": (256, 192)}))
     entries.sort(key=lambda e: (not e[0].is_crack, -e[0].probability))
     failures = [(f"/flight/bad_{i}.JPG", f"/flight/bad_{i}.JPG: cannot read this photo") for i in range(20)]
     write_index(str(out), flight_data(entries, failures, "m.keras", 0.6))
