@@ -9,7 +9,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["crack_tf", "crack_tf.*"]),
-    package_data={"crack_tf": ["serving/*.txt", "serving/*.config"]},
+    package_data={"crack_tf": ["serving/*.txt", "serving/*.config", "report_assets/*"]},
     python_requires=">=3.10",
     # TensorFlow itself comes from the `cpu` or `gpu` extra, so a CPU user never gets the
     # CUDA wheel forced on them; on a machine with only JAX or PyTorch the models,

@@ -221,16 +221,25 @@ def write_boxes(boxes: list[dict], path: str, fmt: str, photo_name: str) -> None
                    "features": features}, f)
 
 
+def downscale(image: np.ndarray, max_side: int) -> np.ndarray:
+    """``image`` with its longest side at most ``max_side`` (subsampled first: no copy of a huge photo)."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    scale = max(h, w) / max_side
+    if scale <= 1:
+        return image
+    step = int(scale)
+    img = Image.fromarray(np.ascontiguousarray(image[::step, ::step]) if step > 1 else image)
+    return np.asarray(img.resize((max(1, round(w / scale)), max(1, round(h / scale))), Image.BILINEAR))
+
+
 def write_overlay(photo: np.ndarray, heatmap: Heatmap, path: str, max_side: int = 2048) -> None:
     """The photo (downscaled to ``max_side``) blended with the map in red."""
     from PIL import Image
 
+    base = downscale(photo, max_side).astype(np.float32)
     scale = max(1.0, max(heatmap.height, heatmap.width) / max_side)
-    step = int(scale)  # subsample first (a view) so PIL never copies a huge photo
-    img = Image.fromarray(np.ascontiguousarray(photo[::step, ::step]) if step > 1 else photo)
-    if scale > 1:
-        img = img.resize((int(round(heatmap.width / scale)), int(round(heatmap.height / scale))), Image.BILINEAR)
-    base = np.asarray(img, dtype=np.float32)
     prob = heatmap.pixel_map(scale=scale)[: base.shape[0], : base.shape[1], None]
     red = np.array([255.0, 0.0, 0.0], dtype=np.float32)
     alpha = 0.6 * prob

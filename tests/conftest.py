@@ -32,3 +32,16 @@ def _seed():
 
     keras.utils.set_random_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    """A fixed 32-px "darkness" crack detector (tests/test_heatmap.py) saved as .keras with an
+    operating threshold of 0.42 stored in it."""
+    from crack_tf.model_meta import write_metadata
+    from tests.test_heatmap import darkness_model
+
+    path = tmp_path_factory.mktemp("model") / "dark.keras"
+    darkness_model(32).save(path)
+    write_metadata(str(path), {"operating_point": {"threshold": 0.42, "temperature": 1.0, "rule": "f1"}})
+    return path
