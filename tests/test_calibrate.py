@@ -24,7 +24,6 @@ from crack_tf.calibrate import calibrate
 from crack_tf.evaluation import few_shot, head_refit, site_calibration, stats
 from crack_tf.model_meta import read_metadata, write_metadata
 from crack_tf.predictor import load_model
-from tests.test_gpu_jobs import job_tree  # noqa: F401  (fixture)
 from tests.tool_loader import load_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -380,25 +379,6 @@ def test_unreadable_tiles_are_left_out_named_and_exit_1(model_file, tmp_path, ca
     assert "calibrate: 1 file(s) could not be used" in capsys.readouterr().err
 
 
-def test_gpu_job_leaves_each_source_out_of_pretraining_and_training(job_tree):  # noqa: F811  (the fixture)
-    repo, env, calls = job_tree
-    done = subprocess.run(["bash", "tools/gpu_jobs/few_shot.sh"], cwd=repo, capture_output=True, text=True,
-                          env=dict(env, LEFT_OUT="uav75,deepcrack", SEEDS="0,1"), timeout=60)
-    assert done.returncode == 1 and "no backbone runs/pretrain/crack_no_deepcrack.weights.h5" in done.stdout
-    lines = [line.split() for line in calls.read_text().splitlines()]
-    pre = [a for a in lines if a[0] == "tools/pretrain.py"]
-    assert len(pre) == 1 and "--data_dir=uavcrack" in pre[0]  # uav75 out: the existing backbone is kept
-    train = [a for a in lines if a[:2] == ["-m", "crack_tf.train"]]
-    assert len(train) == 2 and all("--data_dir=uavcrack:0.3,deepcrack:0.2" in a and "--eval_sources=uav75" in a
-                                   and "--weights=runs/pretrain/crack.weights.h5" in a for a in train)
-    assert [a for a in train[1] if a.startswith("--model_dir")] == ["--model_dir=runs/loso_uav75_s1"]
-    assert sum(a[0] == "tools/site_margins.py" for a in lines) == 2
-    bad = subprocess.run(["bash", "tools/gpu_jobs/few_shot.sh"], cwd=repo, capture_output=True, text=True,
-                         env=dict(env, LEFT_OUT="pavement"), timeout=60)
-    assert bad.returncode == 2 and "unknown source pavement" in bad.stdout
-
-
-@pytest.mark.slow
 def test_calibrate_runs_on_jax_without_tensorflow(model_file, site, tmp_path):
     code = ("import sys; sys.modules['tensorflow'] = None\n"
             "from crack_tf.calibrate import calibrate\n"

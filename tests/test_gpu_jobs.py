@@ -67,3 +67,25 @@ def test_table_job_filters_rows_and_reuses_finished_recipe_runs(job_tree):
         outputs = [a for a in args if a.startswith("--output_dir=")]
         assert outputs[-1] == "--output_dir=runs/ablation_table3_pretrained"
     assert (repo.parent / "out" / "ablation_table3.tgz").is_file()
+
+
+def test_loso_job_pretrains_each_fold_without_its_left_out_source(job_tree):
+    repo, env, calls = job_tree
+    (repo / "runs" / "pretrain" / "loso_no_uavcrack.weights.h5").write_bytes(b"")  # kept: not pretrained again
+    recorder = (repo.parent / "bin" / "python3")  # pretraining must leave its --output behind
+    recorder.write_text(RECORDER + 'for a in "$@"; do case $a in --output=*) touch "${a#--output=}";; esac; done\n')
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, ONLY="^pretrained$", JOB_S="200"), timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line.split() for line in calls.read_text().splitlines()]
+    pre = {next(a for a in args if a.startswith("--output=")): next(a for a in args if a.startswith("--data_dir="))
+           for args in lines if args[0] == "tools/pretrain.py"}
+    assert pre == {"--output=runs/pretrain/loso_no_uav75.weights.h5": "--data_dir=uavcrack,deepcrack",
+                   "--output=runs/pretrain/loso_no_deepcrack.weights.h5": "--data_dir=uav75,uavcrack"}
+    grids = [args for args in lines if args[0] == "tools/ablate.py" and "--report_only" not in args]
+    main = next(a for a in grids if "--output_dir=runs/ablation_loso" in a)
+    assert "--folds=no_uav75,no_uavcrack,no_deepcrack" in main and "--only=^pretrained$" in main
+    repeat = next(a for a in grids if "--output_dir=runs/ablation_loso_repeat" in a)
+    assert "--folds=no_uav75" in repeat and "--seeds=0" in repeat
+    out = repo.parent / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["loso.log", "machine.txt", "runs.tgz"]  # <= 8 files back

@@ -57,3 +57,25 @@ def test_rules_are_scored_on_the_left_out_source_with_the_pick_made_on_val(tmp_p
     ranked = [line.split("|")[1].strip() for line in md.splitlines()[2:]]
     means = {rule: np.mean(numbers[rule]["mean_over_left_out_per_seed"]) for rule in numbers}
     assert ranked == [f"`{r}`" for r in sorted(means, key=lambda r: -means[r])]  # best first
+
+
+def test_a_run_cut_off_before_run_json_gets_its_point_recomputed_from_the_margins(tmp_path):
+    from crack_tf.evaluation import calibration, run_margins
+
+    _write_run(tmp_path / "r", 0, ["a", "b"], "c", shift=1.0)
+    (tmp_path / "r" / "run.json").unlink()
+    (tmp_path / "r" / "config.json").write_text(json.dumps({"seed": 3, "threshold_rule": "min_source_f1",
+                                                            "tta": "none"}))
+    run = run_margins.read_run(str(tmp_path / "r"))
+    arrays = run["arrays"]
+    val = arrays["split"] == "val"
+    expected = calibration.operating_point(arrays["margins"][:, val], arrays["labels"][val], "min_source_f1",
+                                           sources=arrays["sources"][val])
+    assert run["recomputed"] and run["config"]["seed"] == 3
+    assert run["point"]["threshold"] == expected["threshold"] and run["point"]["rule"] == "min_source_f1"
+    assert rules_tool.load_run(str(tmp_path / "r"))["seed"] == 3
+    (tmp_path / "r" / "run.json").write_text(json.dumps({"config": {"seed": 4}, "operating_point": {"threshold": 0.7}}))
+    stored = run_margins.read_run(str(tmp_path / "r"))
+    assert not stored["recomputed"] and stored["point"] == {"threshold": 0.7} and stored["config"]["seed"] == 4
+    with pytest.raises(ValueError, match="no margins.npz"):
+        run_margins.read_run(str(tmp_path))

@@ -3,7 +3,8 @@
   python tools/few_shot_curve.py --runs='runs/loso_*' --out=docs/results/few_shot \\
       --ns=0,10,25,50,100 --draws=20 --fit=threshold,temperature+threshold
 
-Each run folder holds ``run.json`` (its ``operating_point``: temperature, threshold, rule, tta)
+Each run folder holds ``run.json`` (its ``operating_point``: temperature, threshold, rule, tta; a
+run cut off before run.json: recomputed from the margins, ``crack_tf.evaluation.run_margins``)
 and ``margins.npz``: ``margins`` [V, N] float32 (logit margins, V test-time views of the point's
 tta), ``labels`` [N] int, ``sources`` [N] str and ``split`` [N] in {"val", "eval"}. The left-out
 source is the ``split == "eval"`` part; on it, for each n, ``crack_tf.evaluation.few_shot``
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
-import json
 import os
 import sys
 
@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from crack_tf.evaluation import few_shot  # noqa: E402
+from crack_tf.evaluation import few_shot, run_margins  # noqa: E402
 from crack_tf.evaluation import site_calibration as sc  # noqa: E402
 
 FIELDS = ["run", "left_out", "fit", "n", "draws", "fallbacks", "rest"] + [
@@ -34,20 +34,13 @@ FIELDS = ["run", "left_out", "fit", "n", "draws", "fallbacks", "rest"] + [
 
 def read_run(folder: str) -> tuple[np.ndarray, np.ndarray, str, dict]:
     """(margins [V, N_eval], labels, left-out source name(s), stored point) of one run folder."""
-    with open(os.path.join(folder, "run.json"), encoding="utf-8") as f:
-        point = json.load(f).get("operating_point")
-    if not point:
-        raise ValueError(f"{folder}/run.json has no operating_point")
-    with np.load(os.path.join(folder, "margins.npz")) as z:
-        missing = [k for k in ("margins", "labels", "sources", "split") if k not in z.files]
-        if missing:
-            raise ValueError(f"{folder}/margins.npz lacks {missing} (tools/site_margins.py writes it)")
-        margins, labels, sources, split = (z[k] for k in ("margins", "labels", "sources", "split"))
-    target = split.astype(str) == "eval"
+    run = run_margins.read_run(folder)
+    arrays = run["arrays"]
+    target = arrays["split"] == "eval"
     if not target.any():
         raise ValueError(f"{folder}/margins.npz has no split == 'eval' entries (the left-out source)")
-    margins = np.atleast_2d(margins)
-    return margins[:, target], labels[target], "+".join(sorted(set(sources[target].astype(str)))), point
+    return (arrays["margins"][:, target], arrays["labels"][target], "+".join(sorted(set(arrays["sources"][target]))),
+            run["point"])
 
 
 def curves(folders: list[str], ns: list[int], draws: int, fits: list[str], rule: str | None, seed: int) -> list[dict]:

@@ -21,11 +21,10 @@ import os
 import statistics
 import sys
 
-import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from crack_tf.evaluation import calibration, stats  # noqa: E402
+from crack_tf.evaluation import calibration, run_margins, stats  # noqa: E402
 
 RULES = ("f1", "mean_source_accuracy", "min_source_accuracy", "mean_source_balanced_accuracy",
          "min_source_balanced_accuracy", "mean_source_f1", "min_source_f1")
@@ -39,16 +38,13 @@ def define_flags() -> None:
 
 
 def load_run(folder: str) -> dict | None:
-    """run.json's seed / fold and the margins of a finished run; None without margins.npz."""
-    path = os.path.join(folder, "margins.npz")
-    if not os.path.isfile(path):
+    """Seed, fold and margins of a run folder (None without margins.npz)."""
+    if not os.path.isfile(os.path.join(folder, "margins.npz")):
         return None
-    with open(os.path.join(folder, "run.json"), encoding="utf-8") as f:
-        rj = json.load(f)
-    arrays = dict(np.load(path))
-    left_out = sorted(set(arrays["sources"][arrays["split"] == "eval"].tolist()))
-    return {"name": os.path.basename(folder.rstrip("/")), "seed": int(rj.get("config", {}).get("seed", 0)),
-            "fold": "no_" + "+".join(left_out) if left_out else "all", "arrays": arrays}
+    run = run_margins.read_run(folder)
+    left_out = sorted(set(run["arrays"]["sources"][run["arrays"]["split"] == "eval"].tolist()))
+    return {"name": run["name"], "seed": int(run["config"].get("seed", 0)),
+            "fold": "no_" + "+".join(left_out) if left_out else "all", "arrays": run["arrays"]}
 
 
 def score_rules(arrays: dict, rules: list[str]) -> dict[str, dict]:
