@@ -41,6 +41,7 @@ setup(
             "crack-tf-heatmap=crack_tf.heatmap:run",
             "crack-tf-predict=crack_tf.predict:run",
             "crack-tf-report=crack_tf.report:run",
+            "crack-tf-adapt=crack_tf.adapt:run",
         ]
     },
 )
