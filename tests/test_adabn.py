@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crack_tf.training.adabn import adapt_batchnorm, adapt_to_source, batchnorm_layers
+from crack_tf.training.adabn import adapt_batchnorm, adapt_to_source, batchnorm_layers, keep_batchnorm
 from tests.photo_data import write_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,6 +143,15 @@ def test_adapt_to_source_uses_only_the_train_fold_of_a_source_without_val(tmp_pa
     assert record["files_sha256"] == hashlib.sha256("\n".join(digests).encode()).hexdigest()
     assert adapted is not model and np.allclose(_layer(model, "bn1").moving_variance.numpy(), 1)
     assert not np.allclose(_layer(adapted, "bn1").moving_variance.numpy(), 1)
+    model.compile(loss="mse")
+    x = np.random.default_rng(2).integers(0, 255, (4, 8, 8, 3)).astype(np.float32)
+    before = model.predict_on_batch(x)
+    with keep_batchnorm(model):  # in place for the block: the compiled model itself, then restored
+        same, again = adapt_to_source(model, "deep", str(tmp_path), crops=24, crop_side=(8, 16), batch_size=8,
+                                      image_size=8, copy=False)
+        assert same is model and again["files_sha256"] == record["files_sha256"]
+        np.testing.assert_allclose(model.predict_on_batch(x), adapted.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(model.predict_on_batch(x), before)
 
 
 def _saved_model(tmp_path, custom: bool = True):

@@ -19,6 +19,9 @@ from crack_tf.data.crops import CropOptions, render_crop
 from crack_tf.data.photos import PADDING_LEVEL, load_sources, parse_sources
 
 SALT_CROPS, SALT_VIEWS = 0xADA, 0x51C
+# SimCLR's views: stronger colour changes than the supervised crops (CropOptions fields).
+SIMCLR_AUGMENT = {"brightness": 0.12, "contrast": 0.3, "saturation": 0.3, "hue": 0.05, "grayscale": 0.2,
+                  "gamma": 0.25, "blur": 0.3}
 _TRIES = 16
 
 

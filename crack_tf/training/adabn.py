@@ -86,6 +86,20 @@ def _wrapped(layers: list, make_call: Callable) -> Iterator[None]:
                 object.__delattr__(layer, "call")
 
 
+@contextlib.contextmanager
+def keep_batchnorm(model: keras.Model) -> Iterator[None]:
+    """Restores every BatchNormalization layer's moving statistics on exit: adapt in place (the model
+    stays compiled, no copy), evaluate, and the model is as it was."""
+    saved = [(layer, np.array(ops.convert_to_numpy(layer.moving_mean)),
+              np.array(ops.convert_to_numpy(layer.moving_variance))) for layer in batchnorm_layers(model)]
+    try:
+        yield
+    finally:
+        for layer, mean, variance in saved:
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(variance)
+
+
 def _forward(model: keras.Model, images: np.ndarray, batch_size: int) -> None:
     for start in range(0, len(images), batch_size):
         try:
@@ -204,9 +218,10 @@ def adapt_to_source(model: keras.Model, source: str, data_root: str = "", split:
     """AdaBN on ``split`` of photo sources (``--data_dir`` syntax, e.g. the left-out source of a
     leave-one-source-out run): ``crops`` random crops of its photos, labels and masks unused.
 
-    Returns ``(adapted model, record)``; with ``copy=True`` (default) ``model`` is left as it was,
-    so a run can report the source with and without AdaBN. The stored operating point (threshold,
-    temperature) is not re-picked.
+    Returns ``(adapted model, record)``; with ``copy=True`` (default) ``model`` is left as it was and
+    the adapted clone is not compiled; ``copy=False`` inside ``with keep_batchnorm(model):`` adapts
+    the compiled model in place for the block (report the source with and without AdaBN). The
+    stored operating point (threshold, temperature) is not re-picked.
     """
     from crack_tf.data.unlabelled import from_sources, random_crops
 

@@ -69,7 +69,8 @@ _GROUPS: dict[str, list[tuple]] = {"model": [
     ("float", "gamma", 0.0, "Photos source: random gamma in [1/(1+g), 1+g] (log-uniform), out = 255*(in/255)**gamma.",
      None),
     ("float", "grayscale", 0.0, "Photos source: probability of a grayscale crop (luma in all 3 channels).", None),
-    ("float", "hue", 0.0, "Photos source: max random hue shift (fraction of the colour circle, <= 0.5).", None),
+    ("float", "hue", 0.0, "Photos source: max random hue rotation (turns of the colour circle, <= 0.5; luma kept).",
+     None),
     ("integer", "val_tile", 128, "Photos source: side of the fixed val tiles (grid of each val photo) and of "
      "the --min_crack_pixels rule.", None),
     ("float", "val_fraction", 0.2, "Photos source: share of source images held out as the val fold of a "
