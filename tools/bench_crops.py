@@ -26,12 +26,15 @@ ROBUST = {"gamma": 0.3, "grayscale": 0.1, "hue": 0.03, "blur": 0.25, "jpeg": 0.3
 SETTINGS = {"recipe": {}, "gamma": {"gamma": 0.3}, "grayscale": {"grayscale": 0.1}, "hue": {"hue": 0.03},
             "blur": {"blur": 0.25}, "jpeg": {"jpeg": 0.3}, "robust": ROBUST, "simclr": SIMCLR_AUGMENT}
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", "uavcrack,deepcrack", "Photo sources (train splits), --data_dir syntax.")
-flags.DEFINE_string("data_root", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
-                                              "data"), "Folder of the sources.")
-flags.DEFINE_integer("crops", 2000, "Crops per timing.")
-flags.DEFINE_integer("image_size", 224, "Crop size.")
-flags.DEFINE_list("settings", list(SETTINGS), f"Settings to time, of {list(SETTINGS)}.")
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("data_dir", "uavcrack,deepcrack", "Photo sources (train splits), --data_dir syntax.")
+    flags.DEFINE_string("data_root", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
+                                                  "data"), "Folder of the sources.")
+    flags.DEFINE_integer("crops", 2000, "Crops per timing.")
+    flags.DEFINE_integer("image_size", 224, "Crop size.")
+    flags.DEFINE_list("settings", list(SETTINGS), f"Settings to time, of {list(SETTINGS)}.")
 
 
 def rates(data_dir: str, data_root: str, crops: int, image_size: int, settings: list[str]) -> dict[str, float]:
@@ -65,4 +68,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
