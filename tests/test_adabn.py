@@ -187,6 +187,10 @@ def test_adapt_command_keeps_the_metadata_and_records_the_adaptation(tmp_path):
     again = str(tmp_path / "twice.keras")
     adapt_file(out, again, photos=[str(photos)], crops=8, crop_side=(16, 32))
     assert [r["crops"] for r in read_metadata(again)["adabn"]] == [16, 8]  # appended
+    write_source(tmp_path / "src", {"train": 2, "val": 1}, size=48)  # --source: its train photos only
+    from_source = adapt_file(path, str(tmp_path / "src.keras"), source="src", data_root=str(tmp_path), crops=8,
+                             crop_side=(16, 32))
+    assert from_source["inputs"] == "src (train)" and from_source["photos"] == 2
     for kwargs, message in ((dict(photos=[str(tmp_path / "empty")]), "no readable photo"),
                             (dict(photos=[str(photos)], source="x"), "exactly one of"),
                             (dict(photos=[str(photos)], out_name="a.h5"), "must end in .keras")):
