@@ -42,6 +42,7 @@ setup(
             "crack-tf-predict=crack_tf.predict:run",
             "crack-tf-report=crack_tf.report:run",
             "crack-tf-calibrate=crack_tf.calibrate:run",
+            "crack-tf-adapt=crack_tf.adapt:run",
         ]
     },
 )

@@ -50,3 +50,14 @@ def test_loader_rate_runs_the_photos_input_through_fit(tmp_path):
     assert r["trainer_cpu_ms_per_batch"] > 0 and r["shared_memory"]
     piped = e2e.loader_rate(str(flagfile), 8, 32, 6, 2, True, ["--loader_shared_memory=false"])
     assert piped["processes"] and not piped["shared_memory"] and piped["img_per_s"] > 0
+
+
+def test_crop_render_rates_cover_each_setting_and_refuse_unknown_ones(tmp_path):
+    from tests.photo_data import write_source
+
+    crops = load_tool("bench_crops")
+    write_source(tmp_path / "site", {"train": 2, "val": 1}, size=256)
+    rates = crops.rates("site", str(tmp_path), 20, 32, ["recipe", "robust", "simclr"])
+    assert list(rates) == ["recipe", "robust", "simclr"] and all(r > 0 for r in rates.values())
+    with pytest.raises(ValueError, match="unknown"):
+        crops.rates("site", str(tmp_path), 20, 32, ["sharpen"])

@@ -89,3 +89,46 @@ def test_loso_job_pretrains_each_fold_without_its_left_out_source(job_tree):
     assert "--folds=no_uav75" in repeat and "--seeds=0" in repeat
     out = repo.parent / "out"
     assert sorted(p.name for p in out.iterdir()) == ["loso.log", "machine.txt", "runs.tgz"]  # <= 8 files back
+
+
+PRETRAIN_RECORDER = """#!/usr/bin/env bash
+echo "$*" >> "$CALLS"
+for a in "$@"; do case $a in --output=*) [ -n "${FINISH:-}" ] && touch "${a#--output=}";; esac; done
+exit 0
+"""
+RECIPE_PRETRAIN = ("tools/pretrain.py --mode=crack --data_dir=uavcrack,deepcrack --data_root=../shared/data "
+                   "--image_size=224 --crop_side=96,192 --steps=1000 --batch_size=128 --precision=bf16 --lr=0.002 "
+                   "--data_workers=14 --data_processes --log_every=100 --output=runs/pretrain/crack.weights.h5")
+
+
+def _pretrain_calls(calls):
+    return [line for line in calls.read_text().splitlines() if line.startswith("tools/pretrain.py")]
+
+
+def test_pretrain_backbone_defaults_and_the_pretraining_recipes(job_tree):
+    repo, env, calls = job_tree
+    (repo.parent / "bin" / "python3").write_text(PRETRAIN_RECORDER)
+    os.remove(repo / "runs" / "pretrain" / "crack.weights.h5")
+    script = "source tools/gpu_jobs/common.sh; pretrain_backbone 170"
+    done = subprocess.run(["bash", "-c", script], cwd=repo, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert _pretrain_calls(calls) == [RECIPE_PRETRAIN]  # no PRETRAIN_* set: the recipe's command exactly
+    calls.write_text("")
+    # simclr, then crack from it; a step that does not finish stops the job (the next call resumes).
+    unfinished = subprocess.run(["bash", "tools/gpu_jobs/pretrain.sh"], cwd=repo, capture_output=True, text=True,
+                                env=dict(env, RECIPE="simclr_crack"), timeout=60)
+    assert "simclr.weights.h5 not finished in this call" in unfinished.stdout and len(_pretrain_calls(calls)) == 1
+    calls.write_text("")
+    done = subprocess.run(["bash", "tools/gpu_jobs/pretrain.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, RECIPE="simclr_crack", FINISH="1"), timeout=60)
+    assert "pretrain.sh: done" in done.stdout, done.stdout + done.stderr
+    simclr, crack = (line.split() for line in _pretrain_calls(calls))
+    assert "--mode=simclr" in simclr and "--data_dir=uav75,uavcrack,deepcrack" in simclr
+    assert "--mode=crack" in crack and "--init=runs/pretrain/simclr.weights.h5" in crack
+    assert all("--checkpoint_every=500" in args for args in (simclr, crack))
+    assert crack[-1] == "--output=runs/pretrain/simclr_crack.weights.h5"
+    calls.write_text("")
+    done = subprocess.run(["bash", "tools/gpu_jobs/pretrain.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, RECIPE="long", FINISH="1"), timeout=60)
+    (long_run,) = (line.split() for line in _pretrain_calls(calls))
+    assert "--steps=10000" in long_run and "--output=runs/pretrain/crack_long.weights.h5" in long_run

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from crack_tf.data.crops import CropOptions
+from crack_tf.data.unlabelled import ViewSampler
 from tests.tool_loader import load_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +39,7 @@ def test_batches_are_deterministic_and_labelled_per_mode(photos):
     x2, y2 = pt.make_batch("synthetic", 3, 5, 32, 0, tiles=tiles, labels=labels)
     assert x.shape == (5, 32, 32, 3) and x.dtype == np.uint8 and np.array_equal(x, x2) and np.array_equal(y, y2)
     assert not np.array_equal(x, pt.make_batch("synthetic", 4, 5, 32, 0, tiles=tiles, labels=labels)[0])
-    imgs = pt.load_photos(photos)
+    imgs = pt.unlabelled_photos(photos, "", "")
     x, y = pt.make_batch("rotation", 0, 8, 32, 0, photos=imgs, crop=64)
     assert x.shape == (8, 32, 32, 3) and set(y.tolist()) <= {0, 1, 2, 3}
     # The label is the rotation: undoing it gives back a crop of some photo (same pixels, same order).
@@ -45,8 +47,41 @@ def test_batches_are_deterministic_and_labelled_per_mode(photos):
     rng.integers(len(imgs), size=8), rng.integers(4, size=8)
     crop0 = pt._crop(imgs[int(np.random.default_rng([0, 0]).integers(len(imgs), size=8)[0])], 64, rng, 32)
     assert np.array_equal(np.rot90(x[0], -int(y[0])), crop0)
-    x, y = pt.make_batch("simclr", 0, 3, 32, 0, photos=imgs, crop=64)
-    assert x.shape == (6, 32, 32, 3) and y.shape == (6,)
+    sampler = ViewSampler(imgs, CropOptions(image_size=32, **pt.augmentation("simclr")), seed=0, region=96)
+    x, y = pt.make_batch("simclr", 0, 3, 32, 0, sampler=sampler)
+    assert x.shape == (6, 32, 32, 3) and y.shape == (6,) and not y.any()
+
+
+def test_simclr_views_pair_up_and_read_only_train_photos(tmp_path):
+    # Photos of one flat level each: without colour augmentation a view's level names its photo.
+    levels = [40, 90, 140, 190, 240]
+    sampler = ViewSampler([np.full((120, 100, 3), v, np.uint8) for v in levels],
+                          CropOptions(image_size=24, brightness=0.0, contrast=0.0), seed=3, region=64)
+    x, y = sampler.batch(2, 16)
+    first, second = x[:8, 0, 0, 0], x[8:, 0, 0, 0]
+    np.testing.assert_array_equal(first, second)  # both views of pair j come from one photo
+    assert len(set(first.tolist())) > 2 and set(first.tolist()) <= set(levels)
+    np.testing.assert_array_equal(sampler.batch(2, 16)[0], x)
+    dataset = pt.CropPyDataset(sampler, 16, skip_batches=2, steps_per_epoch=1)  # the pretraining loader
+    np.testing.assert_array_equal(dataset[0][0], x)
+    with pytest.raises(ValueError, match="even"):
+        sampler.batch(0, 5)
+    # The --data_dir sources' train photos only: deepcrack-like (no val/) gives its train fold.
+    from crack_tf.data.photos import SourceSpec, list_photos
+    from tests.photo_data import write_source
+
+    write_source(tmp_path / "deep", {"train": 10}, size=48)
+    write_source(tmp_path / "site", {"train": 2, "val": 2}, size=48, seed=1)
+    images = pt.unlabelled_photos([], "deep,site", str(tmp_path))
+    folds = [list_photos(SourceSpec(n, str(tmp_path / n)), "train").pairs for n in ("deep", "site")]
+    assert len(images) == sum(len(f) for f in folds) < 12
+
+
+def test_augmentation_defaults_per_mode_and_overrides():
+    assert pt.augmentation("crack") == {}  # the trainer's CropOptions defaults: crack pretraining as before
+    assert pt.augmentation("crack", {"gamma": 0.3, "hue": None}) == {"gamma": 0.3}
+    simclr = pt.augmentation("simclr", {"blur": 0.0})
+    assert simclr["grayscale"] == 0.2 and simclr["blur"] == 0.0 and simclr["contrast"] == 0.3
 
 
 def test_nt_xent_rewards_matching_views():
@@ -66,8 +101,10 @@ def test_nt_xent_rewards_matching_views():
 def test_bad_output_name_and_missing_photos(tmp_path):
     with pytest.raises(ValueError, match="weights.h5"):
         pt.pretrain("synthetic", str(tmp_path / "x.h5"))
-    with pytest.raises(ValueError, match="--photos"):
-        pt.load_photos([str(tmp_path)])
+    with pytest.raises(ValueError, match="no readable photo"):
+        pt.unlabelled_photos([str(tmp_path)], "", "")
+    with pytest.raises(FileNotFoundError, match="--init"):
+        pt.pretrain("crack", str(tmp_path / "x.weights.h5"), init=str(tmp_path / "none.weights.h5"))
 
 
 def _backbone_layers(model: keras.Model) -> dict[str, list[np.ndarray]]:
@@ -133,9 +170,57 @@ def test_crack_pretraining_on_photo_sources_gives_loadable_backbone_weights(tmp_
         label, _, (i, top, left, side), _ = sampler.draw(0, 8 + index)
         photo = sampler.sources[0].photos[i]
         assert crop_label(photo, top, left, side, sampler.options.min_pixels(side), 1.0) == label == y[index]
+    # --init: the backbone starts from earlier weights (here a perturbed fresh one); a tiny lr keeps it there.
+    _, start = pt.build_pretrainer("simclr", 32)
+    kernel = start.get_layer("conv1_conv")
+    kernel.set_weights([w + 0.5 for w in kernel.get_weights()])
+    init = tmp_path / "simclr.weights.h5"
+    start.save_weights(init)
     out = tmp_path / "crack.weights.h5"
-    record = pt.pretrain("crack", str(out), image_size=32, steps=2, batch_size=4, log_every=1, data_dir="src",
-                         data_root=str(tmp_path), crop_side=(16, 48), min_crack_pixels=20)
-    assert record["mode"] == "crack" and record["steps"] == 2 and os.path.isfile(out)
+    args = dict(image_size=32, steps=3, batch_size=4, log_every=1, data_dir="src", data_root=str(tmp_path),
+                crop_side=(16, 48), min_crack_pixels=20, init=str(init), checkpoint_every=1, lr=1e-9,
+                augment={"gamma": 0.3, "grayscale": 0.5})
+    original, calls = pt.Checkpoints.on_epoch_end, []
+
+    def interrupted(self, epoch, logs=None):  # killed right after the checkpoint of step 2
+        original(self, epoch, logs)
+        calls.append(epoch)
+        if epoch == 1 and len(calls) == 2:
+            raise KeyboardInterrupt
+
+    pt.Checkpoints.on_epoch_end = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pt.pretrain("crack", str(out), **args)
+        assert not out.exists() and os.path.isdir(str(out) + ".ckpt")
+        with pytest.raises(ValueError, match="other settings .*steps"):
+            pt.pretrain("crack", str(out), **{**args, "steps": 4})
+        record = pt.pretrain("crack", str(out), **args)  # the same command continues
+    finally:
+        pt.Checkpoints.on_epoch_end = original
+    assert calls == [0, 1, 2] and record["resumed_at_step"] == 2 and len(record["history"]["loss"]) == 3
+    assert record["mode"] == "crack" and record["steps"] == 3 and record["init"] == str(init)
+    assert record["augment"] == {"gamma": 0.3, "grayscale": 0.5} and not os.path.exists(str(out) + ".ckpt")
     model = models.get("resnet50_aspp", weights=str(out), input_shape=(32, 32, 3))  # --weights= reads it
-    assert model.count_params() > 0
+    trained = _backbone_layers(model)["conv1_conv"][0]
+    np.testing.assert_allclose(trained, kernel.get_weights()[0], atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_crack_mode_over_the_three_shared_sources_reads_train_splits_and_joints_as_background(shared_data):
+    sampler = pt.crack_sampler("uav75,uavcrack,deepcrack", str(shared_data), 224, (96, 192), 40, seed=0, crops=1000)
+    assert [(s.name, s.fold) for s in sampler.sources] == [
+        ("uav75", "folder"), ("uavcrack", "folder"), ("deepcrack", "train minus val fold")]
+    assert all("/train/" in p.path for s in sampler.sources for p in s.photos)  # never a val photo
+    joints = 0
+    for index in range(400):
+        label, k, (i, y, x, side), _ = sampler.draw(0, index)
+        if sampler.sources[k].name != "uav75":
+            continue
+        photo = sampler.sources[k].photos[i]
+        mask = np.asarray(Image.open(photo.path.replace("/images/", "/masks/")[:-4] + ".png"))[..., 0]
+        region = mask[y : y + side, x : x + side]
+        assert label == int((region == 255).sum() >= sampler.options.min_pixels(side))
+        joints += bool(label == 0 and (region == 204).any())  # planking joints (204): background crops
+    assert joints > 10

@@ -108,6 +108,23 @@ def test_model_dir_of_another_config_is_refused(tmp_path):
     assert json.load(open(tmp_path / "config.json"))["lr"] == 0.1
 
 
+def test_a_run_started_before_a_flag_was_added_still_resumes(tmp_path):
+    from types import SimpleNamespace
+
+    from crack_tf.training import rundir
+
+    cfg = train_flags.parse_args([f"--model_dir={tmp_path}"])
+    rundir.prepare_model_dir(cfg)
+    saved = json.load(open(tmp_path / "config.json"))
+    del saved["gamma"], saved["hue"]  # an older run: these flags did not exist yet
+    json.dump(saved, open(tmp_path / "config.json", "w"))
+    rundir.prepare_model_dir(cfg)  # missing = the default: same run
+    assert json.load(open(tmp_path / "config.json"))["gamma"] == 0.0
+    json.dump(saved, open(tmp_path / "config.json", "w"))
+    with pytest.raises(ValueError, match="differs in: --gamma"):
+        rundir.prepare_model_dir(SimpleNamespace(**{**vars(cfg), "gamma": 0.2}))
+
+
 @pytest.mark.slow
 def test_other_processes_never_read_a_half_written_config_json(tmp_path):
     """The chief writes config.json while the other processes of a multi-process run check it

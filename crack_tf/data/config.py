@@ -35,9 +35,10 @@ class DataConfig:
     (``uav75:0.6,uavcrack:0.4``, relative to ``data_root``); training draws ``crops_per_epoch``
     random crops per epoch (see ``crack_tf.data.crops``: ``crop_side`` range in photo pixels,
     ``min_crack_pixels`` per ``val_tile``^2, ``crack_fraction``, ``max_padding`` and the extra
-    augmentations ``saturation`` / ``blur`` / ``noise`` / ``jpeg``); evaluation uses the fixed
-    ``val_tile`` grid tiles of each source (``eval_max_tiles`` per source, 0 = all), and a source
-    without ``val/`` holds out ``val_fraction`` of its source images as its val fold.
+    augmentations ``saturation`` / ``blur`` / ``noise`` / ``jpeg`` / ``gamma`` / ``grayscale`` /
+    ``hue``); evaluation uses the fixed ``val_tile`` grid tiles of each source (``eval_max_tiles``
+    per source, 0 = all), and a source without ``val/`` holds out ``val_fraction`` of its source
+    images as its val fold.
     """
 
     source: str = "folder"
@@ -72,6 +73,9 @@ class DataConfig:
     blur: float = 0.0
     noise: float = 0.0
     jpeg: float = 0.0
+    gamma: float = 0.0
+    grayscale: float = 0.0
+    hue: float = 0.0
     val_tile: int = 128
     val_fraction: float = 0.2
     eval_max_tiles: int = 0

@@ -56,6 +56,9 @@ class CropOptions:
     blur: float = 0.0  # probability of a Gaussian blur, radius 0.3-1.5 px
     noise: float = 0.0  # Gaussian noise, sigma uniform in [0, noise] (0-255 scale)
     jpeg: float = 0.0  # probability of a JPEG re-compression, quality 30-90
+    gamma: float = 0.0  # gamma in [1/(1+g), 1+g] (log-uniform): out = 255 * (in / 255) ** gamma
+    grayscale: float = 0.0  # probability of a grayscale crop (luma, 3 channels kept)
+    hue: float = 0.0  # hue rotation in [-h, h] turns of the colour circle (YIQ: luma kept; h <= 0.5)
 
     def __post_init__(self) -> None:
         lo, hi = self.crop_side
@@ -67,11 +70,13 @@ class CropOptions:
             raise ValueError("min_crack_pixels must be >= 1 and the reference tile >= 8 px")
         if not 0 <= self.max_padding <= 1:
             raise ValueError(f"max_padding={self.max_padding} must be in [0, 1]")
-        for name in ("blur", "jpeg"):
+        for name in ("blur", "jpeg", "grayscale"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name}={getattr(self, name)} is a probability: use [0, 1]")
-        if min(self.brightness, self.contrast, self.saturation, self.noise) < 0:
-            raise ValueError("brightness, contrast, saturation and noise must be >= 0")
+        if min(self.brightness, self.contrast, self.saturation, self.noise, self.gamma) < 0:
+            raise ValueError("brightness, contrast, saturation, noise and gamma must be >= 0")
+        if not 0 <= self.hue <= 0.5:
+            raise ValueError(f"hue={self.hue}: a shift of at most half the colour circle, use [0, 0.5]")
 
     def min_pixels(self, side: int) -> int:
         """Crack pixels a crop of ``side`` photo pixels needs to be labelled crack."""
@@ -172,42 +177,8 @@ class CropSampler:
     # ---------------------------------------------------------------------------------- rendering
     def render(self, photo: Photo, crop: Crop, rng: np.random.Generator) -> np.ndarray:
         """The augmented uint8 [S, S, 3] image of one crop."""
-        o = self.options
         _, y, x, side = crop
-        u = rng.random(11)  # fixed number of draws: every option uses its own slot
-        img = Image.fromarray(np.ascontiguousarray(photo.image[y : y + side, x : x + side]))
-        if side != o.image_size:
-            img = img.resize((o.image_size, o.image_size), Image.Resampling.BILINEAR)
-        if o.flips and u[0] < 0.5:
-            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        if o.flips and u[1] < 0.5:
-            img = img.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-        if o.rot90 and _ROTATIONS[int(u[2] * 4)] is not None:
-            img = img.transpose(_ROTATIONS[int(u[2] * 4)])
-        if o.blur and u[6] < o.blur:
-            img = img.filter(ImageFilter.GaussianBlur(radius=float(0.3 + 1.2 * u[7])))
-        if o.saturation:
-            img = ImageEnhance.Color(img).enhance(float(1 - o.saturation + 2 * o.saturation * u[5]))
-        if o.brightness or o.contrast:
-            factor = 1 - o.contrast + 2 * o.contrast * u[4]
-            delta = (2 * u[3] - 1) * o.brightness * 255
-            hist = np.asarray(img.histogram(), np.float32).reshape(3, 256)
-            v = np.arange(256, dtype=np.float32)
-            means = (hist @ v / hist.sum(axis=1))[:, None]  # per-channel mean
-            lut = np.clip(np.round((v[None] - means) * factor + means + delta), 0, 255)
-            # Image.point(list) would round all 768 entries in Python (GIL held); the core call
-            # takes the integer table as it is (tests compare it with Image.point).
-            img = img._new(img.im.point(lut.astype(np.uint8).ravel().tolist(), None))
-        if o.jpeg and u[8] < o.jpeg:
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=int(30 + 60 * u[9]))
-            buf.seek(0)
-            img = Image.open(buf).convert("RGB")
-        out = np.asarray(img, dtype=np.uint8)
-        if o.noise:
-            sigma = o.noise * u[10]
-            out = np.clip(out + rng.normal(0.0, sigma, out.shape).astype(np.float32), 0, 255).astype(np.uint8)
-        return out
+        return render_crop(photo.image, y, x, side, self.options, rng)
 
     def element(self, epoch: int, index: int) -> tuple[np.ndarray, int, int]:
         """(image, label, source index) of training crop ``index`` of ``epoch``."""
@@ -230,6 +201,75 @@ class CropSampler:
             epoch, index = divmod(g, self.crops_per_epoch)
             images[j], labels[j], _ = self.element(epoch, index)
         return images, labels
+
+
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def hue_matrix(turns: float) -> tuple[float, ...]:
+    """Pillow's RGB -> RGB ``convert`` matrix that rotates the chroma (I, Q of YIQ) by ``turns`` of
+    the colour circle and keeps the luma Y: a hue shift at a tenth of the cost of an HSV round trip."""
+    c, s = math.cos(2 * math.pi * turns), math.sin(2 * math.pi * turns)
+    m = np.linalg.inv(_YIQ) @ np.array([[1, 0, 0], [0, c, -s], [0, s, c]]) @ _YIQ
+    return tuple(float(v) for v in np.concatenate([m, np.zeros((3, 1))], axis=1).ravel())
+
+
+def render_crop(image: np.ndarray, y: int, x: int, side: int, options: CropOptions,
+                rng: np.random.Generator) -> np.ndarray:
+    """The square crop of ``side`` at (``y``, ``x``) of a uint8 [H, W, 3] ``image``, resized to
+    ``options.image_size`` and augmented by ``options``: uint8 [S, S, 3].
+
+    The draws are fixed in number and order whatever the options: 11 uniforms (one slot per
+    original option), the noise (only when ``noise`` > 0, as before), then 3 uniforms of the options
+    added later (gamma, grayscale, hue). So settings without the later options give the very crops
+    they gave before those were added (tested).
+    """
+    o, s = options, options.image_size
+    u = rng.random(11)
+    noise = rng.normal(0.0, o.noise * u[10], (s, s, 3)).astype(np.float32) if o.noise else None
+    v = rng.random(3)
+    img = Image.fromarray(np.ascontiguousarray(image[y : y + side, x : x + side]))
+    if side != s:
+        img = img.resize((s, s), Image.Resampling.BILINEAR)
+    if o.flips and u[0] < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if o.flips and u[1] < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    if o.rot90 and _ROTATIONS[int(u[2] * 4)] is not None:
+        img = img.transpose(_ROTATIONS[int(u[2] * 4)])
+    if o.blur and u[6] < o.blur:
+        img = img.filter(ImageFilter.GaussianBlur(radius=float(0.3 + 1.2 * u[7])))
+    if o.hue:
+        img = img.convert("RGB", hue_matrix((2 * v[2] - 1) * o.hue))
+    if o.saturation:
+        img = ImageEnhance.Color(img).enhance(float(1 - o.saturation + 2 * o.saturation * u[5]))
+    if o.grayscale and v[1] < o.grayscale:
+        img = img.convert("L").convert("RGB")  # ITU-R 601 luma in every channel
+    lut = None
+    if o.brightness or o.contrast:
+        factor = 1 - o.contrast + 2 * o.contrast * u[4]
+        delta = (2 * u[3] - 1) * o.brightness * 255
+        hist = np.asarray(img.histogram(), np.float32).reshape(3, 256)
+        levels = np.arange(256, dtype=np.float32)
+        means = (hist @ levels / hist.sum(axis=1))[:, None]  # per-channel mean
+        lut = np.clip(np.round((levels[None] - means) * factor + means + delta), 0, 255).astype(np.uint8)
+    if o.gamma:
+        gamma = (1 + o.gamma) ** (2 * v[0] - 1)  # log-uniform in [1/(1+g), 1+g]
+        curve = np.round(255 * (np.arange(256) / 255) ** gamma).astype(np.uint8)
+        lut = curve[np.tile(np.arange(256), (3, 1)) if lut is None else lut]  # after brightness / contrast
+    if lut is not None:
+        # Image.point(list) would round all 768 entries in Python (GIL held); the core call
+        # takes the integer table as it is (tests compare it with Image.point).
+        img = img._new(img.im.point(lut.ravel().tolist(), None))
+    if o.jpeg and u[8] < o.jpeg:
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=int(30 + 60 * u[9]))
+        buf.seek(0)
+        img = Image.open(buf).convert("RGB")
+    out = np.asarray(img, dtype=np.uint8)
+    if noise is not None:
+        out = np.clip(out + noise, 0, 255).astype(np.uint8)
+    return out
 
 
 # -------------------------------------------------------------------------------------- eval tiles

@@ -21,7 +21,8 @@ def crop_options(config: DataConfig) -> CropOptions:
         image_size=config.image_size, crop_side=tuple(config.crop_side), min_crack_pixels=config.min_crack_pixels,
         reference=config.val_tile, crack_fraction=config.crack_fraction, max_padding=config.max_padding,
         flips=config.flips, rot90=config.rot90, brightness=config.brightness, contrast=config.contrast,
-        saturation=config.saturation, blur=config.blur, noise=config.noise, jpeg=config.jpeg,
+        saturation=config.saturation, blur=config.blur, noise=config.noise, jpeg=config.jpeg, gamma=config.gamma,
+        grayscale=config.grayscale, hue=config.hue,
     )
 
 

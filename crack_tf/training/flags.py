@@ -65,6 +65,11 @@ _GROUPS: dict[str, list[tuple]] = {"model": [
     ("float", "blur", 0.0, "Photos source: probability of a Gaussian blur (radius 0.3-1.5 px).", None),
     ("float", "noise", 0.0, "Photos source: max Gaussian noise sigma (0-255 scale).", None),
     ("float", "jpeg", 0.0, "Photos source: probability of a JPEG re-compression (quality 30-90).", None),
+    ("float", "gamma", 0.0, "Photos source: random gamma in [1/(1+g), 1+g] (log-uniform), out = 255*(in/255)**gamma.",
+     None),
+    ("float", "grayscale", 0.0, "Photos source: probability of a grayscale crop (luma in all 3 channels).", None),
+    ("float", "hue", 0.0, "Photos source: max random hue rotation (turns of the colour circle, <= 0.5; luma kept).",
+     None),
     ("integer", "val_tile", 128, "Photos source: side of the fixed val tiles (grid of each val photo) and of "
      "the --min_crack_pixels rule.", None),
     ("float", "val_fraction", 0.2, "Photos source: share of source images held out as the val fold of a "
@@ -142,6 +147,9 @@ _GROUPS: dict[str, list[tuple]] = {"model": [
 _FLAG_TABLE = [row for rows in _GROUPS.values() for row in rows]
 GROUP_OF = {row[1]: group for group, rows in _GROUPS.items() for row in rows}
 FLAG_NAMES = tuple(row[1] for row in _FLAG_TABLE)
+
+# Augmentations that only the photos source renders (crack_tf.data.crops.render_crop).
+PHOTO_AUGMENTATIONS = ("saturation", "blur", "noise", "jpeg", "gamma", "grayscale", "hue")
 
 # Flags that do not change what a run computes; they may differ when resuming.
 NON_IDENTITY_FLAGS = frozenset(
@@ -250,8 +258,16 @@ def validate(cfg) -> None:
         problems.append("--crops_per_epoch and --min_crack_pixels must be >= 1, --val_tile >= 8")
     if not 0 <= cfg.max_padding <= 1 or not 0 < cfg.val_fraction < 1:
         problems.append("--max_padding must be in [0, 1] and --val_fraction in (0, 1)")
-    if not (0 <= cfg.blur <= 1 and 0 <= cfg.jpeg <= 1) or min(cfg.saturation, cfg.noise) < 0:
-        problems.append("--blur and --jpeg are probabilities in [0, 1]; --saturation and --noise must be >= 0")
+    if not all(0 <= getattr(cfg, k) <= 1 for k in ("blur", "jpeg", "grayscale")) or \
+            min(cfg.saturation, cfg.noise, cfg.gamma) < 0:
+        problems.append("--blur, --jpeg and --grayscale are probabilities in [0, 1]; --saturation, --noise and "
+                        "--gamma must be >= 0")
+    if not 0 <= cfg.hue <= 0.5:
+        problems.append(f"--hue={cfg.hue}: a shift of at most half the colour circle, use [0, 0.5]")
+    photo_only = [k for k in PHOTO_AUGMENTATIONS if getattr(cfg, k)]
+    if photo_only and cfg.data_source != "photos":
+        problems.append(f"--{', --'.join(photo_only)}: augmentations of the photos source only; "
+                        f"--data_source={cfg.data_source} has flips, rot90, brightness and contrast")
     if cfg.num_devices < 0:
         problems.append("--num_devices must be >= 0 (0 = all)")
     if cfg.num_processes < 1 or not 0 <= cfg.process_id < cfg.num_processes:

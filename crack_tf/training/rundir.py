@@ -35,13 +35,16 @@ def identity_config(cfg: TrainConfig) -> dict:
 def prepare_model_dir(cfg: TrainConfig, is_chief: bool = True) -> None:
     """Creates ``model_dir``; refuses one that holds a run of another config.
 
-    With ``--overwrite`` the old run is deleted instead.
+    With ``--overwrite`` the old run is deleted instead. A flag added since the run was started
+    (absent from its config.json) counts as its default, so such runs still resume.
     """
+    from crack_tf.training.config import from_values
+
     path = os.path.join(cfg.model_dir, "config.json")
     wanted = identity_config(cfg)
     if os.path.isfile(path):
         with open(path) as f:
-            existing = json.load(f)
+            existing = {**identity_config(from_values({})), **json.load(f)}
         if existing != wanted:
             differ = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
             if not cfg.overwrite:
