@@ -163,7 +163,7 @@ class DenseScorer:
                     probs = self._tile(device, _span(weights_y, ty, plan_y[0], self.cell),
                                        _span(weights_x, tx, plan_x[0], self.cell))
                     grid[np.ix_(rows, cols)] = probs[np.ix_(plan_y[2][rows] - ty, plan_x[2][cols] - tx)]
-        ys, xs = (np.clip(np.round(origins * self.cell * side / (n * self.cell)), 0, side - self.window).astype(np.int64)
+        ys, xs = (_photo_origins(origins, n, self.cells, side, self.window)
                   for origins, side, n in ((plan_y[2], ph, n_y), (plan_x[2], pw, n_x)))
         return Heatmap(grid, ys, xs, self.window, height, width, time.perf_counter() - started)
 
@@ -183,3 +183,9 @@ def _span(weights: tuple[np.ndarray, ...], start: int, length: int, cell: int) -
     """The resize weights of output cells [start, start + length) as one batch row [1, length * cell]."""
     part = slice(start * cell, (start + length) * cell)
     return tuple(w[part][None] for w in weights)
+
+
+def _photo_origins(origins: np.ndarray, n: int, cells: int, side: int, window: int) -> np.ndarray:
+    """Window origins in photo pixels (rounded) of origins in cells; the last ones end at the border."""
+    px = np.round(origins * side / n).astype(np.int64)
+    return np.clip(np.where(origins + cells >= n, side - window, px), 0, side - window)

@@ -140,6 +140,7 @@ def main(argv: list[str]) -> int:
             row = r.row(model_name, model_hash)
             if writers.jsonl is not None:
                 row["box_list"] = r.boxes
+                row["seconds"] = round(r.seconds, 4)  # scoring time of a photo (0 for tiles)
             if cam is not None:
                 row["explain"] = explain(r, scorer.size, FLAGS.window, FLAGS.explain_dir, cam)
             writers.write(row)
