@@ -5,8 +5,10 @@
 * ``--mode=windows``: every window cut, resized and scored on its own (``crack_tf.heatmap``), at
   exactly ``--stride``. On the JAX backend the windows are cut and resized on the device
   (``crack_tf.device_windows``); elsewhere with NumPy, as before.
-* ``--mode=auto`` (default): dense where the model allows it (a ``.keras`` model ending in global
-  average pooling + a dense head), else windows; the first line of each command says which ran.
+* ``--mode=auto``: dense where the model allows it (a ``.keras`` model ending in global average
+  pooling + a dense head), else windows. The default is :data:`DEFAULT_MODE` (``windows`` until
+  dense agrees with it on >= 99% of the val windows of a trained model: docs/INSPECTION.md); the
+  first line of each command says which ran.
 * ``--compile_cache_dir``: on JAX, compiled inference is kept on disk across processes (JAX's
   persistent cache, the trainer's; default ``$JAX_COMPILATION_CACHE_DIR`` or
   ``~/.cache/crack_tf/jax``; ``none`` = off). Batches and tiles have fixed shapes per photo size,
@@ -24,15 +26,16 @@ import numpy as np
 from crack_tf.heatmap import Heatmap, sliding_heatmap
 
 MODES = ("auto", "dense", "windows")
+DEFAULT_MODE = "windows"
 
 
 def define_scan_flags() -> None:
     """``--mode`` and ``--compile_cache_dir`` of the inspection commands."""
     from absl import flags
 
-    flags.DEFINE_enum("mode", "auto", list(MODES), "How photos are scored: dense = one fully convolutional pass "
-                      "(stride rounded down to whole feature cells); windows = every window on its own at exactly "
-                      "--stride; auto = dense where the model allows it, else windows.")
+    flags.DEFINE_enum("mode", DEFAULT_MODE, list(MODES), "How photos are scored: dense = one fully convolutional "
+                      "pass, about 4x less work (stride rounded down to whole feature cells); windows = every window "
+                      "on its own at exactly --stride; auto = dense where the model allows it, else windows.")
     flags.DEFINE_string("compile_cache_dir", "", "JAX backend: persistent compilation cache folder ('' = "
                         "$JAX_COMPILATION_CACHE_DIR or ~/.cache/crack_tf/jax, 'none' = off).")
 
@@ -58,7 +61,7 @@ class PhotoScanner:
         return self.scan(photo)
 
 
-def make_scanner(predictor, mode: str = "auto", window: int = 128, stride: int = 64, batch: int = 64,
+def make_scanner(predictor, mode: str = DEFAULT_MODE, window: int = 128, stride: int = 64, batch: int = 64,
                  image_size: int | None = None, device: bool | None = None) -> PhotoScanner:
     """The scanner of ``--mode`` for a loaded predictor (``device``: cut windows on the device; None
     = on the JAX backend). ValueError for ``--mode=dense`` with a model that cannot run it."""

@@ -152,8 +152,8 @@ class Scorer:
 
     def __init__(self, predictor, window: int = 128, stride: int = 64, batch: int = 64,
                  max_megapixels: float = PIL_BOMB_MEGAPIXELS, gsd_cm: float | None = None,
-                 threshold: float | None = None, keep_pixels: bool = False, mode: str = "auto"):
-        from crack_tf.photo_scan import make_scanner
+                 threshold: float | None = None, keep_pixels: bool = False, mode: str | None = None):
+        from crack_tf.photo_scan import DEFAULT_MODE, make_scanner
 
         if not predictor.image_size:
             raise ValueError(f"{predictor.path}: the model's input size is unknown")
@@ -161,7 +161,7 @@ class Scorer:
         self.max_megapixels, self.gsd_cm, self.keep_pixels = max_megapixels, gsd_cm, keep_pixels
         self.threshold = predictor.threshold if threshold is None else threshold
         self.size = int(predictor.image_size)
-        self.scanner = make_scanner(predictor, mode, window, stride, batch, self.size)
+        self.scanner = make_scanner(predictor, mode or DEFAULT_MODE, window, stride, batch, self.size)
         self._tiles: list[tuple[str, np.ndarray, int, int]] = []
 
     def is_tile(self, path: str, image: np.ndarray | None = None) -> bool:

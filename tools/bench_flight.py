@@ -13,13 +13,15 @@
 * ``flight``: runs ``python -m crack_tf.predict`` (or ``crack_tf.report`` when the flags hold
   ``--out=``) in ``REPO`` over ``DIR`` and appends one JSON line to ``JSON``: the process wall,
   the seconds until the first result, the per-photo seconds of the first photo (``predict``:
-  the JSONL row), and the sustained photos/s between the first and the last row.
+  the JSONL row), the sustained photos/s between the first and the last row (``predict``), and
+  the rate of the command's last progress line (files/s since the model was loaded).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -143,6 +145,9 @@ def flight(label: str, repo: str, folder: str, out_json: str, flags: list[str]) 
             row["photos_per_s"] = round((len(times) - 1) / max(times[-1] - times[0], 1e-9), 2)
     elif report:
         row["photos_per_s_whole_process"] = round(photos / wall, 2)
+    rates = re.findall(r"\] \d+/\d+ \(([\d.]+)/s", done.stderr)
+    if rates:  # the command's own progress line: files/s since the model was loaded
+        row["progress_rate_per_s"] = float(rates[-1])
     if done.returncode != 0:
         row["stderr_tail"] = done.stderr[-1500:]
     with open(out_json, "a") as f:
