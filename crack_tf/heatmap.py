@@ -147,23 +147,34 @@ def _pad_to_window(photo: np.ndarray, window: int) -> np.ndarray:
 
 def sliding_heatmap(predict: Predictor, photo: np.ndarray, image_size: int, window: int = 128,
                     stride: int = 64, batch: int = 64, progress: bool | None = None,
-                    workers: int | None = None) -> Heatmap:
+                    workers: int | None = None, device: bool = False,
+                    starts: tuple[np.ndarray, np.ndarray] | None = None) -> Heatmap:
     """Classifies every window of ``photo`` (uint8 HxWx3) with ``predict`` (uint8 [B,S,S,3] -> p [B]);
-    ``workers``: resizing threads (default :func:`resize_workers`)."""
+    ``workers``: resizing threads (default :func:`resize_workers`); ``device``: cut and resize the
+    windows on the Keras backend's device (``crack_tf.device_windows``; ``predict`` then gets device
+    arrays); ``starts``: window (top rows, left columns) instead of the ``stride`` grid."""
     if window < 1 or stride < 1 or batch < 1:
         raise ValueError(f"--window ({window}), --stride ({stride}) and --batch ({batch}) must be >= 1")
     started = time.perf_counter()
     height, width = photo.shape[:2]
     padded = _pad_to_window(photo, window)
-    ys = window_starts(padded.shape[0], window, stride)
-    xs = window_starts(padded.shape[1], window, stride)
+    if starts is None:
+        ys = window_starts(padded.shape[0], window, stride)
+        xs = window_starts(padded.shape[1], window, stride)
+    else:
+        ys, xs = (np.asarray(s, np.int64) for s in starts)
     total = len(ys) * len(xs)
     probs = np.empty(total, dtype=np.float32)
     show = total >= 2000 if progress is None else progress
     done = 0
+    if device:
+        from crack_tf.device_windows import window_batches
+
+        batches = window_batches(padded, ys, xs, window, image_size, batch)
+    else:
+        batches = _windows(padded, ys, xs, window, image_size, batch, resize_workers() if workers is None else workers)
     with Progress(total, "  windows") if show else contextlib.nullcontext() as bar:
-        for images, real in _prefetched(_windows(padded, ys, xs, window, image_size, batch,
-                                                            resize_workers() if workers is None else workers)):
+        for images, real in _prefetched(batches):
             p = np.asarray(predict(images), dtype=np.float32).reshape(-1)
             if p.shape[0] != images.shape[0]:
                 raise ValueError(f"the model returned {p.shape[0]} probabilities for {images.shape[0]} windows")
@@ -257,10 +268,12 @@ def load_photo(path: str, max_megapixels: float | None = None, exif: bool = True
 
 def process_photo(predict: Predictor, image_size: int, path: str, output_dir: str, window: int, stride: int,
                   batch: int, threshold: float, boxes: str = "geojson", overlay_max_side: int = 2048,
-                  max_megapixels: float | None = None) -> dict:
-    """Heatmap of one photo file, written to ``output_dir``; returns a summary dict."""
-    photo = load_photo(path, max_megapixels)
-    heatmap = sliding_heatmap(predict, photo, image_size, window, stride, batch)
+                  max_megapixels: float | None = None, scan: Callable[[np.ndarray], Heatmap] | None = None,
+                  photo: np.ndarray | None = None) -> dict:
+    """Heatmap of one photo file, written to ``output_dir``; returns a summary dict. ``scan``:
+    photo -> Heatmap instead of the sliding windows of ``predict``; ``photo``: its pixels if decoded."""
+    photo = load_photo(path, max_megapixels) if photo is None else photo
+    heatmap = scan(photo) if scan is not None else sliding_heatmap(predict, photo, image_size, window, stride, batch)
     stem = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0])
     np.save(stem + "_grid.npy", heatmap.grid)
     write_pixel_map(heatmap, stem + "_heatmap.npy")
@@ -295,34 +308,44 @@ def _define_flags() -> None:
     flags.DEFINE_enum("boxes", "geojson", ["geojson", "csv", "none"], "Crack-box file format.")
     flags.DEFINE_integer("overlay_max_side", 2048, "Longest side of the overlay PNG.")
     flags.DEFINE_integer("image_size", None, "Model input size if neither run.json nor the model fixes it.")
+    from crack_tf.photo_scan import define_scan_flags
+
+    define_scan_flags()
 
 
 def main(argv: list[str]) -> int:
     from absl import app, flags
 
     from crack_tf.photo_io import Failures, PhotoError
+    from crack_tf.photo_scan import make_scanner, start_compile_cache
     from crack_tf.predictor import load_model
+    from crack_tf.scan import read_ahead
 
     photos = argv[1:]
     if not photos:
         raise app.UsageError("pass one or more photo paths after the flags")
     cfg = flags.FLAGS
+    start_compile_cache(cfg.compile_cache_dir)
     predictor = load_model(cfg.model, cfg.tta, cfg.precision)
     predict = predictor.predict
     size = cfg.image_size or predictor.image_size
     if not size:
         raise app.UsageError(f"--model={cfg.model}: its input size is unknown; pass --image_size")
+    scanner = make_scanner(predictor, cfg.mode, cfg.window, cfg.stride, cfg.batch, int(size))
     threshold = predictor.threshold if cfg.threshold is None else cfg.threshold
     print(f"heatmap: threshold {threshold:.4g} "
           f"({predictor.threshold_source if cfg.threshold is None else '--threshold'}), tta {predictor.tta}, "
-          f"precision {predictor.precision}", flush=True)
+          f"precision {predictor.precision}; {scanner.note}", flush=True)
     os.makedirs(cfg.output_dir, exist_ok=True)
     total_s, total_mp = 0.0, 0.0
     failures = Failures(cfg.fail_fast)
-    for i, path in enumerate(photos, 1):
+    decoded = read_ahead(((p, None) for p in photos), cfg.max_megapixels, depth=2)
+    for i, (path, photo, error) in enumerate(decoded, 1):
         try:
+            if error:
+                raise error
             s = process_photo(predict, int(size), path, cfg.output_dir, cfg.window, cfg.stride, cfg.batch,
-                              threshold, cfg.boxes, cfg.overlay_max_side, cfg.max_megapixels)
+                              threshold, cfg.boxes, cfg.overlay_max_side, cfg.max_megapixels, scanner, photo)
         except PhotoError as err:
             failures.add(path, err)
             continue

@@ -28,6 +28,7 @@ from absl import app, flags
 
 from crack_tf.choices import TTA_MODES
 from crack_tf.model_precision import define_precision_flag
+from crack_tf.photo_scan import define_scan_flags, start_compile_cache
 
 FLAGS = flags.FLAGS
 CSV_FIELDS = ("path", "kind", "width", "height", "crack_probability", "is_crack", "threshold", "windows", "boxes",
@@ -51,6 +52,7 @@ def define_flags() -> None:
     flags.DEFINE_bool("explain", False, "Write Grad-CAM overlays (tiles; the highest window of photos).")
     flags.DEFINE_string("explain_dir", "explain", "Folder of the --explain overlays.")
     flags.DEFINE_bool("fail_fast", False, "Stop at the first unreadable file.")
+    define_scan_flags()
 
 
 class Writers:
@@ -109,15 +111,16 @@ def main(argv: list[str]) -> int:
     from crack_tf.data.progress import Progress
     from crack_tf.photo_io import Failures, PhotoError
     from crack_tf.predictor import load_model
-    from crack_tf.scan import Scorer, count_images, file_sha256, iter_images
+    from crack_tf.scan import Scorer, count_images, file_sha256, iter_images, read_ahead
 
     inputs = argv[1:]
     if not (FLAGS.csv or FLAGS.jsonl):
         raise app.UsageError("pass --csv=FILE and/or --jsonl=FILE")
     total = count_images(inputs, FLAGS.recursive)
+    start_compile_cache(FLAGS.compile_cache_dir)
     predictor = load_model(FLAGS.model, FLAGS.tta, FLAGS.precision)
     scorer = Scorer(predictor, FLAGS.window, FLAGS.stride, FLAGS.batch, FLAGS.max_megapixels, FLAGS.gsd_cm,
-                    FLAGS.threshold, keep_pixels=FLAGS.explain)
+                    FLAGS.threshold, keep_pixels=FLAGS.explain, mode=FLAGS.mode)
     cam = None
     if FLAGS.explain:
         if predictor.model is None:
@@ -127,7 +130,7 @@ def main(argv: list[str]) -> int:
         cam = GradCAM(predictor.model)
     print(f"predict: {total} files, threshold {scorer.threshold:.4g} "
           f"({predictor.threshold_source if FLAGS.threshold is None else '--threshold'}), tta {predictor.tta}, "
-          f"precision {predictor.precision}", file=sys.stderr, flush=True)
+          f"precision {predictor.precision}; {scorer.scanner.note}", file=sys.stderr, flush=True)
     model_name, model_hash = os.path.abspath(FLAGS.model), file_sha256(FLAGS.model)
     writers, failures = Writers(FLAGS.csv, FLAGS.jsonl), Failures(FLAGS.fail_fast)
     counts = {"tile": 0, "photo": 0, "crack": 0}
@@ -137,6 +140,7 @@ def main(argv: list[str]) -> int:
             row = r.row(model_name, model_hash)
             if writers.jsonl is not None:
                 row["box_list"] = r.boxes
+                row["seconds"] = round(r.seconds, 4)  # scoring time of a photo (0 for tiles)
             if cam is not None:
                 row["explain"] = explain(r, scorer.size, FLAGS.window, FLAGS.explain_dir, cam)
             writers.write(row)
@@ -146,15 +150,15 @@ def main(argv: list[str]) -> int:
 
     try:
         with Progress(total, "predict") as bar:
-            for path, problem in iter_images(inputs, FLAGS.recursive):
+            for path, image, error in read_ahead(iter_images(inputs, FLAGS.recursive), FLAGS.max_megapixels):
                 try:
-                    if problem:
-                        raise PhotoError(f"{path}: {problem}")
-                    if scorer.is_tile(path):
-                        emit(scorer.add_tile(path))
+                    if error:
+                        raise error
+                    if scorer.is_tile(path, image):
+                        emit(scorer.add_tile(path, image))
                     else:
                         emit(scorer.flush())  # keep the rows in file order
-                        emit([scorer.photo(path)])
+                        emit([scorer.photo(path, image)])
                 except PhotoError as err:
                     failures.add(path, err)
                     bar.update(1)

@@ -31,10 +31,27 @@ ENDPOINTS = ("predict_images", "serving_default")  # SavedModel endpoints tried,
 SAVEDMODEL_METADATA = "crack_tf_metadata.json"
 
 
+# The views of each TTA mode as operations on [B, H, W, C] (x / y flip, transpose), applied in
+# order; each is its own inverse, so a view of a map is undone by its operations in reverse order.
+TTA_OPS = {"none": [()], "flips": [(), ("x",), ("y",), ("y", "x")]}
+TTA_OPS["d4"] = TTA_OPS["flips"] + [("t",) + view for view in TTA_OPS["flips"]]
+
+
+def apply_view(x, view: tuple[str, ...], xp=None):
+    """``x`` [B, H, W, C] under one view of :data:`TTA_OPS` (``xp``: numpy, default ``keras.ops``)."""
+    if xp is None:
+        from keras import ops as xp
+    for op in view:
+        x = xp.swapaxes(x, 1, 2) if op == "t" else xp.flip(x, axis=2 if op == "x" else 1)
+    return x
+
+
 def tta_views(images: np.ndarray, mode: str) -> list[np.ndarray]:
     """The batch under each transform of ``mode`` (``none``: just the batch) [B, H, W, C] each."""
     if mode not in TTA_MODES:
         raise ValueError(f"tta={mode!r}; choose one of {TTA_MODES}")
+    if not isinstance(images, np.ndarray):  # a device array: the same views without leaving the device
+        return [apply_view(images, view) for view in TTA_OPS[mode]]
     views = [images]
     if mode in ("flips", "d4"):
         views += [images[:, :, ::-1], images[:, ::-1], images[:, ::-1, ::-1]]
@@ -70,8 +87,10 @@ class Predictor:
     precision: str = "as exported"  # the Keras dtype policy a .keras model computes in
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """Calibrated p(crack) float32 [B] of uint8 / float [B, S, S, 3] images (mean over TTA views)."""
-        images = np.asarray(images)
+        """Calibrated p(crack) float32 [B] of uint8 / float [B, S, S, 3] images (mean over TTA views);
+        a ``.keras`` model also takes a Keras backend tensor (on the device: it stays there)."""
+        if self.kind != "keras" or not hasattr(images, "shape"):
+            images = np.asarray(images)
         probs = [self._probabilities(v) for v in tta_views(images, self.tta)]
         return np.mean(probs, axis=0).astype(np.float32)
 
@@ -118,7 +137,8 @@ def _keras(path: str, tta: str | None, precision: str | None) -> Predictor:
     threshold, source, temperature = _operating_point(meta)
 
     def probabilities(images: np.ndarray) -> np.ndarray:
-        logits = keras.ops.convert_to_numpy(model.predict_on_batch(images.astype("float32")))
+        images = images.astype("float32") if isinstance(images, np.ndarray) else keras.ops.cast(images, "float32")
+        logits = keras.ops.convert_to_numpy(model.predict_on_batch(images))
         return calibrated_probability(logit_margin(logits), temperature)
 
     tta = tta or meta.get("tta") or "none"

@@ -29,6 +29,7 @@ from absl import flags
 from crack_tf.choices import TTA_MODES
 from crack_tf.heatmap import downscale
 from crack_tf.model_precision import define_precision_flag
+from crack_tf.photo_scan import define_scan_flags, start_compile_cache
 from crack_tf.report_pages import composite, flight_data, heat_rgba, render_photo, write_index
 
 FLAGS = flags.FLAGS
@@ -49,6 +50,7 @@ def define_flags() -> None:
     flags.DEFINE_float("max_megapixels", 89.5, "Skip photos larger than this (raise it to process them).")
     flags.DEFINE_bool("explain", False, "Add a Grad-CAM view of each photo's highest window.")
     flags.DEFINE_bool("fail_fast", False, "Stop at the first unreadable file.")
+    define_scan_flags()
 
 
 def heat_layer(result, max_side: int) -> np.ndarray:
@@ -106,13 +108,16 @@ def main(argv: list[str]) -> int:
     from crack_tf.data.progress import Progress
     from crack_tf.photo_io import Failures, PhotoError
     from crack_tf.predictor import load_model
-    from crack_tf.scan import Scorer, count_images, iter_images
+    from crack_tf.scan import Scorer, count_images, iter_images, read_ahead
 
     inputs = argv[1:]
     total = count_images(inputs, FLAGS.recursive)
+    start_compile_cache(FLAGS.compile_cache_dir)
     predictor = load_model(FLAGS.model, FLAGS.tta, FLAGS.precision)
     scorer = Scorer(predictor, FLAGS.window, FLAGS.stride, FLAGS.batch, FLAGS.max_megapixels, FLAGS.gsd_cm,
-                    FLAGS.threshold, keep_pixels=True)
+                    FLAGS.threshold, keep_pixels=True, mode=FLAGS.mode)
+    print(f"report: {total} files, threshold {scorer.threshold:.4g}, tta {predictor.tta}, precision "
+          f"{predictor.precision}; {scorer.scanner.note}", file=sys.stderr, flush=True)
     cam = None
     if FLAGS.explain:
         from crack_tf.gradcam import GradCAM
@@ -122,11 +127,13 @@ def main(argv: list[str]) -> int:
         os.makedirs(os.path.join(FLAGS.out, sub), exist_ok=True)
     failures, entries = Failures(FLAGS.fail_fast), []
     with Progress(total, "report") as bar:
-        for i, (path, problem) in enumerate(iter_images(inputs, FLAGS.recursive)):
+        for i, (path, image, error) in enumerate(read_ahead(iter_images(inputs, FLAGS.recursive),
+                                                            FLAGS.max_megapixels)):
             try:
-                if problem:
-                    raise PhotoError(f"{path}: {problem}")
-                result = scorer.add_tile(path) + scorer.flush() if scorer.is_tile(path) else [scorer.photo(path)]
+                if error:
+                    raise error
+                result = (scorer.add_tile(path, image) + scorer.flush() if scorer.is_tile(path, image)
+                          else [scorer.photo(path, image)])
                 r = result[0]
                 key = entry_key(i, path)
                 files = write_photo_files(r, key, FLAGS.out, cam, FLAGS.window, scorer.size, FLAGS.gsd_cm)

@@ -5,25 +5,30 @@
   failures, never as a crash.
 * A file no larger than the window (``max(w, h) <= window``) is a **tile**: resized / cropped to
   the model input as in evaluation and scored once (tiles are batched). A larger file is a
-  **photo**: scanned with the sliding-window heatmap; its score is the highest window
-  probability, its boxes the connected groups of windows above the threshold.
+  **photo**: scanned window by window or fully convolutionally (``--mode``, ``crack_tf.photo_scan``);
+  its score is the highest window probability, its boxes the connected groups of windows above the
+  threshold.
 * ``Scorer`` does both for one model and keeps per-file results small (no pixels), so a run over
-  100,000 files holds one photo and one batch of tiles at a time.
+  100,000 files holds a few photos (the one scored and those decoded ahead) and one batch of tiles.
+* ``read_ahead``: the files decoded in background threads, a few ahead of the one being scored,
+  so decoding overlaps the model (the flight speed of docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from crack_tf.data.image_np import eval_transform_np
 from crack_tf.data.listing import IMAGE_EXTS
 from crack_tf.geo import PhotoGPS, photo_exif, with_real_sizes
-from crack_tf.heatmap import Heatmap, crack_boxes, sliding_heatmap
+from crack_tf.heatmap import Heatmap, crack_boxes
 from crack_tf.photo_io import PIL_BOMB_MEGAPIXELS, PhotoError, photo_size, read_photo
 
 
@@ -105,30 +110,72 @@ def count_images(paths: list[str], recursive: bool) -> int:
     return total
 
 
+def decode_workers() -> int:
+    """Threads that decode the next files while the model runs (Pillow releases the GIL): <= 4."""
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
+
+
+def _read(path: str, max_megapixels: float | None) -> np.ndarray | PhotoError:
+    try:
+        return read_photo(path, max_megapixels or PIL_BOMB_MEGAPIXELS)
+    except PhotoError as err:
+        return err
+
+
+def read_ahead(items: Iterable[tuple[str, str | None]], max_megapixels: float | None = PIL_BOMB_MEGAPIXELS,
+               workers: int | None = None, depth: int = 4) -> Iterator[tuple[str, np.ndarray | None,
+                                                                               PhotoError | None]]:
+    """(path, pixels, None) or (path, None, the error) of :func:`iter_images`' items, in order,
+    decoded in ``workers`` background threads up to ``depth`` files ahead of the consumer."""
+    items = iter(items)
+    with ThreadPoolExecutor(workers or decode_workers()) as pool:
+        pending: collections.deque = collections.deque()
+
+        def submit() -> None:
+            item = next(items, None)
+            if item is not None:
+                path, problem = item
+                pending.append((path, problem, None if problem else pool.submit(_read, path, max_megapixels)))
+
+        for _ in range(max(depth, 1)):
+            submit()
+        while pending:
+            path, problem, future = pending.popleft()
+            submit()
+            out = PhotoError(f"{path}: {problem}") if problem else future.result()
+            yield (path, None, out) if isinstance(out, PhotoError) else (path, out, None)
+
+
 class Scorer:
-    """Scores tiles (batched) and photos (heatmap) with one loaded predictor."""
+    """Scores tiles (batched) and photos (heatmap, ``--mode`` of ``crack_tf.photo_scan``) with one
+    loaded predictor."""
 
     def __init__(self, predictor, window: int = 128, stride: int = 64, batch: int = 64,
                  max_megapixels: float = PIL_BOMB_MEGAPIXELS, gsd_cm: float | None = None,
-                 threshold: float | None = None, keep_pixels: bool = False):
+                 threshold: float | None = None, keep_pixels: bool = False, mode: str | None = None):
+        from crack_tf.photo_scan import DEFAULT_MODE, make_scanner
+
         if not predictor.image_size:
             raise ValueError(f"{predictor.path}: the model's input size is unknown")
         self.predictor, self.window, self.stride, self.batch = predictor, window, stride, batch
         self.max_megapixels, self.gsd_cm, self.keep_pixels = max_megapixels, gsd_cm, keep_pixels
         self.threshold = predictor.threshold if threshold is None else threshold
         self.size = int(predictor.image_size)
+        self.scanner = make_scanner(predictor, mode or DEFAULT_MODE, window, stride, batch, self.size)
         self._tiles: list[tuple[str, np.ndarray, int, int]] = []
 
-    def is_tile(self, path: str) -> bool:
+    def is_tile(self, path: str, image: np.ndarray | None = None) -> bool:
+        if image is not None:
+            return max(image.shape[:2]) <= self.window
         try:
             w, h = photo_size(path)
         except Exception as e:  # noqa: BLE001
             raise PhotoError(f"{path}: cannot read this photo ({type(e).__name__}: {str(e)[:100]})") from e
         return max(w, h) <= self.window
 
-    def add_tile(self, path: str) -> list[ScanResult]:
-        """Queues a tile; returns the results of a full batch (else [])."""
-        image = read_photo(path, self.max_megapixels)
+    def add_tile(self, path: str, image: np.ndarray | None = None) -> list[ScanResult]:
+        """Queues a tile (``image``: its pixels if decoded); returns the results of a full batch (else [])."""
+        image = read_photo(path, self.max_megapixels) if image is None else image
         h, w = image.shape[:2]
         self._tiles.append((path, eval_transform_np(image, self.size, self.predictor.small_policy), w, h))
         return self.flush() if len(self._tiles) >= self.batch else []
@@ -146,10 +193,10 @@ class Scorer:
                                   gps=gps, taken=taken, image=image if self.keep_pixels else None))
         return out
 
-    def photo(self, path: str) -> ScanResult:
-        """Scans one photo with the sliding-window heatmap."""
-        image = read_photo(path, self.max_megapixels)
-        heatmap = sliding_heatmap(self.predictor.predict, image, self.size, self.window, self.stride, self.batch)
+    def photo(self, path: str, image: np.ndarray | None = None) -> ScanResult:
+        """Scans one photo (``image``: its pixels if decoded) with the scanner of ``mode``."""
+        image = read_photo(path, self.max_megapixels) if image is None else image
+        heatmap = self.scanner(image)
         boxes = crack_boxes(heatmap, self.threshold)
         for b in boxes:
             b["area_px"] = (b["x1"] - b["x0"]) * (b["y1"] - b["y0"])

@@ -53,7 +53,8 @@ def resized_shape(h: int, w: int, size: int) -> tuple[int, int]:
     return max(size, int(np.floor(h * size / short + 0.5))), max(size, int(np.floor(w * size / short + 0.5)))
 
 
-def _axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lower, upper input index, float32 fraction) of each output position: TF's half-pixel bilinear."""
     scale = np.float32(in_size / out_size)
     pos = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
     floor = np.floor(pos)
@@ -65,8 +66,8 @@ def _axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, 
 def resize_bilinear_np(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """Bilinear resize with half-pixel centres, as ``tf.image.resize(antialias=False)``; uint8 out."""
     h, w = image.shape[:2]
-    y0, y1, fy = _axis_weights(h, out_h)
-    x0, x1, fx = _axis_weights(w, out_w)
+    y0, y1, fy = axis_weights(h, out_h)
+    x0, x1, fx = axis_weights(w, out_w)
     # TF's formula: top = lerp_x(row y0), bottom = lerp_x(row y1), out = top + (bottom - top) * fy;
     # lerp_x is applied once to every input row and the rows are gathered afterwards (same values).
     left = np.take(image, x0, axis=1).astype(np.float32)
