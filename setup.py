@@ -9,7 +9,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["crack_tf", "crack_tf.*"]),
-    package_data={"crack_tf": ["serving/*.txt", "serving/*.config", "report_assets/*"]},
+    package_data={"crack_tf": ["serving/*.txt", "serving/*.config", "inspection/report_assets/*"]},
     python_requires=">=3.10",
     # TensorFlow itself comes from the `cpu` or `gpu` extra, so a CPU user never gets the
     # CUDA wheel forced on them; on a machine with only JAX or PyTorch the models,
@@ -38,9 +38,9 @@ setup(
         "console_scripts": [
             "crack-tf-train=crack_tf.train:run",
             "crack-tf-evaluate=crack_tf.evaluate:run",
-            "crack-tf-heatmap=crack_tf.heatmap:run",
-            "crack-tf-predict=crack_tf.predict:run",
-            "crack-tf-report=crack_tf.report:run",
+            "crack-tf-heatmap=crack_tf.inspection.heatmap_cli:run",
+            "crack-tf-predict=crack_tf.inspection.predict:run",
+            "crack-tf-report=crack_tf.inspection.report:run",
             "crack-tf-calibrate=crack_tf.calibrate:run",
             "crack-tf-adapt=crack_tf.adapt:run",
         ]

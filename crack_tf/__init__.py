@@ -3,8 +3,9 @@
 ResNet50 with an ASPP module of dilated depthwise-separable convolutions, in Keras 3.
 """
 
+from crack_tf.choices import CLASS_NAMES  # noqa: F401  (the public crack_tf.CLASS_NAMES)
+
 __version__ = "0.1.0"
-CLASS_NAMES = ("background", "crack")  # label 0, label 1: crack is the positive class
 
 
 def __getattr__(name: str):

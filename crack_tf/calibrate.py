@@ -171,8 +171,8 @@ def calibrate(
     operating point), ``out``, ``export`` (version folder or None) and ``skipped`` files."""
     import crack_tf
     from crack_tf.data import DataConfig, make_input
+    from crack_tf.inspection.scan import file_sha256
     from crack_tf.predictor import load_model
-    from crack_tf.scan import file_sha256
 
     if fit not in sc.FITS:
         raise ValueError(f"--fit={fit!r}; choose one of {sc.FITS}")

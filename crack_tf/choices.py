@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+CLASS_NAMES = ("background", "crack")  # label 0, label 1: crack is the positive class
 MODELS = ("resnet50", "resnet50_aspp", "zhang2016")
 STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")  # where the ASPP module can be spliced
 FUSIONS = ("max", "sum", "concat")  # ASPP branch fusion

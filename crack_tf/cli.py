@@ -90,12 +90,20 @@ def run_tool(main_args: Callable[[list[str]], Any], done: Callable[[Any], str]) 
     return 0
 
 
+def _key_flags_of_main(module: str) -> None:
+    """``--help`` lists the flags of the main module only: a command defined in ``module`` but run
+    under another name (``python -m crack_tf.predict``, a console script) lists its own flags."""
+    for flag in flags.FLAGS.get_key_flags_for_module(module):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
 def entry_point(define_flags: Callable[[], None], main: Callable[[list[str]], int | None],
                 extra_errors: tuple[type[BaseException], ...] = ()) -> Callable[[], None]:
     """The ``run()`` of a command (its console script): define its flags, then :func:`run`."""
 
     def command() -> None:
         define_flags()
+        _key_flags_of_main(define_flags.__module__)
         run(main, extra_errors)
 
     return command

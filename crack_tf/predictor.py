@@ -118,8 +118,8 @@ def _keras(path: str, tta: str | None, precision: str | None) -> Predictor:
     import keras
 
     import crack_tf.models  # noqa: F401  (registers the custom layers)
-    from crack_tf import CLASS_NAMES
     from crack_tf import model_precision as mp
+    from crack_tf.choices import CLASS_NAMES
     from crack_tf.evaluation.calibration import calibrated_probability, logit_margin
 
     try:
@@ -178,8 +178,8 @@ def _savedmodel(path: str, tta: str | None) -> Predictor:
     import keras
     import tensorflow as tf
 
-    from crack_tf import CLASS_NAMES
     from crack_tf import metrics as M
+    from crack_tf.choices import CLASS_NAMES
 
     layer, endpoint = None, None
     for endpoint in ENDPOINTS:

@@ -20,6 +20,7 @@ train_flags.define_flags()
 import keras  # noqa: E402
 
 from crack_tf.training.build import check_weights_file  # noqa: E402
+from crack_tf.training.config import from_flags  # noqa: E402
 from crack_tf.training.loop import TrainingFailed, train  # noqa: E402
 from crack_tf.training.runtime import accelerator_present, make_runtime  # noqa: E402
 
@@ -36,7 +37,7 @@ def _report(results: dict, seconds: float, model_dir: str) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    cfg = train_flags.config_from_flags()
+    cfg = from_flags()
     train_flags.validate(cfg)
     check_weights_file(cfg)
     runtime = make_runtime(cfg.run)

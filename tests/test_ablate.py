@@ -63,6 +63,7 @@ def test_shipped_grids_use_real_trainer_flags_and_paper_rows(path):
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "ablation_*.cfg"))))
 def test_every_shipped_grid_run_is_a_valid_trainer_command(path, monkeypatch):
+    from crack_tf.training import config as train_config
     from crack_tf.training import flags as train_flags
 
     monkeypatch.chdir(REPO)
@@ -73,10 +74,10 @@ def test_every_shipped_grid_run_is_a_valid_trainer_command(path, monkeypatch):
     runs = ablate.build_runs(get("table")[0], get("base_flagfile")[0], get("row"), [0], "runs/x", extra, folds=folds)
     assert all("{" not in a for run in runs for a in run.args), "a placeholder left unfilled"
     for run in runs:
-        cfg = train_flags.parse_args(run.args)  # raises on unknown flags / bad combinations
+        cfg = train_config.parse_args(run.args)  # raises on unknown flags / bad combinations
         assert cfg.model_dir == run.model_dir and cfg.seed == 0
         for key, value in run.options.items():
-            assert train_flags.parse_value(key, value) == getattr(cfg, key), key  # typed, as the trainer reads it
+            assert train_config.parse_value(key, value) == getattr(cfg, key), key  # typed, as the trainer reads it
         if run.row == "zhang2016":
             assert (cfg.model, cfg.image_size, cfg.data_dir) == ("zhang2016", 99, "../shared/data/uav75_tiles")
     train_flags.FLAGS.unparse_flags()

@@ -13,7 +13,7 @@ from PIL import Image
 
 from crack_tf.data.crops import CropOptions, CropSampler, render_crop
 from crack_tf.data.photos import SourceSpec, load_photo_set
-from crack_tf.training import flags as train_flags
+from crack_tf.training import config as train_config
 from tests.photo_data import write_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,14 +135,14 @@ def test_bad_values_are_rejected_by_the_options(bad, message):
 ])
 def test_bad_augmentation_flags_are_rejected_before_training(bad, message):
     with pytest.raises(ValueError, match=message):
-        train_flags.parse_args(bad)
+        train_config.parse_args(bad)
 
 
 def test_augmentation_flags_reach_the_crop_options():
     from crack_tf.data.photo_input import crop_options
-    from crack_tf.train import data_config
+    from crack_tf.training.build import data_config
 
-    cfg = train_flags.parse_args(["--data_source=photos", "--data_dir=x", "--gamma=0.3", "--grayscale=0.1",
+    cfg = train_config.parse_args(["--data_source=photos", "--data_dir=x", "--gamma=0.3", "--grayscale=0.1",
                                   "--hue=0.05", "--contrast=0.2", "--blur=0.25", "--jpeg=0.3"])
     options = crop_options(data_config(cfg))
     assert (options.gamma, options.grayscale, options.hue, options.contrast, options.blur, options.jpeg) == (

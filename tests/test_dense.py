@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crack_tf import dense as D
-from crack_tf import heatmap as H
 from crack_tf.data.progress import Progress, eta_text
-from crack_tf.device_windows import window_batches
-from crack_tf.photo_scan import make_scanner
+from crack_tf.inspection import dense as D
+from crack_tf.inspection import heatmap as H
+from crack_tf.inspection.device_windows import window_batches
+from crack_tf.inspection.photo_scan import make_scanner
 from crack_tf.predictor import load_model
 from tests.test_heatmap import crack_photo, darkness_model
 
@@ -169,9 +169,9 @@ _JAX_SCRIPT = textwrap.dedent("""
     import numpy as np
     import keras
     sys.path.insert(0, sys.argv[1])
-    from crack_tf import heatmap as H
-    from crack_tf.device_windows import window_batches
-    from crack_tf.photo_scan import make_scanner
+    from crack_tf.inspection import heatmap as H
+    from crack_tf.inspection.device_windows import window_batches
+    from crack_tf.inspection.photo_scan import make_scanner
     from crack_tf.predictor import load_model
     from tests.test_heatmap import crack_photo
     photo, _ = crack_photo(230, 310, seed=5)
@@ -208,7 +208,7 @@ def test_jax_device_windows_and_dense_match_the_numpy_path(patch_predictor, tmp_
 
 
 def test_read_ahead_keeps_the_order_names_bad_files_and_stays_bounded(tmp_path):
-    from crack_tf.scan import iter_images, read_ahead
+    from crack_tf.inspection.scan import iter_images, read_ahead
 
     for i in range(6):
         Image.fromarray(np.full((20, 30 + i, 3), 10 * i, np.uint8)).save(tmp_path / f"a{i}.png")

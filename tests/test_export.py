@@ -201,6 +201,15 @@ def test_metadata_errors(trained, tmp_path):
     assert meta["image_size"] == SIZE and meta["class_names"] == list(CLASS_NAMES)
 
 
+def test_the_exported_small_image_policies_are_the_trainers():
+    """export spells out what each --small_policy does in serving_default; the trainer, evaluate and the
+    export command offer the names of crack_tf.choices: the two must name the same policies."""
+    from crack_tf.choices import SMALL_POLICIES
+
+    assert tuple(export.SMALL_IMAGE_POLICIES) == SMALL_POLICIES
+    assert all(isinstance(what, str) and what for what in export.SMALL_IMAGE_POLICIES.values())
+
+
 @pytest.mark.slow
 def test_resnet50_aspp_round_trip(tmp_path):
     """The real architecture (custom ASPP + CaffePreprocess layers) survives .keras -> SavedModel."""

@@ -1,4 +1,4 @@
-"""crack_tf.heatmap: sliding windows on a drawn crack, bounded memory, pixel metrics, CLI."""
+"""crack_tf.inspection.heatmap: sliding windows on a drawn crack, bounded memory, pixel metrics, the heatmap command."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from crack_tf import heatmap as H
+from crack_tf.evaluation import pixels as P
+from crack_tf.inspection import heatmap as H
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,7 +58,7 @@ def test_map_maximum_lies_on_the_drawn_crack():
     pmap = hm.pixel_map()
     assert pmap.shape == (384, 512)
     assert pmap[mask].max() == pytest.approx(pmap.max(), abs=1e-6) and pmap.max() > 0.9
-    far = ~H._dilate(mask, 64)
+    far = ~P._dilate(mask, 64)
     assert pmap[far].max() < 0.01 and pmap[mask].mean() > 0.5
     boxes = H.crack_boxes(hm, 0.5)
     assert len(boxes) == 1
@@ -85,18 +86,18 @@ def test_pixel_metrics_strict_tolerant_and_joints():
     mask[10, :] = 204  # a planking joint
     shifted = np.zeros((100, 100), np.float32)
     shifted[55, 10:90] = 1.0  # found 5 px off the label
-    m = H.pixel_metrics(shifted, mask, 0.5, tolerance=8)
+    m = P.pixel_metrics(shifted, mask, 0.5, tolerance=8)
     assert m["iou"] == 0 and m["f1"] == 0
     assert m["tolerant_recall"] == m["tolerant_precision"] == m["tolerant_f1"] == m["tolerant_iou"] == 1.0
-    assert H.pixel_metrics(shifted, mask, 0.5, tolerance=4)["tolerant_f1"] == 0
+    assert P.pixel_metrics(shifted, mask, 0.5, tolerance=4)["tolerant_f1"] == 0
     exact = mask == 255
     both = np.where(exact, 1.0, 0.0).astype(np.float32)
     both[10, :50] = 1.0  # half of the joint predicted as crack
-    m = H.pixel_metrics(both, np.stack([mask] * 3, -1), 0.5, tolerance=0)
+    m = P.pixel_metrics(both, np.stack([mask] * 3, -1), 0.5, tolerance=0)
     assert m["tp"] == 80 and m["fp"] == 50 and m["fn"] == 0
     assert m["iou"] == pytest.approx(80 / 130) and m["f1"] == pytest.approx(160 / 210)
     assert m["joint_positive_rate"] == pytest.approx(0.5)
-    pooled = H.pool_metrics([m, m])
+    pooled = P.pool_metrics([m, m])
     assert pooled["tp"] == 160 and pooled["iou"] == pytest.approx(m["iou"])
 
 

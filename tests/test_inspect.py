@@ -19,9 +19,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPS = {"lat": 52.5163, "lon": 13.3777, "alt": 41.5}
 
 
-def _cmd(module: str, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+def _cmd(module: str, args: list[str], timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+                          timeout=timeout, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **env))
 
 
 def _dms(value: float) -> tuple[float, float, float]:
@@ -59,6 +59,23 @@ def folder(tmp_path_factory):
     sub.mkdir()
     Image.fromarray(tile).save(sub / "deep_tile.png")
     return root
+
+
+@pytest.mark.parametrize("command, implementation, flag", [
+    ("crack_tf.predict", "crack_tf.inspection.predict", "--csv"),
+    ("crack_tf.report", "crack_tf.inspection.report", "--out"),
+    ("crack_tf.heatmap", "crack_tf.inspection.heatmap_cli", "--output_dir"),
+])
+def test_the_commands_keep_their_names_usage_text_and_flag_help(command, implementation, flag):
+    """``python -m crack_tf.<command> --helpshort`` prints the implementation's docstring and its flags, as
+    before the move into crack_tf.inspection (absl shows only the __main__ module's text and flags)."""
+    import importlib
+
+    proc = _cmd(command, ["--helpshort"], timeout=120, KERAS_BACKEND="numpy")  # numpy: the quickest import
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]  # absl exits with 1 after --help
+    first_line = importlib.import_module(implementation).__doc__.splitlines()[0]
+    assert first_line in proc.stdout and f"  {flag}:" in proc.stdout, proc.stdout[-2000:]
+    assert "  --model:" in proc.stdout
 
 
 def _rows(path) -> list[dict]:
@@ -109,7 +126,7 @@ def test_predict_on_an_empty_folder_or_a_wrong_model_is_a_one_line_error(model_p
 
 
 def test_exif_rotation_is_respected(tmp_path):
-    from crack_tf.photo_io import read_photo
+    from crack_tf.inspection.photo_io import read_photo
 
     image = np.zeros((20, 40, 3), np.uint8)
     image[:, :5] = 255  # a white band on the left of the stored pixels
@@ -122,7 +139,7 @@ def test_exif_rotation_is_respected(tmp_path):
 
 @pytest.mark.slow
 def test_a_huge_photo_is_refused_with_its_reason_before_decoding(tmp_path):
-    from crack_tf.photo_io import PhotoError, read_photo
+    from crack_tf.inspection.photo_io import PhotoError, read_photo
 
     Image.new("RGB", (20000, 20000)).save(tmp_path / "huge.png", compress_level=1)
     with pytest.raises(PhotoError, match="400 MP is over --max_megapixels=89.5"):
@@ -131,7 +148,7 @@ def test_a_huge_photo_is_refused_with_its_reason_before_decoding(tmp_path):
 
 @pytest.mark.slow
 def test_gps_from_exif_and_boxes_in_centimetres_and_wgs84(model_path, folder, tmp_path):
-    from crack_tf.geo import photo_exif
+    from crack_tf.inspection.geo import photo_exif
 
     gps, taken = photo_exif(str(folder / "photo_0.jpg"))
     assert gps.latitude == pytest.approx(GPS["lat"], abs=1e-6) and gps.longitude == pytest.approx(GPS["lon"], abs=1e-6)
@@ -174,7 +191,7 @@ def _tile(crack: bool, seed: int, size: int = 48):
 def test_gradcam_maximum_lies_on_the_drawn_crack_of_a_trained_model():
     from scipy.ndimage import binary_dilation
 
-    from crack_tf.gradcam import GradCAM
+    from crack_tf.inspection.gradcam import GradCAM
 
     keras.utils.set_random_seed(0)
     x = np.stack([_tile(i % 2, i)[0] for i in range(600)]).astype("float32")
@@ -202,7 +219,7 @@ def test_gradcam_maximum_lies_on_the_drawn_crack_of_a_trained_model():
 @pytest.mark.slow
 def test_gradcam_shortcut_equals_the_gradients_through_the_nested_backbone_and_aspp():
     from crack_tf import models
-    from crack_tf.gradcam import GradCAM
+    from crack_tf.inspection.gradcam import GradCAM
 
     x = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3)).astype("float32")
     for name in ("resnet50", "resnet50_aspp"):
@@ -219,7 +236,7 @@ def test_gradcam_gradients_on_the_jax_backend_without_tensorflow(tmp_path):
 
     code = (
         "import numpy as np, keras, sys\n"
-        "from crack_tf import models\nfrom crack_tf.gradcam import GradCAM\n"
+        "from crack_tf import models\nfrom crack_tf.inspection.gradcam import GradCAM\n"
         "m = models.get('zhang2016', input_shape=(99, 99, 3))\n"
         "cam = GradCAM(m)\nheat = cam(np.full((1, 99, 99, 3), 120.0, 'float32'))\n"
         "assert 'jax gradients' in cam.kind and heat.shape == (1, 99, 99), (cam.kind, heat.shape)\n"

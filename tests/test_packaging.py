@@ -30,11 +30,16 @@ def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def declared_distributions(setup_py: pathlib.Path, extras: tuple[str, ...] = ("cpu",)) -> set[str]:
-    """Normalised names of ``install_requires`` plus the given extras of ``setup(...)`` in setup.py."""
+def setup_keywords(setup_py: pathlib.Path) -> dict[str, ast.expr]:
+    """The keyword arguments of the ``setup(...)`` call in setup.py, as syntax trees."""
     tree = ast.parse(setup_py.read_text(encoding="utf-8"))
     call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
-    kwargs = {k.arg: k.value for k in call.keywords}
+    return {k.arg: k.value for k in call.keywords}
+
+
+def declared_distributions(setup_py: pathlib.Path, extras: tuple[str, ...] = ("cpu",)) -> set[str]:
+    """Normalised names of ``install_requires`` plus the given extras of ``setup(...)`` in setup.py."""
+    kwargs = setup_keywords(setup_py)
     requirements = list(ast.literal_eval(kwargs["install_requires"]))
     extras_require = ast.literal_eval(kwargs["extras_require"]) if "extras_require" in kwargs else {}
     for extra in extras:
@@ -158,3 +163,17 @@ def test_ci_runs_the_readme_set_up_commands_verbatim():
     for command in commands:
         assert command in ci_lines, f".ci/run does not run the README command {command!r} verbatim"
     assert "configs/quickstart.cfg" in commands[0] and '".[cpu]"' in commands[0]
+
+
+def test_every_folder_of_modules_is_a_package_that_setup_py_ships():
+    """``find_packages`` skips a folder without ``__init__.py``: a plain ``pip install .`` would lack it
+    (crack_tf/training was such a folder); the package data files named in setup.py exist."""
+    from setuptools import find_packages
+
+    shipped = set(find_packages(str(REPO), include=["crack_tf", "crack_tf.*"]))
+    folders = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "crack_tf").rglob("*.py")}
+    assert folders - shipped == set(), f"folders of crack_tf modules that setup.py would not install: {folders - shipped}"
+    patterns = ast.literal_eval(setup_keywords(REPO / "setup.py")["package_data"])["crack_tf"]
+    assert "inspection/report_assets/*" in patterns
+    empty = [p for p in patterns if not list((REPO / "crack_tf").glob(p))]
+    assert not empty, f"package_data patterns in setup.py that match no file: {empty}"

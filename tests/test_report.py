@@ -19,10 +19,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crack_tf.heatmap import Heatmap, window_starts
-from crack_tf.report import THUMB_SIDE, entry_key, write_photo_files
-from crack_tf.report_pages import LEGEND_GREY, composite, flight_data, heat_rgba, render_index, write_index
-from crack_tf.scan import ScanResult
+from crack_tf.inspection.heatmap import Heatmap, window_starts
+from crack_tf.inspection.report import THUMB_SIDE, entry_key, write_photo_files
+from crack_tf.inspection.report_pages import (
+    LEGEND_GREY,
+    composite,
+    flight_data,
+    heat_rgba,
+    render_index,
+    write_index,
+)
+from crack_tf.inspection.scan import ScanResult
 from tests.chromium import Browser, chromium
 from tests.test_heatmap import crack_photo
 from tests.test_inspect import save_with_gps

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from crack_tf.training import flags as train_flags
+from crack_tf.training import config as train_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,7 +50,7 @@ def _weights(path: str) -> list[np.ndarray]:
 def test_flagfile_then_command_line_override(tmp_path):
     flagfile = tmp_path / "run.cfg"
     flagfile.write_text("--model=resnet50\n--epochs=7\n--lr=0.02\n--rates=3,6,9\n")
-    cfg = train_flags.parse_args([f"--flagfile={flagfile}", "--epochs=3"])
+    cfg = train_config.parse_args([f"--flagfile={flagfile}", "--epochs=3"])
     assert cfg.model == "resnet50" and cfg.lr == 0.02 and cfg.rates == [3, 6, 9]
     assert cfg.epochs == 3  # the later command-line flag wins
 
@@ -61,7 +61,7 @@ def test_every_shipped_config_parses():
     names = sorted(f for f in os.listdir(configs) if f.endswith(".cfg") and not f.startswith("ablation_"))
     assert "quickstart.cfg" in names
     for name in names:
-        cfg = train_flags.parse_args([f"--flagfile={os.path.join(configs, name)}", "--data_dir=/some/where"])
+        cfg = train_config.parse_args([f"--flagfile={os.path.join(configs, name)}", "--data_dir=/some/where"])
         assert cfg.batch_size >= 1, name
 
 
@@ -77,7 +77,7 @@ def test_every_shipped_config_parses():
 )
 def test_bad_combinations_are_rejected_before_training(bad, message):
     with pytest.raises(ValueError, match=message):
-        train_flags.parse_args(bad)
+        train_config.parse_args(bad)
 
 
 @pytest.mark.slow
@@ -98,7 +98,7 @@ def test_model_dir_of_another_config_is_refused(tmp_path):
 
     from crack_tf.training import rundir
 
-    cfg = train_flags.parse_args([f"--model_dir={tmp_path}"])
+    cfg = train_config.parse_args([f"--model_dir={tmp_path}"])
     rundir.prepare_model_dir(cfg)
     other = SimpleNamespace(**{**vars(cfg), "lr": 0.1})
     with pytest.raises(ValueError, match="differs in: --lr"):
@@ -113,7 +113,7 @@ def test_a_run_started_before_a_flag_was_added_still_resumes(tmp_path):
 
     from crack_tf.training import rundir
 
-    cfg = train_flags.parse_args([f"--model_dir={tmp_path}"])
+    cfg = train_config.parse_args([f"--model_dir={tmp_path}"])
     rundir.prepare_model_dir(cfg)
     saved = json.load(open(tmp_path / "config.json"))
     del saved["gamma"], saved["hue"]  # an older run: these flags did not exist yet
@@ -133,12 +133,12 @@ def test_other_processes_never_read_a_half_written_config_json(tmp_path):
 
     from crack_tf.training import rundir
 
-    cfg = train_flags.parse_args([f"--model_dir={tmp_path}"])
+    cfg = train_config.parse_args([f"--model_dir={tmp_path}"])
     rundir.prepare_model_dir(cfg)
     writer = textwrap.dedent(
         f"""
-        from crack_tf.training import flags, rundir
-        cfg = flags.parse_args(["--model_dir={tmp_path}"])
+        from crack_tf.training import config, rundir
+        cfg = config.parse_args(["--model_dir={tmp_path}"])
         for _ in range(400):
             rundir.prepare_model_dir(cfg)  # the chief, rewriting the same config
         """

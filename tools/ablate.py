@@ -207,16 +207,15 @@ def build_runs(table: str, base_flagfile: str, rows: list[str], seeds: list[int]
 def stale_flags(run: Run, run_json: dict) -> list[str]:
     """Flags set by the grid whose typed value (as the trainer parses it) differs from the
     finished run's typed config."""
-    from crack_tf.training import flags as train_flags
-    from crack_tf.training.config import from_values
+    from crack_tf.training import config as train_config
 
     config = run_json.get("config", {})
-    finished = from_values(config)
+    finished = train_config.from_values(config)
     differ = []
     for key, value in run.options.items():
         if key in config and key != "model_dir":
             try:
-                wanted = train_flags.parse_value(key, value)
+                wanted = train_config.parse_value(key, value)
             except Exception:  # noqa: BLE001 - a value the trainer would reject is not the finished run's
                 wanted = value
             if wanted != getattr(finished, key):

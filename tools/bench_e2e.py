@@ -95,10 +95,10 @@ def loader_rate(flagfile: str, batch: int, size: int, batches: int, workers: int
     import keras
 
     from crack_tf.data import make_input
-    from crack_tf.training import flags as train_flags
+    from crack_tf.training import config as train_config
     from crack_tf.training.build import data_config
 
-    cfg = train_flags.parse_args([f"--flagfile={flagfile}", f"--batch_size={batch}", f"--image_size={size}",
+    cfg = train_config.parse_args([f"--flagfile={flagfile}", f"--batch_size={batch}", f"--image_size={size}",
                                   f"--loader_workers={workers}", f"--loader_processes={processes}", *extra])
     split = make_input(data_config(cfg), cfg.train_split, True, batch, seed=0, backend="numpy")
     model = keras.Sequential([keras.Input((size, size, 3)), keras.layers.GlobalAveragePooling2D(),

@@ -68,8 +68,8 @@ def cpu(side: int = 1024) -> None:
     import keras
 
     from crack_tf import models
-    from crack_tf.heatmap import sliding_heatmap
-    from crack_tf.photo_scan import make_scanner
+    from crack_tf.inspection.heatmap import sliding_heatmap
+    from crack_tf.inspection.photo_scan import make_scanner
     from crack_tf.predictor import load_model
 
     path = "/tmp/bench_flight_r50a.keras"

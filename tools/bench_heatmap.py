@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from crack_tf import heatmap as H
 from crack_tf import models
+from crack_tf.inspection import heatmap as H
 
 
 def predictor_of(path: str, mode: str):

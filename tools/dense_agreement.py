@@ -3,7 +3,7 @@
   python tools/dense_agreement.py --model=runs/crackmix/final.keras \\
       --sources=uav75,uavcrack,deepcrack --data_root=../shared/data --tta=none,d4 --json_out=agree.json
 
-For every val photo of each source (deepcrack: its val fold) the dense grid (``crack_tf.dense``)
+For every val photo of each source (deepcrack: its val fold) the dense grid (``crack_tf.inspection.dense``)
 is computed, then the windows at the very same photo-pixel origins are scored one by one
 (``--mode=windows``). Per source and TTA mode: the share of windows with the same verdict at the
 model's stored threshold (or ``--threshold``), max and mean |dp|, the IoU of the two modes' crack
@@ -27,7 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from crack_tf import heatmap as H  # noqa: E402
+from crack_tf.inspection import heatmap as H  # noqa: E402
 
 flags.DEFINE_string("model", None, ".keras model (crack_tf.train output).", required=True)
 flags.DEFINE_string("sources", "uav75,uavcrack,deepcrack", "Photo sources under --data_root (their val split).")
@@ -98,7 +98,7 @@ class Tally:
 
 def main(argv: list[str]) -> None:
     from crack_tf.data.photos import list_photos, load_photo, parse_sources
-    from crack_tf.dense import DenseScorer
+    from crack_tf.inspection.dense import DenseScorer
     from crack_tf.predictor import load_model
 
     base = load_model(FLAGS.model, "none")

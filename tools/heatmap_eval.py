@@ -4,7 +4,7 @@
       --data=../shared/data/uav75/val --window=128 --stride=32 --threshold=0.5
 
 For every ``<data>/images/<stem>.jpg`` with ``<data>/masks/<stem>.png`` it computes the
-per-pixel map of :mod:`crack_tf.heatmap` and compares ``map > threshold`` with the mask
+per-pixel map of :mod:`crack_tf.inspection.heatmap` and compares ``map > threshold`` with the mask
 (255 = crack; 204 = planking joint and 0 = background are negative). Prints per photo and
 pooled (micro: counts summed over photos) strict IoU / F1, tolerant P / R / F1 (a crack pixel
 counts as found when the map is positive within --tolerance px, default window / 2),
@@ -25,8 +25,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from crack_tf import heatmap as H  # noqa: E402
 from crack_tf.data.image_np import decode_image_np  # noqa: E402
+from crack_tf.evaluation import pixels as P  # noqa: E402
+from crack_tf.inspection import heatmap as H  # noqa: E402
 
 flags.DEFINE_string("model", None, ".keras file or SavedModel folder.", required=True)
 flags.DEFINE_string("data", os.path.join(REPO, "..", "shared", "data", "uav75", "val"),
@@ -118,7 +119,7 @@ def main(argv: list[str]) -> int:
                             FLAGS.batch, threshold)
         hm = H.sliding_heatmap(predict, photo, int(size), FLAGS.window, FLAGS.stride, FLAGS.batch)
         pmap = hm.pixel_map()
-        m = H.pixel_metrics(pmap, mask, threshold, tolerance)
+        m = P.pixel_metrics(pmap, mask, threshold, tolerance)
         if FLAGS.figure:
             panels.append((os.path.splitext(os.path.basename(photo_path))[0], pmap, mask))
         m.update(photo=os.path.basename(photo_path), seconds=hm.seconds, megapixels=hm.height * hm.width / 1e6)
@@ -126,7 +127,7 @@ def main(argv: list[str]) -> int:
         mpix += m["megapixels"]
         results.append(m)
         print(_line(os.path.splitext(m["photo"])[0][:15], m), flush=True)
-    pooled = H.pool_metrics(results)
+    pooled = P.pool_metrics(results)
     print(_line("pooled", pooled))
     print(f"summary: {len(items)} photos, pooled IoU {pooled['iou']:.4f} F1 {pooled['f1']:.4f}, tolerant F1 "
           f"{pooled['tolerant_f1']:.4f} (P {pooled['tolerant_precision']:.4f} R {pooled['tolerant_recall']:.4f}), "

@@ -160,7 +160,7 @@ def steps_for(num: int, global_batch_size: int, training: bool) -> int:
 
 
 def check_two_classes(counts: dict[int, int], where: str) -> None:
-    from crack_tf import CLASS_NAMES
+    from crack_tf.choices import CLASS_NAMES
 
     missing = [CLASS_NAMES[c] for c in (0, 1) if counts.get(c, 0) == 0]
     if missing:

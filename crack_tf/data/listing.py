@@ -16,7 +16,7 @@ import warnings
 
 from PIL import Image
 
-from crack_tf import CLASS_NAMES
+from crack_tf.choices import CLASS_NAMES
 from crack_tf.data.config import DataConfig, check_two_classes, class_counts
 
 log = logging.getLogger("crack_tf.data")

@@ -19,7 +19,7 @@ import shutil
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from crack_tf import CLASS_NAMES
+from crack_tf.choices import CLASS_NAMES
 
 _SPLIT_IDS = {"train": 1, "val": 2, "test": 3}
 _MARKER = "synthetic.json"

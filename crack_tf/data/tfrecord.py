@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from crack_tf import CLASS_NAMES
+from crack_tf.choices import CLASS_NAMES
 from crack_tf.data.config import class_counts
 from crack_tf.data.image_np import decode_image_np
 from crack_tf.data.listing import Listing

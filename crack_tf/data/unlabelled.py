@@ -35,7 +35,7 @@ class UnlabelledPhotos:
 
     def digest(self) -> str:
         """SHA-256 over the sorted SHA-256 of every photo file (independent of paths and order)."""
-        from crack_tf.scan import file_sha256
+        from crack_tf.inspection.scan import file_sha256
 
         return hashlib.sha256("\n".join(sorted(file_sha256(p) for p in self.paths)).encode()).hexdigest()
 
@@ -43,8 +43,8 @@ class UnlabelledPhotos:
 def read_folders(inputs: list[str], recursive: bool = False, max_megapixels: float | None = None) -> UnlabelledPhotos:
     """Every image file of ``inputs`` (files or folders), EXIF orientation applied; unreadable files
     are skipped by name. Raises ValueError when no photo could be read."""
-    from crack_tf.photo_io import PIL_BOMB_MEGAPIXELS, PhotoError, read_photo
-    from crack_tf.scan import iter_images
+    from crack_tf.inspection.photo_io import PIL_BOMB_MEGAPIXELS, PhotoError, read_photo
+    from crack_tf.inspection.scan import iter_images
 
     out = UnlabelledPhotos([], [])
     for path, problem in iter_images(inputs, recursive):

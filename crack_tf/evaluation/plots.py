@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from crack_tf import CLASS_NAMES
+from crack_tf.choices import CLASS_NAMES
 
 
 def _pyplot():

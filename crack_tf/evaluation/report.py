@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from crack_tf import CLASS_NAMES
+from crack_tf.choices import CLASS_NAMES
 from crack_tf.evaluation import plots, stats
 
 METRIC_ORDER = ("recall", "missed_alarm_rate", "precision", "false_alarm_rate", "accuracy", "f1", "roc_auc", "pr_auc")

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from crack_tf import CLASS_NAMES
+from crack_tf.choices import CLASS_NAMES
 from crack_tf.evaluation import calibration, stats
 
 FITS = ("threshold", "temperature+threshold", "last_layer")
@@ -62,7 +62,7 @@ def files_sha256(files: Sequence[tuple[str, str]]) -> str:
     """SHA-256 over ``(name, path)`` pairs: the ``sha256sum`` lines ``"<file sha256>  <name>"`` of the
     files sorted by name, joined by newlines. Names (e.g. ``crack/a.png``) carry the labels, so a
     file moved to the other class, renamed, edited, added or removed changes the hash."""
-    from crack_tf.scan import file_sha256
+    from crack_tf.inspection.scan import file_sha256
 
     lines = [f"{file_sha256(path)}  {name}" for name, path in sorted(files)]
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()

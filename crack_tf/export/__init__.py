@@ -10,8 +10,9 @@ writes ``exports/crack_tf/<N>/`` (``N`` = highest existing version + 1, or ``--v
 with two signatures (Keras 3 ``keras.export.ExportArchive``):
 
 - ``serving_default``: ``image_bytes`` string [B] of encoded JPEG/PNG/BMP/GIF files, decoded
-  and resized/center-cropped in the graph exactly as in evaluation
-  (``crack_tf.data.decode_image_tf`` + ``eval_transform_tf``);
+  and center-cropped in the graph exactly as in evaluation (``crack_tf.data.decode_image_tf`` +
+  ``eval_transform_tf``); an image whose shorter side is below the input size is first brought
+  up to it as :data:`SMALL_IMAGE_POLICIES` says (``resize`` or ``pad``, stored in the metadata);
 - ``predict_images``: ``images`` float32 [B, S, S, 3], raw 0-255 RGB already at model size;
 
 both returning ``probabilities`` float32 [B, 2], ``crack_probability`` float32 [B],
@@ -43,6 +44,13 @@ from crack_tf.serving import DEFAULT_SIGNATURE, IMAGE_BYTES_INPUT, IMAGES_INPUT,
 METADATA_FILE = "crack_tf_metadata.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")  # JPEG, PNG, GIF, BMP (+ RIFF....WEBP)
+#: ``small_policy``: what ``serving_default`` does with a decoded image whose shorter side is below
+#: ``image_size``, before the centre ``image_size`` crop (``crack_tf.data.image_tf.fit_small_tf``,
+#: the training run's own evaluation transform). ``predict_images`` takes images already at size.
+SMALL_IMAGE_POLICIES = {
+    "resize": "bilinear upscale, aspect ratio kept, until the shorter side is image_size",
+    "pad": "centred black (zero) padding of each short side up to image_size; the pixels are not scaled",
+}
 
 
 def read_run_json(model_path: str) -> dict:
@@ -111,7 +119,7 @@ def build_metadata(
     if model_size is not None and size != model_size:
         raise ValueError(f"--image_size={size} does not match the model input size {model_size}")
     policy = small_policy or model_meta.get("small_policy") or run.get("small_policy") or "resize"
-    if policy not in ("resize", "pad"):
+    if policy not in SMALL_IMAGE_POLICIES:
         raise ValueError(f"small_policy must be 'resize' or 'pad', got {policy!r}")
     class_names = list(model_meta.get("class_names") or run.get("class_names") or crack_tf.CLASS_NAMES)
     if len(class_names) != model.output_shape[-1]:

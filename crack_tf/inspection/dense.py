@@ -36,9 +36,9 @@ import keras
 import numpy as np
 
 from crack_tf.data.image_np import axis_weights
-from crack_tf.device_windows import DevicePhoto
 from crack_tf.evaluation.calibration import calibrated_probability, logit_margin
-from crack_tf.heatmap import Heatmap, _pad_to_window, window_starts
+from crack_tf.inspection.device_windows import DevicePhoto
+from crack_tf.inspection.heatmap import Heatmap, _pad_to_window, window_starts
 from crack_tf.predictor import TTA_OPS, apply_view
 
 

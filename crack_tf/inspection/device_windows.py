@@ -6,8 +6,8 @@ x pass first, rounded to whole 0-255 values) at any batch of output rows and col
 ``keras.ops`` only (every backend). :class:`DevicePhoto` holds one photo on the device, flattened
 and padded to a multiple of :data:`BUCKET_PX` pixels so photos of similar size share one compiled
 function (on JAX the sampler is ``jax.jit``-compiled once per bucket and batch shape).
-:func:`window_batches` cuts the windows of ``crack_tf.heatmap`` that way (the fast path of
-``--mode=windows`` on JAX); ``crack_tf.dense`` resizes its tiles with the same sampler.
+:func:`window_batches` cuts the windows of ``crack_tf.inspection.heatmap`` that way (the fast path of
+``--mode=windows`` on JAX); ``crack_tf.inspection.dense`` resizes its tiles with the same sampler.
 
 Same pixels as the NumPy path up to float rounding: on the JAX CPU backend the batches are equal;
 a fused multiply-add on another device can move a value by 1 where the NumPy result lies exactly
@@ -87,7 +87,7 @@ def _offsets(starts: np.ndarray, weights: tuple[np.ndarray, np.ndarray, np.ndarr
 def window_batches(photo: np.ndarray, ys: np.ndarray, xs: np.ndarray, window: int, size: int,
                    batch: int) -> Iterator[tuple[object, int]]:
     """(device batch float32 [batch, size, size, 3], number of real windows), row-major, as
-    ``crack_tf.heatmap._windows`` gives them (the last batch padded with the first window)."""
+    ``crack_tf.inspection.heatmap._windows`` gives them (the last batch padded with the first window)."""
     device = DevicePhoto(photo)
     weights = axis_weights(window, size)
     top = np.repeat(np.asarray(ys, np.int64), len(xs))

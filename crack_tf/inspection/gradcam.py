@@ -12,9 +12,13 @@ The target layer is found automatically:
 * other models (e.g. Zhang 2016: convolutions, flatten, dense): ``A`` is the last 4-D output
   before the flatten, and the gradient comes from the backend's autodiff (TensorFlow, JAX or
   PyTorch).
+
+:func:`explain` writes the overlay of a scored tile or photo window (``--explain`` of predict / report).
 """
 
 from __future__ import annotations
+
+import os
 
 import keras
 import numpy as np
@@ -116,3 +120,21 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarra
     heat = np.stack([np.ones_like(cam), cam, np.zeros_like(cam)], -1) * 255.0
     w = alpha * cam[..., None]
     return np.clip(np.asarray(image, np.float32) * (1 - w) + heat * w, 0, 255).astype(np.uint8)
+
+
+def explain(result, image_size: int, window: int, out_dir: str, cam: GradCAM, name: str | None = None) -> str:
+    """Writes the Grad-CAM overlay of a scored tile (or of a photo's highest window) next to it
+    (``<name>_gradcam.png``, ``result``: a ``crack_tf.inspection.scan.ScanResult`` with its pixels);
+    returns its path."""
+    from crack_tf.data.image_np import resize_bilinear_np
+
+    image = result.image
+    if result.kind == "photo":
+        y, x = result.best_window
+        image = resize_bilinear_np(np.ascontiguousarray(image[y : y + window, x : x + window]), image_size, image_size)
+    heat = cam(image[None])[0]
+    os.makedirs(out_dir, exist_ok=True)
+    name = name or os.path.splitext(os.path.basename(result.path))[0]
+    path = os.path.join(out_dir, name + "_gradcam.png")
+    Image.fromarray(np.concatenate([image, overlay(image, heat)], axis=1)).save(path)
+    return path

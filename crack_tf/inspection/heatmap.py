@@ -1,24 +1,12 @@
-"""Sliding-window crack heatmaps of photos of any size.
-
-  python -m crack_tf.heatmap --model=runs/uav75/best.keras photo.jpg [more.jpg ...] \\
-      --window=128 --stride=64 --output_dir=heatmaps --boxes=geojson
+"""Sliding-window crack heatmaps of photos of any size (the command: :mod:`crack_tf.inspection.heatmap_cli`).
 
 Every ``window`` x ``window`` crop on a ``stride`` grid (the last row / column is shifted so
 the border is covered; photos smaller than a window are reflect-padded) is resized to the
 model input size with the evaluation's bilinear resize and classified; windows stream row by
 row in batches, so memory is the photo plus a few batches, never all windows. The next batches
 are cut and resized in a background thread (its windows resized by up to 4 threads) while the
-model runs, and every batch has the same
-shape (the last one padded), so a compiled model never recompiles for another photo size.
-
-Outputs per photo ``<stem>``:
-- ``<stem>_grid.npy``: float32 [rows, cols], p(crack) of each window (row-major window grid);
-- ``<stem>_heatmap.npy``: float16 [H, W], one value per pixel = the mean p(crack) of all windows
-  covering it (written band by band, never held whole in memory);
-- ``<stem>_overlay.png``: the photo (longest side <= --overlay_max_side) with the map in red;
-- ``<stem>_boxes.geojson`` / ``.csv``: crack boxes = 8-connected components of the window grid
-  thresholded at ``--threshold``; a box is the union of its windows (pixel coordinates, x right,
-  y down), with the max / mean p(crack) and the number of windows.
+model runs, and every batch has the same shape (the last one padded), so a compiled model never
+recompiles for another photo size. Boxes are the 8-connected groups of windows above a threshold.
 """
 
 from __future__ import annotations
@@ -37,11 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from crack_tf.choices import TTA_MODES
 from crack_tf.data.image_np import resize_bilinear_np
 from crack_tf.data.progress import Progress
-from crack_tf.evaluation.pixels import _dilate, pixel_metrics, pool_metrics  # noqa: F401  (re-exported)
-from crack_tf.model_precision import define_precision_flag
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -151,7 +136,7 @@ def sliding_heatmap(predict: Predictor, photo: np.ndarray, image_size: int, wind
                     starts: tuple[np.ndarray, np.ndarray] | None = None) -> Heatmap:
     """Classifies every window of ``photo`` (uint8 HxWx3) with ``predict`` (uint8 [B,S,S,3] -> p [B]);
     ``workers``: resizing threads (default :func:`resize_workers`); ``device``: cut and resize the
-    windows on the Keras backend's device (``crack_tf.device_windows``; ``predict`` then gets device
+    windows on the Keras backend's device (``crack_tf.inspection.device_windows``; ``predict`` then gets device
     arrays); ``starts``: window (top rows, left columns) instead of the ``stride`` grid."""
     if window < 1 or stride < 1 or batch < 1:
         raise ValueError(f"--window ({window}), --stride ({stride}) and --batch ({batch}) must be >= 1")
@@ -168,7 +153,7 @@ def sliding_heatmap(predict: Predictor, photo: np.ndarray, image_size: int, wind
     show = total >= 2000 if progress is None else progress
     done = 0
     if device:
-        from crack_tf.device_windows import window_batches
+        from crack_tf.inspection.device_windows import window_batches
 
         batches = window_batches(padded, ys, xs, window, image_size, batch)
     else:
@@ -261,7 +246,7 @@ def write_overlay(photo: np.ndarray, heatmap: Heatmap, path: str, max_side: int 
 def load_photo(path: str, max_megapixels: float | None = None, exif: bool = True) -> np.ndarray:
     """The photo's RGB pixels (EXIF orientation applied unless ``exif=False``); ValueError naming
     the file otherwise."""
-    from crack_tf.photo_io import PIL_BOMB_MEGAPIXELS, read_photo
+    from crack_tf.inspection.photo_io import PIL_BOMB_MEGAPIXELS, read_photo
 
     return read_photo(path, max_megapixels or PIL_BOMB_MEGAPIXELS, exif)
 
@@ -270,8 +255,9 @@ def process_photo(predict: Predictor, image_size: int, path: str, output_dir: st
                   batch: int, threshold: float, boxes: str = "geojson", overlay_max_side: int = 2048,
                   max_megapixels: float | None = None, scan: Callable[[np.ndarray], Heatmap] | None = None,
                   photo: np.ndarray | None = None) -> dict:
-    """Heatmap of one photo file, written to ``output_dir``; returns a summary dict. ``scan``:
-    photo -> Heatmap instead of the sliding windows of ``predict``; ``photo``: its pixels if decoded."""
+    """Heatmap of one photo file, written to ``output_dir`` (the files: :mod:`crack_tf.inspection.heatmap_cli`);
+    returns a summary dict. ``scan``: photo -> Heatmap instead of the sliding windows of ``predict``;
+    ``photo``: its pixels if decoded."""
     photo = load_photo(path, max_megapixels) if photo is None else photo
     heatmap = scan(photo) if scan is not None else sliding_heatmap(predict, photo, image_size, window, stride, batch)
     stem = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0])
@@ -285,86 +271,3 @@ def process_photo(predict: Predictor, image_size: int, path: str, output_dir: st
     return {"photo": path, "height": heatmap.height, "width": heatmap.width, "windows": int(heatmap.grid.size),
             "max_prob": float(heatmap.grid.max()), "boxes": len(found), "seconds": heatmap.seconds,
             "seconds_per_megapixel": heatmap.seconds / max(mpix, 1e-9)}
-
-
-def _define_flags() -> None:
-    from absl import flags
-
-    flags.DEFINE_string("model", None, ".keras file or SavedModel folder (crack_tf.train / export output).",
-                        required=True)
-    flags.DEFINE_integer("window", 128, "Window side in photo pixels (resized to the model input size).")
-    flags.DEFINE_integer("stride", 64, "Window step in pixels.")
-    flags.DEFINE_integer("batch", 64, "Windows per model call.")
-    flags.DEFINE_string("output_dir", "heatmaps", "Where the maps, overlays and boxes go.")
-    flags.DEFINE_float("threshold", None, "Crack iff p(crack) > threshold (boxes); default: the model's stored "
-                       "threshold, else 0.5.")
-    flags.DEFINE_enum("tta", None, list(TTA_MODES), "Test-time augmentation of each window (default: "
-                      "the one the model's threshold was picked with).")
-    define_precision_flag()
-    flags.DEFINE_float("max_megapixels", 89.5, "Photos above this are skipped (Pillow's decompression-bomb limit "
-                       "by default); raise it to process them.")
-    flags.DEFINE_bool("fail_fast", False, "Stop at the first photo that cannot be processed (default: skip it, "
-                      "name it at the end and exit with 1).")
-    flags.DEFINE_enum("boxes", "geojson", ["geojson", "csv", "none"], "Crack-box file format.")
-    flags.DEFINE_integer("overlay_max_side", 2048, "Longest side of the overlay PNG.")
-    flags.DEFINE_integer("image_size", None, "Model input size if neither run.json nor the model fixes it.")
-    from crack_tf.photo_scan import define_scan_flags
-
-    define_scan_flags()
-
-
-def main(argv: list[str]) -> int:
-    from absl import app, flags
-
-    from crack_tf.photo_io import Failures, PhotoError
-    from crack_tf.photo_scan import make_scanner, start_compile_cache
-    from crack_tf.predictor import load_model
-    from crack_tf.scan import read_ahead
-
-    photos = argv[1:]
-    if not photos:
-        raise app.UsageError("pass one or more photo paths after the flags")
-    cfg = flags.FLAGS
-    start_compile_cache(cfg.compile_cache_dir)
-    predictor = load_model(cfg.model, cfg.tta, cfg.precision)
-    predict = predictor.predict
-    size = cfg.image_size or predictor.image_size
-    if not size:
-        raise app.UsageError(f"--model={cfg.model}: its input size is unknown; pass --image_size")
-    scanner = make_scanner(predictor, cfg.mode, cfg.window, cfg.stride, cfg.batch, int(size))
-    threshold = predictor.threshold if cfg.threshold is None else cfg.threshold
-    print(f"heatmap: threshold {threshold:.4g} "
-          f"({predictor.threshold_source if cfg.threshold is None else '--threshold'}), tta {predictor.tta}, "
-          f"precision {predictor.precision}; {scanner.note}", flush=True)
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    total_s, total_mp = 0.0, 0.0
-    failures = Failures(cfg.fail_fast)
-    decoded = read_ahead(((p, None) for p in photos), cfg.max_megapixels, depth=2)
-    for i, (path, photo, error) in enumerate(decoded, 1):
-        try:
-            if error:
-                raise error
-            s = process_photo(predict, int(size), path, cfg.output_dir, cfg.window, cfg.stride, cfg.batch,
-                              threshold, cfg.boxes, cfg.overlay_max_side, cfg.max_megapixels, scanner, photo)
-        except PhotoError as err:
-            failures.add(path, err)
-            continue
-        total_s += s["seconds"]
-        total_mp += s["height"] * s["width"] / 1e6
-        print(f"[{i}/{len(photos)}] {path}: {s['width']}x{s['height']}, {s['windows']} windows, "
-              f"max p={s['max_prob']:.3f}, {s['boxes']} boxes, {s['seconds']:.1f}s", flush=True)
-    done, failed = len(photos) - len(failures.items), len(failures.items)
-    print(f"summary: {done} photos{f', {failed} failed' if failed else ''}, {total_mp:.1f} MP in {total_s:.1f}s "
-          f"({total_s / max(total_mp, 1e-9):.2f} s/MP); outputs in {cfg.output_dir}", flush=True)
-    return failures.report(len(photos), "photos")
-
-
-def run() -> None:
-    """Console-script entry point."""
-    from crack_tf import cli
-
-    cli.entry_point(_define_flags, main)()
-
-
-if __name__ == "__main__":
-    run()

@@ -1,10 +1,10 @@
 """How the inspection commands (heatmap, predict, report) score a photo: ``--mode`` and the compile cache.
 
-* ``--mode=dense``: one fully convolutional pass per photo (``crack_tf.dense``); windows on whole
+* ``--mode=dense``: one fully convolutional pass per photo (``crack_tf.inspection.dense``); windows on whole
   feature cells, so the stride is rounded down to a whole number of cells (printed).
-* ``--mode=windows``: every window cut, resized and scored on its own (``crack_tf.heatmap``), at
+* ``--mode=windows``: every window cut, resized and scored on its own (``crack_tf.inspection.heatmap``), at
   exactly ``--stride``. On the JAX backend the windows are cut and resized on the device
-  (``crack_tf.device_windows``); elsewhere with NumPy, as before.
+  (``crack_tf.inspection.device_windows``); elsewhere with NumPy, as before.
 * ``--mode=auto``: dense where the model allows it (a ``.keras`` model ending in global average
   pooling + a dense head), else windows. The default is :data:`DEFAULT_MODE` (``windows`` until
   dense agrees with it on >= 99% of the val windows of a trained model: docs/INSPECTION.md); the
@@ -23,7 +23,7 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-from crack_tf.heatmap import Heatmap, sliding_heatmap
+from crack_tf.inspection.heatmap import Heatmap, sliding_heatmap
 
 MODES = ("auto", "dense", "windows")
 DEFAULT_MODE = "windows"
@@ -65,7 +65,7 @@ def make_scanner(predictor, mode: str = DEFAULT_MODE, window: int = 128, stride:
                  image_size: int | None = None, device: bool | None = None) -> PhotoScanner:
     """The scanner of ``--mode`` for a loaded predictor (``device``: cut windows on the device; None
     = on the JAX backend). ValueError for ``--mode=dense`` with a model that cannot run it."""
-    from crack_tf import dense
+    from crack_tf.inspection import dense
 
     if mode not in MODES:
         raise ValueError(f"--mode={mode!r}; choose one of {MODES}")

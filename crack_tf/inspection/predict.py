@@ -3,13 +3,13 @@
   python -m crack_tf.predict --model=runs/uav75/final.keras flight_0412/ --recursive \\
       --csv=flight_0412.csv --jsonl=flight_0412.jsonl --gsd_cm=0.3
 
-One row per file (see ``crack_tf.scan``): a tile (no larger than ``--window``) gets its crack
+One row per file (see ``crack_tf.inspection.scan``): a tile (no larger than ``--window``) gets its crack
 probability; a larger photo is scanned with the sliding-window heatmap and gets the highest
 window probability, its number of crack boxes and the cracked area share. Every row has
 ``is_crack`` at the model's stored threshold (or ``--threshold``), the threshold, the model file
 and its SHA-256, the image size, and, when the photo has EXIF GPS, latitude / longitude /
 altitude (and the capture time). The JSONL rows also list the boxes (pixels; with ``--gsd_cm``
-also centimetres and approximate WGS84 polygons, see ``crack_tf.geo``). ``--explain`` writes a
+also centimetres and approximate WGS84 polygons, see ``crack_tf.inspection.geo``). ``--explain`` writes a
 Grad-CAM overlay per tile, and per photo for its highest window, into ``--explain_dir``.
 
 Rows are written as files are scored (bounded memory over any number of files); files that
@@ -27,12 +27,12 @@ import sys
 from absl import app, flags
 
 from crack_tf.choices import TTA_MODES
+from crack_tf.inspection.gradcam import GradCAM, explain
+from crack_tf.inspection.photo_scan import define_scan_flags, start_compile_cache
+from crack_tf.inspection.scan import CSV_FIELDS
 from crack_tf.model_precision import define_precision_flag
-from crack_tf.photo_scan import define_scan_flags, start_compile_cache
 
 FLAGS = flags.FLAGS
-CSV_FIELDS = ("path", "kind", "width", "height", "crack_probability", "is_crack", "threshold", "windows", "boxes",
-              "cracked_share", "latitude", "longitude", "altitude", "taken", "model", "model_sha256")
 
 
 def define_flags() -> None:
@@ -87,31 +87,11 @@ class Writers:
             f.close()
 
 
-def explain(result, image_size: int, window: int, out_dir: str, cam, name: str | None = None) -> str:
-    """Writes the Grad-CAM overlay of a tile (or of a photo's highest window); returns its path."""
-    import numpy as np
-    from PIL import Image
-
-    from crack_tf.data.image_np import resize_bilinear_np
-    from crack_tf.gradcam import overlay
-
-    image = result.image
-    if result.kind == "photo":
-        y, x = result.best_window
-        image = resize_bilinear_np(np.ascontiguousarray(image[y : y + window, x : x + window]), image_size, image_size)
-    heat = cam(image[None])[0]
-    os.makedirs(out_dir, exist_ok=True)
-    name = name or os.path.splitext(os.path.basename(result.path))[0]
-    path = os.path.join(out_dir, name + "_gradcam.png")
-    Image.fromarray(np.concatenate([image, overlay(image, heat)], axis=1)).save(path)
-    return path
-
-
 def main(argv: list[str]) -> int:
     from crack_tf.data.progress import Progress
-    from crack_tf.photo_io import Failures, PhotoError
+    from crack_tf.inspection.photo_io import Failures, PhotoError
+    from crack_tf.inspection.scan import Scorer, count_images, file_sha256, iter_images, read_ahead
     from crack_tf.predictor import load_model
-    from crack_tf.scan import Scorer, count_images, file_sha256, iter_images, read_ahead
 
     inputs = argv[1:]
     if not (FLAGS.csv or FLAGS.jsonl):
@@ -125,8 +105,6 @@ def main(argv: list[str]) -> int:
     if FLAGS.explain:
         if predictor.model is None:
             raise ValueError("--explain needs a .keras model (a SavedModel has no layers to explain)")
-        from crack_tf.gradcam import GradCAM
-
         cam = GradCAM(predictor.model)
     print(f"predict: {total} files, threshold {scorer.threshold:.4g} "
           f"({predictor.threshold_source if FLAGS.threshold is None else '--threshold'}), tta {predictor.tta}, "

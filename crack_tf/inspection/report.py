@@ -12,7 +12,7 @@ p(crack), the box table (pixels, area, centimetres with ``--gsd_cm``), the EXIF 
 GPS position when present, and links to its per-pixel map (``.npy``), boxes (GeoJSON: WGS84 with
 GPS and ``--gsd_cm``, else pixels; CSV). ``summary.csv`` has one row per photo (the
 ``crack_tf.predict`` columns). Unreadable files are skipped and named at the end (exit code 1);
-see ``crack_tf.scan`` for tiles vs photos and ``crack_tf.report_pages`` for the pages.
+see ``crack_tf.inspection.scan`` for tiles vs photos and ``crack_tf.inspection.report_pages`` for the pages.
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ import numpy as np
 from absl import flags
 
 from crack_tf.choices import TTA_MODES
-from crack_tf.heatmap import downscale
+from crack_tf.inspection.gradcam import GradCAM, explain
+from crack_tf.inspection.heatmap import downscale
+from crack_tf.inspection.photo_scan import define_scan_flags, start_compile_cache
+from crack_tf.inspection.report_pages import composite, flight_data, heat_rgba, render_photo, write_index
 from crack_tf.model_precision import define_precision_flag
-from crack_tf.photo_scan import define_scan_flags, start_compile_cache
-from crack_tf.report_pages import composite, flight_data, heat_rgba, render_photo, write_index
 
 FLAGS = flags.FLAGS
 THUMB_SIDE, PHOTO_SIDE, HEAT_SIDE = 256, 1600, 400  # longest sides of the index thumbnail, photo, heat layer
@@ -67,8 +68,8 @@ def write_photo_files(result, key: str, out: str, cam=None, window: int = 128, i
     """Photo, heat layer, thumbnail, map, boxes (and Grad-CAM) of one photo; returns their paths (relative)."""
     from PIL import Image
 
-    from crack_tf.geo import boxes_geojson
-    from crack_tf.heatmap import write_boxes, write_pixel_map
+    from crack_tf.inspection.geo import boxes_geojson
+    from crack_tf.inspection.heatmap import write_boxes, write_pixel_map
 
     files = {"photo": f"img/{key}_photo.jpg", "heat": f"img/{key}_heat.png", "thumb": f"img/{key}_thumb.jpg"}
     Image.fromarray(downscale(result.image, PHOTO_SIDE)).save(os.path.join(out, files["photo"]), quality=88)
@@ -85,8 +86,6 @@ def write_photo_files(result, key: str, out: str, cam=None, window: int = 128, i
                                     os.path.basename(result.path)), f)
         write_boxes(result.boxes, os.path.join(out, files["csv"]), "csv", os.path.basename(result.path))
     if cam is not None:
-        from crack_tf.predict import explain
-
         files["gradcam"] = os.path.relpath(explain(result, image_size, window, os.path.join(out, "img"), cam, key),
                                            out)
     return files
@@ -106,9 +105,9 @@ def severity_order(results: list) -> list[int]:
 
 def main(argv: list[str]) -> int:
     from crack_tf.data.progress import Progress
-    from crack_tf.photo_io import Failures, PhotoError
+    from crack_tf.inspection.photo_io import Failures, PhotoError
+    from crack_tf.inspection.scan import Scorer, count_images, iter_images, read_ahead
     from crack_tf.predictor import load_model
-    from crack_tf.scan import Scorer, count_images, iter_images, read_ahead
 
     inputs = argv[1:]
     total = count_images(inputs, FLAGS.recursive)
@@ -120,8 +119,6 @@ def main(argv: list[str]) -> int:
           f"{predictor.precision}; {scorer.scanner.note}", file=sys.stderr, flush=True)
     cam = None
     if FLAGS.explain:
-        from crack_tf.gradcam import GradCAM
-
         cam = GradCAM(predictor.model) if predictor.model is not None else None
     for sub in ("img", "data", "photos"):
         os.makedirs(os.path.join(FLAGS.out, sub), exist_ok=True)
@@ -148,8 +145,7 @@ def main(argv: list[str]) -> int:
         with open(os.path.join(FLAGS.out, "photos", f"{key}.html"), "w", encoding="utf-8") as f:
             f.write(render_photo(r, files, FLAGS.gsd_cm, keys[n - 1], keys[n + 1]))
     write_index(FLAGS.out, flight_data(entries, failures.items, os.path.abspath(FLAGS.model), scorer.threshold))
-    from crack_tf.predict import CSV_FIELDS
-    from crack_tf.scan import file_sha256
+    from crack_tf.inspection.scan import CSV_FIELDS, file_sha256
 
     digest = file_sha256(FLAGS.model)
     with open(os.path.join(FLAGS.out, "summary.csv"), "w", newline="", encoding="utf-8") as f:

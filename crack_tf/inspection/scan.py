@@ -5,7 +5,7 @@
   failures, never as a crash.
 * A file no larger than the window (``max(w, h) <= window``) is a **tile**: resized / cropped to
   the model input as in evaluation and scored once (tiles are batched). A larger file is a
-  **photo**: scanned window by window or fully convolutionally (``--mode``, ``crack_tf.photo_scan``);
+  **photo**: scanned window by window or fully convolutionally (``--mode``, ``crack_tf.inspection.photo_scan``);
   its score is the highest window probability, its boxes the connected groups of windows above the
   threshold.
 * ``Scorer`` does both for one model and keeps per-file results small (no pixels), so a run over
@@ -27,9 +27,13 @@ import numpy as np
 
 from crack_tf.data.image_np import eval_transform_np
 from crack_tf.data.listing import IMAGE_EXTS
-from crack_tf.geo import PhotoGPS, photo_exif, with_real_sizes
-from crack_tf.heatmap import Heatmap, crack_boxes
-from crack_tf.photo_io import PIL_BOMB_MEGAPIXELS, PhotoError, photo_size, read_photo
+from crack_tf.inspection.geo import PhotoGPS, photo_exif, with_real_sizes
+from crack_tf.inspection.heatmap import Heatmap, crack_boxes
+from crack_tf.inspection.photo_io import PIL_BOMB_MEGAPIXELS, PhotoError, photo_size, read_photo
+
+#: The columns of :meth:`ScanResult.row` (the CSV of ``crack_tf.predict``, ``summary.csv`` of ``crack_tf.report``).
+CSV_FIELDS = ("path", "kind", "width", "height", "crack_probability", "is_crack", "threshold", "windows", "boxes",
+              "cracked_share", "latitude", "longitude", "altitude", "taken", "model", "model_sha256")
 
 
 @dataclasses.dataclass
@@ -147,13 +151,13 @@ def read_ahead(items: Iterable[tuple[str, str | None]], max_megapixels: float | 
 
 
 class Scorer:
-    """Scores tiles (batched) and photos (heatmap, ``--mode`` of ``crack_tf.photo_scan``) with one
+    """Scores tiles (batched) and photos (heatmap, ``--mode`` of ``crack_tf.inspection.photo_scan``) with one
     loaded predictor."""
 
     def __init__(self, predictor, window: int = 128, stride: int = 64, batch: int = 64,
                  max_megapixels: float = PIL_BOMB_MEGAPIXELS, gsd_cm: float | None = None,
                  threshold: float | None = None, keep_pixels: bool = False, mode: str | None = None):
-        from crack_tf.photo_scan import DEFAULT_MODE, make_scanner
+        from crack_tf.inspection.photo_scan import DEFAULT_MODE, make_scanner
 
         if not predictor.image_size:
             raise ValueError(f"{predictor.path}: the model's input size is unknown")

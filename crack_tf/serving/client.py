@@ -33,9 +33,17 @@ from crack_tf.serving.predictions import (  # noqa: F401 (re-exported)
     ServerUnavailableError,
     ServingError,
     _Client,
-    make_client,
     one_line,
 )
+
+
+def make_client(protocol: str, server: str, **kwargs) -> _Client:
+    """A :class:`RestClient` or :class:`GrpcClient`."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if not server or ":" not in server:
+        raise ValueError(f"--server must be host:port (e.g. localhost:8501 for REST, :8500 for gRPC), got {server!r}")
+    return (RestClient if protocol == "rest" else GrpcClient)(server, **kwargs)
 
 
 def _batches(items: Sequence, size: int) -> Iterable[Sequence]:

@@ -1,7 +1,8 @@
 """What a TF Serving deployment of crack_tf answers, and the REST client (standard library only).
 
-The gRPC client is in :mod:`crack_tf.serving.grpc_client`; the command line in
-:mod:`crack_tf.serving.client`.
+The gRPC client is in :mod:`crack_tf.serving.grpc_client` (it builds on this module, never the
+other way round); :func:`crack_tf.serving.client.make_client` picks one of the two, and the
+command line is in :mod:`crack_tf.serving.client`.
 """
 
 from __future__ import annotations
@@ -166,18 +167,3 @@ def one_line(message: str, limit: int = 400) -> str:
     kept = [line for line in lines if line and not line.startswith(_NOISE)] or [lines[0] if lines else ""]
     text = " ".join(kept)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def make_client(protocol: str, server: str, **kwargs) -> _Client:
-    """A :class:`RestClient` or :class:`GrpcClient`."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"--protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    if not server or ":" not in server:
-        raise ValueError(f"--server must be host:port (e.g. localhost:8501 for REST, :8500 for gRPC), got {server!r}")
-    if protocol == "rest":
-        return RestClient(server, **kwargs)
-    from crack_tf.serving.grpc_client import GrpcClient
-
-    return GrpcClient(server, **kwargs)
-
-

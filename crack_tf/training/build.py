@@ -12,7 +12,7 @@ import os
 import keras
 import numpy as np
 
-from crack_tf import CLASS_NAMES
+from crack_tf.choices import CLASS_NAMES
 from crack_tf.training.config import TrainConfig
 from crack_tf.training.optim import SparseCrossEntropy, make_optimizer
 from crack_tf.training.runtime import jit_setting

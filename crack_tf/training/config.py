@@ -5,15 +5,21 @@ to run.json and compared on resume) and groups them into frozen, typed sub-confi
 the stages receive: ``cfg.model_options`` (the model builder), ``cfg.data`` (the input),
 ``cfg.optim`` (optimizer, schedule, loss, operating point) and ``cfg.run`` (devices, precision,
 checkpoints, logging). The groups, names, types, defaults and help texts are the rows of
-``crack_tf.training.flags``; nothing here repeats them.
+``crack_tf.training.flags``; nothing here repeats them. :func:`from_flags` / :func:`parse_args`
+build a TrainConfig from parsed / given command-line flags (this module imports the flag table,
+never the other way round).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Sequence
 from typing import Any
 
-from crack_tf.training.flags import _GROUPS, FLAG_NAMES
+from absl import flags
+
+from crack_tf.training.flags import _GROUPS, FLAG_NAMES, define_flags, validate
 
 INT_LISTS = ("rates", "crop_side")  # list flags whose items are integers
 _TYPES = {"enum": str, "string": str, "integer": int, "float": float, "bool": bool, "list": list}
@@ -91,3 +97,29 @@ def from_values(values: dict) -> Any:
         except (TypeError, ValueError):
             pass
     return TrainConfig(**merged)
+
+
+def from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Any:
+    """The parsed flags (absl's global FLAGS by default) as a typed TrainConfig."""
+    return from_values({name: flag_values[name].value for name in FLAG_NAMES})
+
+
+def parse_args(argv: Sequence[str]) -> Any:
+    """Parses and validates ``argv`` (without the program name) into a TrainConfig, on a private
+    set of flags: absl's global FLAGS (and the flags of a calling tool) are left alone."""
+    flag_values = define_flags(flags.FlagValues())
+    flag_values(["crack_tf.train", *argv])
+    cfg = from_flags(flag_values)
+    validate(cfg)
+    return cfg
+
+
+@functools.lru_cache(maxsize=1)
+def _private_flags() -> flags.FlagValues:
+    return define_flags(flags.FlagValues())
+
+
+def parse_value(name: str, text: str) -> Any:
+    """The typed value of ``--name=text`` as the trainer would read it (tools compare configs)."""
+    value = _private_flags()[name].parser.parse(text)
+    return [int(v) for v in value] if name in INT_LISTS else value

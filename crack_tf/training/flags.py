@@ -1,17 +1,13 @@
 """Command-line flags of the trainer, defined once from one table.
 
 Every flag can be set in an absl flagfile (``--flagfile=configs/<name>.cfg``) and then
-overridden on the command line after it. :func:`config_from_flags` turns the parsed
-flags into a typed :class:`crack_tf.training.config.TrainConfig` (its groups come from the
-table's sections) and :func:`validate` rejects bad combinations before any data is read or
-any model is built.
+overridden on the command line after it. :mod:`crack_tf.training.config` turns the parsed
+flags into a typed ``TrainConfig`` (its groups come from the table's sections; it imports this
+module, never the other way round) and :func:`validate` rejects bad combinations before any data
+is read or any model is built.
 """
 
 from __future__ import annotations
-
-import functools
-from collections.abc import Sequence
-from typing import Any
 
 from absl import flags
 
@@ -169,36 +165,6 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> flags.FlagValues:
         else:
             getattr(flags, f"DEFINE_{kind}")(name, default, help_text, flag_values=flag_values)
     return flag_values
-
-
-def config_from_flags(flag_values: flags.FlagValues = FLAGS):
-    """The parsed flags as a typed :class:`crack_tf.training.config.TrainConfig`."""
-    from crack_tf.training.config import from_values
-
-    return from_values({name: flag_values[name].value for name in FLAG_NAMES})
-
-
-def parse_args(argv: Sequence[str]):
-    """Parses and validates ``argv`` (without the program name) into a TrainConfig, on a private
-    set of flags: absl's global FLAGS (and the flags of a calling tool) are left alone."""
-    flag_values = define_flags(flags.FlagValues())
-    flag_values(["crack_tf.train", *argv])
-    cfg = config_from_flags(flag_values)
-    validate(cfg)
-    return cfg
-
-
-@functools.lru_cache(maxsize=1)
-def _private_flags() -> flags.FlagValues:
-    return define_flags(flags.FlagValues())
-
-
-def parse_value(name: str, text: str) -> Any:
-    """The typed value of ``--name=text`` as the trainer would read it (tools compare configs)."""
-    from crack_tf.training.config import INT_LISTS
-
-    value = _private_flags()[name].parser.parse(text)
-    return [int(v) for v in value] if name in INT_LISTS else value
 
 
 def validate(cfg) -> None:

@@ -13,7 +13,7 @@ import time
 
 import keras
 
-from crack_tf import CLASS_NAMES
+from crack_tf.choices import CLASS_NAMES
 from crack_tf.training import callbacks as cb
 from crack_tf.training import checkpoints, finish, rundir
 from crack_tf.training.build import build_model, compile_model, data_config, set_backbone_frozen

@@ -16,7 +16,7 @@ import pathlib
 
 import tensorflow_datasets as tfds
 
-from crack_tf import CLASS_NAMES
+from crack_tf.choices import CLASS_NAMES
 from crack_tf.data.config import DataConfig
 from crack_tf.data.listing import Listing, candidate_files, check_files, list_folder, report_skipped
 from crack_tf.data.tfrecord import tf_bytes
