@@ -56,19 +56,16 @@ def _catches_import_error(node: ast.Try) -> bool:
     return False
 
 
-def module_level_imports(source: str) -> list[tuple[str, int]]:
-    """(top-level module, line) of the imports run when the module is imported: the module body,
-    class bodies, ``if`` / ``with`` / ``try`` blocks; not function bodies, ``if TYPE_CHECKING:`` or a
-    ``try:`` that catches ImportError. Relative imports are the package's own."""
-    found: list[tuple[str, int]] = []
+def module_level_import_nodes(source: str) -> list[ast.Import | ast.ImportFrom]:
+    """The import statements run when the module is imported: the module body, class bodies,
+    ``if`` / ``with`` / ``try`` blocks; not function bodies, ``if TYPE_CHECKING:`` or a ``try:``
+    that catches ImportError."""
+    found: list[ast.Import | ast.ImportFrom] = []
 
     def visit(statements: list[ast.stmt]) -> None:
         for node in statements:
-            if isinstance(node, ast.Import):
-                found.extend((alias.name.split(".")[0], node.lineno) for alias in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                if node.level == 0 and node.module:
-                    found.append((node.module.split(".")[0], node.lineno))
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                found.append(node)
             elif isinstance(node, ast.If):
                 if "TYPE_CHECKING" not in ast.unparse(node.test):
                     visit(node.body)
@@ -82,6 +79,18 @@ def module_level_imports(source: str) -> list[tuple[str, int]]:
                 visit(node.body)
 
     visit(ast.parse(source).body)
+    return found
+
+
+def module_level_imports(source: str) -> list[tuple[str, int]]:
+    """(top-level module, line) of :func:`module_level_import_nodes`. Relative imports are the
+    package's own."""
+    found: list[tuple[str, int]] = []
+    for node in module_level_import_nodes(source):
+        if isinstance(node, ast.Import):
+            found.extend((alias.name.split(".")[0], node.lineno) for alias in node.names)
+        elif node.level == 0 and node.module:
+            found.append((node.module.split(".")[0], node.lineno))
     return found
 
 
