@@ -140,7 +140,7 @@ def test_bad_augmentation_flags_are_rejected_before_training(bad, message):
 
 def test_augmentation_flags_reach_the_crop_options():
     from crack_tf.data.photo_input import crop_options
-    from crack_tf.train import data_config
+    from crack_tf.training.build import data_config
 
     cfg = train_flags.parse_args(["--data_source=photos", "--data_dir=x", "--gamma=0.3", "--grayscale=0.1",
                                   "--hue=0.05", "--contrast=0.2", "--blur=0.25", "--jpeg=0.3"])
