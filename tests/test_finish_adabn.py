@@ -70,3 +70,18 @@ def test_eval_sources_are_scored_after_adabn_at_the_stored_point_and_the_model_i
     np.testing.assert_allclose(arrays["margins"][0, adabn], calibration.logit_margin(logits), rtol=1e-5, atol=1e-5)
     assert "eval_sources_adabn_at_threshold_by_source" not in finish.operating_point(
         model, val, "f1", "none", eval_input)[0]["none"]
+
+
+def test_the_trainers_adapt_step_reads_the_eval_sources_unlabelled_train_photos(tmp_path):
+    from crack_tf.training.config import from_values
+    from crack_tf.training.loop import _adabn
+    from tests.photo_data import write_source
+
+    write_source(tmp_path / "site", {"train": 2, "val": 1}, seed=4)
+    cfg = from_values({"eval_sources": "site", "data_root": str(tmp_path), "adabn_eval_crops": 12,
+                       "crop_side": [16, 32], "image_size": 16, "seed": 1})
+    assert _adabn(from_values({"eval_sources": "site"})) is None  # off by default
+    model = _model()
+    before = np.array(model.layers[2].moving_mean)
+    _adabn(cfg)(model, "site")
+    assert not np.allclose(np.array(model.layers[2].moving_mean), before)  # adapted in place

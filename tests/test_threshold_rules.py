@@ -99,5 +99,7 @@ def test_adabn_scoring_needs_eval_sources():
 
     with pytest.raises(ValueError, match="--adabn_eval_crops must be >= 0 and needs --eval_sources"):
         train_flags.validate(from_values({"adabn_eval_crops": 64}))
+    with pytest.raises(ValueError, match="zhang2016 has no BatchNorm"):
+        train_flags.validate(from_values({"adabn_eval_crops": 64, "eval_sources": "uav75", "model": "zhang2016"}))
     train_flags.validate(from_values({"adabn_eval_crops": 64, "eval_sources": "uav75", "data_source": "photos",
                                       "data_dir": "uavcrack"}))
