@@ -12,10 +12,13 @@ the threshold its fold's model stores, with the mean over left-out sources per s
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from crack_tf.evaluation.run_margins import read_json  # noqa: E402  (re-exported for tools/ablate.py)
 
 #: The paper's accuracies in percent (train, test); shared/PAPER.md tables 1-3.
 PAPER: dict[str, dict[str, tuple[float, float]]] = {
@@ -50,14 +53,6 @@ def norm(value) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value)
     return str(value)
-
-
-def read_json(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def _row_dict(run, rj: dict) -> dict:
