@@ -263,7 +263,7 @@ def test_loso_table_scores_each_left_out_source_at_its_folds_threshold(tmp_path)
     ablate.write_results(str(tmp_path), "ours", runs)
     md = (tmp_path / "results.md").read_text()
     line_a = next(ln for ln in md.splitlines() if ln.startswith("| base | a |"))
-    assert "| 2 | 0.300 | 85.00 ± 7.07 [21.5, 148.5] | 70.00 ± 0.00 / 80.00 ± 0.00 | 75.00 ± 7.07 | 90.00 ± 0.00 |" in line_a
+    assert "| 2 | 0.300 | 85.00 ± 7.07 [21.5, 148.5] | 70.00 ± 0.00 / 80.00 ± 0.00 | 75.00 ± 7.07 | - | 90.00 ± 0.00 |" in line_a
     # per seed: (80 + 70 + 60) / 3 = 70 and (90 + 70 + 50) / 3 = 70
     summary = next(ln for ln in md.splitlines() if ln.startswith("| base | 3 |"))
     assert "| 70.00 ± 0.00" in summary and "| 95.00 ± 0.00 |" in summary and "a 95.00 ± 0.00" in summary

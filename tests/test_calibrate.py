@@ -294,6 +294,11 @@ def test_few_shot_tool_reads_runs_and_writes_table_and_plot(tmp_path):
     table = (out / "few_shot.md").read_text()
     assert "| loso_0 | site0 | threshold | 100 |" in table
     assert len((out / "few_shot.csv").read_text().splitlines()) == 7
+    by_source = tool.per_source(rows)  # one curve per left-out source: each over its one run here
+    assert set(by_source) == {"site0, threshold", "site1, threshold"}
+    assert by_source["site0, threshold"][-1]["accuracy_mean"] == pytest.approx(gain["loso_0"])
+    assert (out / "few_shot_by_source.png").stat().st_size > 1000
+    assert "| site1, threshold | 1 |" in (out / "few_shot_by_source.md").read_text()
     with pytest.raises(ValueError, match="no run folder"):
         tool.main_args([f"--runs={tmp_path / 'nothing_*'}", f"--out={out}"])
 

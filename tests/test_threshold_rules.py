@@ -91,3 +91,15 @@ def test_trainer_flag_validation_accepts_source_rules_and_rejects_others():
     train_flags.validate(ok)
     with pytest.raises(ValueError, match="threshold_rule='median_source_f1'"):
         train_flags.validate(from_values({"threshold_rule": "median_source_f1"}))
+
+
+def test_adabn_scoring_needs_eval_sources():
+    from crack_tf.training import flags as train_flags
+    from crack_tf.training.config import from_values
+
+    with pytest.raises(ValueError, match="--adabn_eval_crops must be >= 0 and needs --eval_sources"):
+        train_flags.validate(from_values({"adabn_eval_crops": 64}))
+    with pytest.raises(ValueError, match="zhang2016 has no BatchNorm"):
+        train_flags.validate(from_values({"adabn_eval_crops": 64, "eval_sources": "uav75", "model": "zhang2016"}))
+    train_flags.validate(from_values({"adabn_eval_crops": 64, "eval_sources": "uav75", "data_source": "photos",
+                                      "data_dir": "uavcrack"}))

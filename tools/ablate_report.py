@@ -12,10 +12,13 @@ the threshold its fold's model stores, with the mean over left-out sources per s
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from crack_tf.evaluation.run_margins import read_json  # noqa: E402  (re-exported for tools/ablate.py)
 
 #: The paper's accuracies in percent (train, test); shared/PAPER.md tables 1-3.
 PAPER: dict[str, dict[str, tuple[float, float]]] = {
@@ -52,14 +55,6 @@ def norm(value) -> str:
     return str(value)
 
 
-def read_json(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def _row_dict(run, rj: dict) -> dict:
     """One CSV row of a finished run (``run``: an ablate.Run)."""
     cfg = rj.get("config", {})
@@ -79,8 +74,10 @@ def _row_dict(run, rj: dict) -> dict:
         row.update({f"thr_{k}": point["val_at_threshold"][k] for k in AT_THRESHOLD})
         for source, sm in (point.get("val_at_threshold_by_source") or {}).items():
             row.update({f"thr_{source}_{k}": sm[k] for k in AT_THRESHOLD})
-        for source, sm in (point.get("eval_sources_at_threshold_by_source") or {}).items():
-            row.update({f"thr_eval_{source}_{k}": sm[k] for k in AT_THRESHOLD})
+        for key, prefix in (("eval_sources_at_threshold_by_source", "thr_eval"),
+                            ("eval_sources_adabn_at_threshold_by_source", "thr_adabn")):
+            for source, sm in (point.get(key) or {}).items():
+                row.update({f"{prefix}_{source}_{k}": sm[k] for k in AT_THRESHOLD})
     for source, sm in (m.get("eval_sources_by_source") or {}).items():
         row.update({f"eval_{source}_{k}": sm.get(k, "") for k in AT_THRESHOLD})
     for mode, tta_point in (rj.get("operating_points") or {}).items():
@@ -150,7 +147,7 @@ def options_text(r: dict) -> str:
 def _sources(results: list[dict]) -> list[str]:
     return list(dict.fromkeys(k[4:-len("_accuracy")] for r in results for k in r
                               if k.startswith("thr_") and k.endswith("_accuracy") and k != "thr_accuracy"
-                              and not k.startswith("thr_eval_")))
+                              and not k.startswith(("thr_eval_", "thr_adabn_"))))
 
 
 def markdown(table: str, results: list[dict], row_order: list[str]) -> str:
@@ -220,9 +217,11 @@ def loso_markdown(results: list[dict]) -> list[str]:
     lines = ["### Leave one source out (percent, mean ± std over seeds)", "",
              "Each `no_<source>` fold trains on the other sources, picks its operating point on their val, and "
              "scores the left-out source's val tiles at that point (the threshold it would ship with) and at 0.5. "
-             "`all`: the whole mix's per-source val at its own stored threshold.", "",
+             "AdaBN (`--adabn_eval_crops`): the same tiles after the BatchNorm statistics were re-estimated on "
+             "unlabelled crops of the left-out source's train photos. `all`: the whole mix's per-source val at "
+             "its own stored threshold.", "",
              "| row | left out | n | threshold | left-out acc | left-out P / R | left-out acc at 0.5 | "
-             "val acc of the trained sources |", "|" + "---|" * 8]
+             "left-out acc after AdaBN | val acc of the trained sources |", "|" + "---|" * 9]
     summary = []
     for row in dict.fromkeys(r["row"] for r in folded):
         rs = [r for r in folded if r["row"] == row]
@@ -236,7 +235,8 @@ def loso_markdown(results: list[dict]) -> list[str]:
             lines.append(f"| {row} | {src} | {len(fr)} | {statistics.fmean(thr):.3f} | "
                          f"{_pct(_values(fr, f'thr_eval_{src}_accuracy'), ci=True)} | "
                          f"{_pct(_values(fr, f'thr_eval_{src}_precision'))} / {_pct(_values(fr, f'thr_eval_{src}_recall'))} | "
-                         f"{_pct(_values(fr, f'eval_{src}_accuracy'))} | {_pct(_values(fr, 'thr_accuracy'))} |")
+                         f"{_pct(_values(fr, f'eval_{src}_accuracy'))} | {_pct(_values(fr, f'thr_adabn_{src}_accuracy'))} | "
+                         f"{_pct(_values(fr, 'thr_accuracy'))} |")
             for r in fr:
                 per_seed.setdefault(int(r["seed"]), []).append(100 * float(r[f"thr_eval_{src}_accuracy"]))
         n_folds = max((len(v) for v in per_seed.values()), default=0)

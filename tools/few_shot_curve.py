@@ -10,7 +10,8 @@ tta), ``labels`` [N] int, ``sources`` [N] str and ``split`` [N] in {"val", "eval
 source is the ``split == "eval"`` part; on it, for each n, ``crack_tf.evaluation.few_shot``
 calibrates on n random labelled tiles (``--draws`` times) and scores the rest. Writes
 ``few_shot.csv``, ``few_shot.md`` and ``few_shot.png`` (accuracy, mean +- std over the draws,
-one line per run and fit) into ``--out``.
+one line per run and fit) into ``--out``, and ``few_shot_by_source.{md,png}`` (per left-out source
+and fit: the runs' means, mean +- std over the runs).
 """
 
 from __future__ import annotations
@@ -73,6 +74,29 @@ def write_outputs(rows: list[dict], out: str) -> None:
     for r in rows:
         grouped.setdefault(f"{r['run']} ({r['left_out']}, {r['fit']})", []).append(r)
     few_shot.curve_png(grouped, os.path.join(out, "few_shot.png"))
+    by_source = per_source(rows)
+    few_shot.curve_png(by_source, os.path.join(out, "few_shot_by_source.png"),
+                       title="few-shot site calibration: accuracy (mean +- std over runs)")
+    lines = ["| left out, fit | runs | " + " | ".join(f"n = {r['n']}" for r in next(iter(by_source.values()))) + " |",
+             "|---|---|" + "---|" * len(next(iter(by_source.values())))]
+    for label, curve in by_source.items():
+        lines.append(f"| {label} | {curve[0]['runs']} | "
+                     + " | ".join(f"{r['accuracy_mean']:.3f} ± {r['accuracy_std']:.3f}" for r in curve) + " |")
+    with open(os.path.join(out, "few_shot_by_source.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def per_source(rows: list[dict]) -> dict[str, list[dict]]:
+    """{"<left out>, <fit>": one row per n}: each run's mean over draws, then the mean and sample std
+    over the runs (seeds) of that left-out source and fit."""
+    groups: dict[str, dict[int, list[float]]] = {}
+    for r in rows:
+        groups.setdefault(f"{r['left_out']}, {r['fit']}", {}).setdefault(int(r["n"]), []).append(r["accuracy_mean"])
+    out = {}
+    for label, by_n in groups.items():
+        out[label] = [{"n": n, "runs": len(v), "accuracy_mean": float(np.mean(v)),
+                       "accuracy_std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0} for n, v in sorted(by_n.items())]
+    return out
 
 
 def main_args(argv: list[str]) -> list[dict]:

@@ -57,7 +57,7 @@ def score_rules(arrays: dict, rules: list[str]) -> dict[str, dict]:
     for rule in rules:
         t = stats.pick_threshold(probs[val], labels[val], rule, groups=sources[val])["threshold"]
         entry = {"threshold": t, "temperature": temperature, "val": {}, "eval": {}}
-        for part, keep in (("val", val), ("eval", ~val)):
+        for part, keep in (("val", val), ("eval", split == "eval")):
             for src in dict.fromkeys(sources[keep].tolist()):
                 m = stats.all_metrics(probs[keep & (sources == src)], labels[keep & (sources == src)], t)
                 entry[part][src] = {k: float(m[k]) for k in ("accuracy", "precision", "recall")}

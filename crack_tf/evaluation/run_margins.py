@@ -19,7 +19,8 @@ from crack_tf.evaluation import calibration
 KEYS = ("margins", "labels", "sources", "split")
 
 
-def _json(path: str) -> dict | None:
+def read_json(path: str) -> dict | None:
+    """The JSON object in ``path``, or None when the file is missing or unreadable (a run cut off)."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -44,8 +45,8 @@ def read_run(folder: str) -> dict:
         tta = str(z["tta"]) if "tta" in z.files else None
     arrays["margins"] = np.atleast_2d(arrays["margins"])
     arrays["sources"], arrays["split"] = arrays["sources"].astype(str), arrays["split"].astype(str)
-    run_json = _json(os.path.join(folder, "run.json")) or {}
-    config = run_json.get("config") or _json(os.path.join(folder, "config.json")) or {}
+    run_json = read_json(os.path.join(folder, "run.json")) or {}
+    config = run_json.get("config") or read_json(os.path.join(folder, "config.json")) or {}
     point, recomputed = run_json.get("operating_point"), False
     if not point:
         val = arrays["split"] == "val"

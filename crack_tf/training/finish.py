@@ -96,10 +96,30 @@ def metrics_by_source(probs: np.ndarray, labels: np.ndarray, sources: np.ndarray
             for name in dict.fromkeys(sources.tolist())}
 
 
-def operating_point(model: keras.Model, val_input, rule: str, tta: str, eval_input=None) -> tuple[dict, dict]:
+def adabn_margins(model: keras.Model, eval_input, tta: str, adapt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Margins, labels and sources of the ``--eval_sources`` tiles, each source scored after AdaBN on
+    its own unlabelled train photos (``adapt(model, source)`` re-estimates the BatchNorm statistics in
+    place; they are restored afterwards, so the model leaves as it came)."""
+    import types
+
+    from crack_tf.training.adabn import keep_batchnorm
+
+    parts = []
+    for name, part in eval_input.by_source.items():
+        with keep_batchnorm(model):
+            adapt(model, name)
+            parts.append(val_margins(model, types.SimpleNamespace(by_source={name: part}), tta))
+    return (np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]))
+
+
+def operating_point(model: keras.Model, val_input, rule: str, tta: str, eval_input=None, adapt=None
+                    ) -> tuple[dict, dict]:
     """({tta mode: point}, margins) for "none" and ``tta``; each point has the pooled val metrics at
     its threshold and, for several sources, the metrics of each; with ``eval_input`` (the
-    ``--eval_sources`` tiles) also those sources' metrics at the same temperature and threshold.
+    ``--eval_sources`` tiles) also those sources' metrics at the same temperature and threshold, and
+    with ``adapt`` (AdaBN, see :func:`adabn_margins`) the same after adapting to each of them
+    (``eval_sources_adabn_at_threshold_by_source``; ``--tta``'s point only).
     ``margins``: the arrays of :func:`save_margins` for ``tta``'s views."""
     points, arrays = {}, {}
     for mode in dict.fromkeys(["none", tta]):
@@ -117,6 +137,14 @@ def operating_point(model: keras.Model, val_input, rule: str, tta: str, eval_inp
                                                                              point["threshold"])
             margins, labels = np.concatenate([margins, e_margins], axis=1), np.concatenate([labels, e_labels])
             sources, split = np.concatenate([sources, e_sources]), np.concatenate([split, np.full(len(e_labels), "eval")])
+            if adapt is not None and mode == tta:
+                a_margins, a_labels, a_sources = adabn_margins(model, eval_input, mode, adapt)
+                a_probs = calibration.calibrated_probability(a_margins, point["temperature"])
+                point["eval_sources_adabn_at_threshold_by_source"] = metrics_by_source(
+                    a_probs, a_labels, a_sources, point["threshold"])
+                margins, labels = np.concatenate([margins, a_margins], axis=1), np.concatenate([labels, a_labels])
+                sources = np.concatenate([sources, a_sources])
+                split = np.concatenate([split, np.full(len(a_labels), "eval_adabn")])
         points[mode] = point
         if mode == tta:
             arrays = {"margins": margins.astype(np.float32), "labels": labels.astype(np.int8),
@@ -126,7 +154,8 @@ def operating_point(model: keras.Model, val_input, rule: str, tta: str, eval_inp
 
 def save_margins(path: str, arrays: dict) -> None:
     """``margins.npz``: ``margins`` float32 [V, N] (V test-time views), ``labels`` [N], ``sources`` [N],
-    ``split`` [N] ("val", or "eval" for the ``--eval_sources`` tiles), ``tta``; written atomically."""
+    ``split`` [N] ("val", "eval" for the ``--eval_sources`` tiles, "eval_adabn" for the same tiles after
+    AdaBN), ``tta``; written atomically."""
     import os
 
     tmp = path + ".tmp.npz"

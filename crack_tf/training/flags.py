@@ -72,6 +72,9 @@ _GROUPS: dict[str, list[tuple]] = {"model": [
      "source without a val/ folder.", None),
     ("string", "eval_sources", "", "Also evaluate the final model on the val tiles of these photo sources "
      "(same syntax as --data_dir; results in run.json metrics.eval_sources_by_source).", None),
+    ("integer", "adabn_eval_crops", 0, "With --eval_sources: also score each of those sources at the stored "
+     "operating point after AdaBN (BatchNorm statistics re-estimated on this many unlabelled crops of its "
+     "train photos; 0 = off): a new site adapted without labels.", None),
     ("integer", "synthetic_train", 600, "Synthetic training tiles (half crack).", None),
     ("integer", "synthetic_val", 200, "Synthetic validation tiles (half crack).", None),
     ("integer", "synthetic_size", 64, "Synthetic tile size in pixels.", None),
@@ -222,6 +225,10 @@ def validate(cfg) -> None:
         problems.append("--crack_fraction must be in (0, 1)")
     if cfg.crops_per_epoch < 1 or cfg.min_crack_pixels < 1 or cfg.val_tile < 8:
         problems.append("--crops_per_epoch and --min_crack_pixels must be >= 1, --val_tile >= 8")
+    if cfg.adabn_eval_crops < 0 or (cfg.adabn_eval_crops and not cfg.eval_sources):
+        problems.append("--adabn_eval_crops must be >= 0 and needs --eval_sources (the sources to adapt to)")
+    elif cfg.adabn_eval_crops and cfg.model == "zhang2016":
+        problems.append("--adabn_eval_crops adapts BatchNorm statistics: zhang2016 has no BatchNorm layer")
     if not 0 <= cfg.max_padding <= 1 or not 0 < cfg.val_fraction < 1:
         problems.append("--max_padding must be in [0, 1] and --val_fraction in (0, 1)")
     if not all(0 <= getattr(cfg, k) <= 1 for k in ("blur", "jpeg", "grayscale")) or \

@@ -88,7 +88,8 @@ def _store_operating_point(model, cfg, val_input, out_dir: str, runtime, eval_in
             # best.keras is another model; under a tf.distribute strategy predict_on_batch of the
             # live model returns per-replica rows, so the saved file is scored on one device.
             model = keras.saving.load_model(path, compile=False)
-        points, margins = finish.operating_point(model, val_input, cfg.threshold_rule, cfg.tta, eval_input)
+        points, margins = finish.operating_point(model, val_input, cfg.threshold_rule, cfg.tta, eval_input,
+                                                 _adabn(cfg) if eval_input is not None else None)
         if name == "final.keras":
             finish.save_margins(os.path.join(cfg.model_dir, "margins.npz"), margins)
         chosen = points[cfg.tta]
@@ -97,13 +98,28 @@ def _store_operating_point(model, cfg, val_input, out_dir: str, runtime, eval_in
               f"{chosen['threshold']:.4f}, temperature {chosen['temperature']:.3f} (ECE {chosen['ece_before']:.3f} "
               f"-> {chosen['ece_after']:.3f}); val P={at['precision']:.4f} R={at['recall']:.4f} "
               f"acc={at['accuracy']:.4f}", flush=True)
-        for source, m in (chosen.get("eval_sources_at_threshold_by_source") or {}).items():
-            print(f"  eval source {source} at that point: acc={m['accuracy']:.4f} P={m['precision']:.4f} "
-                  f"R={m['recall']:.4f}", flush=True)
+        for key, what in (("eval_sources_at_threshold_by_source", ""), ("eval_sources_adabn_at_threshold_by_source",
+                                                                         " after AdaBN")):
+            for source, m in (chosen.get(key) or {}).items():
+                print(f"  eval source {source}{what} at that point: acc={m['accuracy']:.4f} P={m['precision']:.4f} "
+                      f"R={m['recall']:.4f}", flush=True)
         write_metadata(path, {"operating_point": chosen, "image_size": cfg.image_size, "tta": cfg.tta,
                               "small_policy": cfg.small_policy, "class_names": list(CLASS_NAMES), "model": cfg.model})
         result = result or points
     return result
+
+
+def _adabn(cfg: TrainConfig):
+    """With ``--adabn_eval_crops``: AdaBN to one eval source (its unlabelled train photos), in place."""
+    if not cfg.adabn_eval_crops:
+        return None
+    from crack_tf.training.adabn import adapt_to_source
+
+    def adapt(model: keras.Model, source: str) -> None:
+        adapt_to_source(model, source, cfg.data_root, cfg.train_split, crops=cfg.adabn_eval_crops,
+                        crop_side=tuple(cfg.crop_side), seed=cfg.seed, image_size=cfg.image_size, copy=False)
+
+    return adapt
 
 
 class TrainingFailed(RuntimeError):

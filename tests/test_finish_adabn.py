@@ -1,0 +1,87 @@
+"""The trainer's leave-one-source-out scoring after AdaBN (crack_tf.training.finish)."""
+
+from __future__ import annotations
+
+import types
+
+import keras
+import numpy as np
+import pytest
+
+from crack_tf.evaluation import calibration
+from crack_tf.training import finish
+from crack_tf.training.adabn import adapt_batchnorm, batchnorm_layers
+
+
+class _Part:
+    """An eval part as the trainer's inputs give it: ``.dataset`` of (images, labels) batches."""
+
+    def __init__(self, images, labels, batch=8):
+        self.dataset = [(images[i : i + batch], labels[i : i + batch]) for i in range(0, len(images), batch)]
+
+    def __len__(self):
+        return len(self.dataset)
+
+
+def _model():
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(2)(x))
+
+
+def _tiles(rng, n, offset):
+    labels = rng.integers(0, 2, n)
+    images = rng.normal(100 + offset, 20, (n, 16, 16, 3)) + labels[:, None, None, None] * 40.0
+    return images.astype(np.float32), labels.astype(np.int32)
+
+
+def test_eval_sources_are_scored_after_adabn_at_the_stored_point_and_the_model_is_restored():
+    rng = np.random.default_rng(0)
+    model = _model()
+    val = types.SimpleNamespace(by_source={"a": _Part(*_tiles(rng, 40, 0))})
+    target_images, target_labels = _tiles(rng, 32, 60)  # another site: brighter photos
+    unlabelled = {"site": _tiles(rng, 48, 60)[0]}
+    eval_input = types.SimpleNamespace(by_source={"site": _Part(target_images, target_labels)})
+    before = [np.array(layer.moving_mean) for layer in batchnorm_layers(model)]
+
+    def adapt(m, source):
+        adapt_batchnorm(m, unlabelled[source], copy=False)
+
+    points, arrays = finish.operating_point(model, val, "f1", "none", eval_input, adapt)
+    point = points["none"]
+    after = [np.array(layer.moving_mean) for layer in batchnorm_layers(model)]
+    for b, a in zip(before, after):
+        np.testing.assert_array_equal(b, a)  # the live model leaves as it came
+    # Reference: an adapted copy of the model scores the target tiles at the same point.
+    adapted = adapt_batchnorm(model, unlabelled["site"], copy=True)
+    logits = keras.ops.convert_to_numpy(adapted.predict_on_batch(target_images))
+    probs = calibration.calibrated_probability(calibration.logit_margin(logits), point["temperature"])
+    threshold = float(np.float32(point["threshold"]))
+    expected = float(np.mean((probs > threshold) == (target_labels == 1)))
+    scored = point["eval_sources_adabn_at_threshold_by_source"]["site"]
+    assert scored["accuracy"] == pytest.approx(expected)
+    assert not np.allclose(np.array(adapted.layers[2].moving_mean), before[0])  # AdaBN changed something
+    assert list(dict.fromkeys(arrays["split"].tolist())) == ["val", "eval", "eval_adabn"]
+    adabn = arrays["split"] == "eval_adabn"
+    np.testing.assert_allclose(arrays["margins"][0, adabn], calibration.logit_margin(logits), rtol=1e-5, atol=1e-5)
+    assert "eval_sources_adabn_at_threshold_by_source" not in finish.operating_point(
+        model, val, "f1", "none", eval_input)[0]["none"]
+
+
+def test_the_trainers_adapt_step_reads_the_eval_sources_unlabelled_train_photos(tmp_path):
+    from crack_tf.training.config import from_values
+    from crack_tf.training.loop import _adabn
+    from tests.photo_data import write_source
+
+    write_source(tmp_path / "site", {"train": 2, "val": 1}, seed=4)
+    cfg = from_values({"eval_sources": "site", "data_root": str(tmp_path), "adabn_eval_crops": 12,
+                       "crop_side": [16, 32], "image_size": 16, "seed": 1})
+    assert _adabn(from_values({"eval_sources": "site"})) is None  # off by default
+    model = _model()
+    before = np.array(model.layers[2].moving_mean)
+    _adabn(cfg)(model, "site")
+    assert not np.allclose(np.array(model.layers[2].moving_mean), before)  # adapted in place
