@@ -202,10 +202,13 @@ def test_gradcam_maximum_lies_on_the_drawn_crack_of_a_trained_model():
     h = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(h)
     h = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(h)
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h)))
-    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    # A constant 3e-3 left the last epoch anywhere in 0.83-0.98 (0.88 on some CPUs): decay to 0 so the
+    # model the test inspects has settled.
+    schedule = keras.optimizers.schedules.CosineDecay(3e-3, decay_steps=16 * 19)
+    model.compile(keras.optimizers.Adam(schedule), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
-    history = model.fit(x, y, epochs=10, batch_size=32, verbose=0)
-    assert history.history["accuracy"][-1] > 0.9
+    model.fit(x, y, epochs=16, batch_size=32, verbose=0)
+    assert model.evaluate(x, y, verbose=0, return_dict=True)["accuracy"] > 0.9
     cam = GradCAM(model)
     hits = 0
     for seed in range(1000, 1020):  # held-out crack tiles
