@@ -39,7 +39,7 @@ done
 [ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"
 for fold in ${folds//,/ }; do
   tail -1 "runs/pretrain_logs/$fold.log" 2>/dev/null
-  cp "runs/pretrain/loso_$fold.weights.h5.json" runs/pretrain_logs/ 2>/dev/null
+  cp "runs/pretrain/loso_$fold.weights.h5.json" "runs/pretrain_logs/loso_$fold.pretrain.json" 2>/dev/null
   [ -f "runs/pretrain/loso_$fold.weights.h5" ] || { echo "pretraining $fold failed: no weights"; exit 1; }
 done
 echo "backbones ready at ${SECONDS}s"
