@@ -88,8 +88,11 @@ def _store_operating_point(model, cfg, val_input, out_dir: str, runtime, eval_in
             # best.keras is another model; under a tf.distribute strategy predict_on_batch of the
             # live model returns per-replica rows, so the saved file is scored on one device.
             model = keras.saving.load_model(path, compile=False)
-        points, margins = finish.operating_point(model, val_input, cfg.threshold_rule, cfg.tta, eval_input,
-                                                 _adabn(cfg) if eval_input is not None else None)
+        # The --eval_sources scores (and AdaBN) are the final model's, for run.json: best.keras only
+        # needs its own point, and skipping them saves the minutes a time-limited GPU call lacks.
+        scored = eval_input if name == "final.keras" else None
+        points, margins = finish.operating_point(model, val_input, cfg.threshold_rule, cfg.tta, scored,
+                                                 _adabn(cfg) if scored is not None else None)
         if name == "final.keras":
             finish.save_margins(os.path.join(cfg.model_dir, "margins.npz"), margins)
         chosen = points[cfg.tta]
