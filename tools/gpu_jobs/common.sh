@@ -14,7 +14,8 @@ mkdir -p "$OUT" ../shared
 # train splits, 1,000 steps) -> runs/pretrain/crack.weights.h5. Overrides (env): PRETRAIN_S (timeout),
 # PRETRAIN_STEPS (1000), PRETRAIN_MODE (crack | simclr | ...), PRETRAIN_DATA (uavcrack,deepcrack),
 # PRETRAIN_OUT (runs/pretrain/crack.weights.h5), PRETRAIN_INIT (start from these backbone weights),
-# PRETRAIN_EXTRA (more flags, e.g. "--checkpoint_every=500 --gamma=0.3"). A run killed by the timeout
+# PRETRAIN_EXTRA (more flags, e.g. "--checkpoint_every=500 --gamma=0.3"), PRETRAIN_WORKERS (14 loader
+# processes; fewer when backbones pretrain side by side), PRETRAIN_LOG ($OUT/pretrain.log). A run killed by the timeout
 # with --checkpoint_every continues from its checkpoint at the next call (same machine).
 pretrain_backbone() {
   local out=${PRETRAIN_OUT:-runs/pretrain/crack.weights.h5}
@@ -24,7 +25,7 @@ pretrain_backbone() {
   timeout "${PRETRAIN_S:-$1}" python3 tools/pretrain.py --mode="${PRETRAIN_MODE:-crack}" \
       --data_dir="${PRETRAIN_DATA:-uavcrack,deepcrack}" \
       --data_root=../shared/data --image_size=224 --crop_side=96,192 --steps="${PRETRAIN_STEPS:-1000}" \
-      --batch_size=128 --precision=bf16 --lr=0.002 --data_workers=14 --data_processes --log_every=100 \
-      ${PRETRAIN_INIT:+--init="$PRETRAIN_INIT"} ${PRETRAIN_EXTRA:-} \
-      --output="$out" 2>&1 | tee -a "$OUT/pretrain.log"
+      --batch_size=128 --precision=bf16 --lr=0.002 --data_workers="${PRETRAIN_WORKERS:-14}" --data_processes \
+      --log_every=100 ${PRETRAIN_INIT:+--init="$PRETRAIN_INIT"} ${PRETRAIN_EXTRA:-} \
+      --output="$out" 2>&1 | tee -a "${PRETRAIN_LOG:-$OUT/pretrain.log}"
 }
