@@ -52,13 +52,7 @@ def tta_views(images: np.ndarray, mode: str) -> list[np.ndarray]:
         raise ValueError(f"tta={mode!r}; choose one of {TTA_MODES}")
     if not isinstance(images, np.ndarray):  # a device array: the same views without leaving the device
         return [apply_view(images, view) for view in TTA_OPS[mode]]
-    views = [images]
-    if mode in ("flips", "d4"):
-        views += [images[:, :, ::-1], images[:, ::-1], images[:, ::-1, ::-1]]
-    if mode == "d4":
-        t = np.swapaxes(images, 1, 2)  # transpose; with the flips: the 4 rotations and 2 diagonals
-        views += [t, t[:, :, ::-1], t[:, ::-1], t[:, ::-1, ::-1]]
-    return [np.ascontiguousarray(v) for v in views]
+    return [np.ascontiguousarray(apply_view(images, view, np)) for view in TTA_OPS[mode]]
 
 
 def read_json(path: str) -> dict:
