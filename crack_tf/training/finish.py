@@ -120,35 +120,36 @@ def operating_point(model: keras.Model, val_input, rule: str, tta: str, eval_inp
     ``--eval_sources`` tiles) also those sources' metrics at the same temperature and threshold, and
     with ``adapt`` (AdaBN, see :func:`adabn_margins`) the same after adapting to each of them
     (``eval_sources_adabn_at_threshold_by_source``; ``--tta``'s point only).
-    ``margins``: the arrays of :func:`save_margins` for ``tta``'s views."""
-    points, arrays = {}, {}
+    ``margins``: the arrays of :func:`save_margins` for ``tta``'s views.
+
+    The tiles are scored once, with ``tta``'s views; the plain point uses the first view, which is
+    the tile itself (the same predictions a plain pass gives)."""
+    parts = {"val": val_margins(model, val_input, tta)}
+    if eval_input is not None:
+        parts["eval"] = val_margins(model, eval_input, tta)
+        if adapt is not None:
+            parts["eval_adabn"] = adabn_margins(model, eval_input, tta, adapt)
+    keys = {"eval": "eval_sources_at_threshold_by_source", "eval_adabn": "eval_sources_adabn_at_threshold_by_source"}
+    points = {}
     for mode in dict.fromkeys(["none", tta]):
-        margins, labels, sources = val_margins(model, val_input, mode)
-        point = calibration.operating_point(margins, labels, rule, sources=sources)
-        probs = calibration.calibrated_probability(margins, point["temperature"])
+        views = slice(None) if mode == tta else slice(0, 1)
+        margins, labels, sources = parts["val"]
+        point = calibration.operating_point(margins[views], labels, rule, sources=sources)
         point["tta"] = mode
         if len(set(sources.tolist())) > 1:
+            probs = calibration.calibrated_probability(margins[views], point["temperature"])
             point["val_at_threshold_by_source"] = metrics_by_source(probs, labels, sources, point["threshold"])
-        split = np.full(len(labels), "val")
-        if eval_input is not None:
-            e_margins, e_labels, e_sources = val_margins(model, eval_input, mode)
-            e_probs = calibration.calibrated_probability(e_margins, point["temperature"])
-            point["eval_sources_at_threshold_by_source"] = metrics_by_source(e_probs, e_labels, e_sources,
-                                                                             point["threshold"])
-            margins, labels = np.concatenate([margins, e_margins], axis=1), np.concatenate([labels, e_labels])
-            sources, split = np.concatenate([sources, e_sources]), np.concatenate([split, np.full(len(e_labels), "eval")])
-            if adapt is not None and mode == tta:
-                a_margins, a_labels, a_sources = adabn_margins(model, eval_input, mode, adapt)
-                a_probs = calibration.calibrated_probability(a_margins, point["temperature"])
-                point["eval_sources_adabn_at_threshold_by_source"] = metrics_by_source(
-                    a_probs, a_labels, a_sources, point["threshold"])
-                margins, labels = np.concatenate([margins, a_margins], axis=1), np.concatenate([labels, a_labels])
-                sources = np.concatenate([sources, a_sources])
-                split = np.concatenate([split, np.full(len(a_labels), "eval_adabn")])
+        for split, key in keys.items():
+            if split in parts and (split == "eval" or mode == tta):
+                m, y, src = parts[split]
+                probs = calibration.calibrated_probability(m[views], point["temperature"])
+                point[key] = metrics_by_source(probs, y, src, point["threshold"])
         points[mode] = point
-        if mode == tta:
-            arrays = {"margins": margins.astype(np.float32), "labels": labels.astype(np.int8),
-                      "sources": sources.astype(str), "split": split, "tta": np.array(tta)}
+    arrays = {"margins": np.concatenate([p[0] for p in parts.values()], axis=1).astype(np.float32),
+              "labels": np.concatenate([p[1] for p in parts.values()]).astype(np.int8),
+              "sources": np.concatenate([p[2] for p in parts.values()]).astype(str),
+              "split": np.concatenate([np.full(len(p[1]), name) for name, p in parts.items()]),
+              "tta": np.array(tta)}
     return points, arrays
 
 
