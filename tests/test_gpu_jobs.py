@@ -91,6 +91,24 @@ def test_loso_job_pretrains_each_fold_without_its_left_out_source(job_tree):
     assert sorted(p.name for p in out.iterdir()) == ["loso.log", "machine.txt", "runs.tgz"]  # <= 8 files back
 
 
+def test_loso_job_synth_crack_backbones_start_from_one_synthetic_backbone(job_tree):
+    repo, env, calls = job_tree
+    recorder = (repo.parent / "bin" / "python3")
+    recorder.write_text(RECORDER + 'for a in "$@"; do case $a in --output=*) touch "${a#--output=}";; esac; done\n')
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, ONLY="^synthpre$", JOB_S="200", BACKBONE="synth_crack", FOLDS="no_deepcrack",
+                                   REPEAT="0"), timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    pre = [line.split() for line in calls.read_text().splitlines() if line.startswith("tools/pretrain.py")]
+    assert len(pre) == 2 and "--mode=synthetic" in pre[0] and "--output=runs/pretrain/synthetic.weights.h5" in pre[0]
+    assert "--mode=crack" in pre[1] and "--data_dir=uav75,uavcrack" in pre[1]
+    assert "--init=runs/pretrain/synthetic.weights.h5" in pre[1]
+    assert "--output=runs/pretrain/loso_synth_no_deepcrack.weights.h5" in pre[1]
+    bad = subprocess.run(["bash", "tools/gpu_jobs/loso.sh"], cwd=repo, capture_output=True, text=True,
+                         env=dict(env, BACKBONE="imagenet"), timeout=60)
+    assert bad.returncode == 2 and "choose crack (default) or synth_crack" in bad.stdout
+
+
 PRETRAIN_RECORDER = """#!/usr/bin/env bash
 echo "$*" >> "$CALLS"
 for a in "$@"; do case $a in --output=*) [ -n "${FINISH:-}" ] && touch "${a#--output=}";; esac; done

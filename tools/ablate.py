@@ -139,6 +139,9 @@ def flag_values(args: list[str]) -> dict[str, str]:
     return out
 
 
+LEFT_OUT_ONLY = ("--adabn_eval_crops",)  # trainer flags that need --eval_sources (the left-out source)
+
+
 @dataclass(frozen=True)
 class Fold:
     """One leave-one-source-out fold: its name, training mix (``--data_dir``) and left-out source."""
@@ -155,6 +158,8 @@ class Fold:
         return [f"--data_dir={self.data_dir}"] + ([f"--eval_sources={self.left_out}"] if self.left_out else [])
 
     def fill(self, args: list[str]) -> list[str]:
+        """The placeholders filled in; a fold with no left-out source drops the flags that score one."""
+        args = [a for a in args if self.left_out or a.split("=")[0] not in LEFT_OUT_ONLY]
         return [a.replace("{fold}", self.name).replace("{train_sources}", self.train_sources) for a in args]
 
 

@@ -8,9 +8,12 @@
 #   JOB_S=520 bash tools/gpu_jobs/loso.sh                           # there; ONLY=<row regex>, SEEDS=0,1,2
 #   FOLDS=no_uav75,no_uavcrack,no_deepcrack (default; add "all" for the whole mix),
 #   PRETRAIN_STEPS=1000 (per backbone), PARALLEL=12, REPEAT=0 skips the repeated run.
+#   BACKBONE=synth_crack: every fold's backbone starts from one pretrained on synthetic cracks
+#   (SYNTH_STEPS=1000; runs/pretrain/loso_synth_<fold>.weights.h5, the grid's `synthpre` row).
 # At most 8 files come back from $OUT, so $OUT gets only: machine.txt, loso.log (this job's output),
 # the results of both grids and runs.tgz (run.json, margins.npz, history, logs; no models).
 SECONDS=0
+case ${BACKBONE:-crack} in crack|synth_crack) ;; *) echo "BACKBONE=${BACKBONE}: choose crack (default) or synth_crack"; exit 2;; esac
 source tools/gpu_jobs/common.sh
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.065}
 exec > >(tee -a "$OUT/loso.log") 2>&1
@@ -22,22 +25,33 @@ pack() {  # what has finished so far, in one archive (also every 30 s: a call cu
 }
 ( while sleep 30; do pack; done ) &
 packer=$!
+trap 'kill $packer 2>/dev/null' EXIT  # also when a step below fails
 folds=${FOLDS:-no_uav75,no_uavcrack,no_deepcrack}
 declare -A FOLD_SOURCES=([all]=uav75,uavcrack,deepcrack [no_uav75]=uavcrack,deepcrack
                          [no_uavcrack]=uav75,deepcrack [no_deepcrack]=uav75,uavcrack)
 mkdir -p runs/pretrain runs/pretrain_logs
+stem=loso
+if [ "${BACKBONE:-crack}" = synth_crack ]; then  # synthetic cracks first (no real source seen), shared by the folds
+  stem=loso_synth
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 PRETRAIN_MODE=synthetic PRETRAIN_STEPS="${SYNTH_STEPS:-1000}" PRETRAIN_OUT=runs/pretrain/synthetic.weights.h5 \
+      PRETRAIN_LOG=runs/pretrain_logs/synthetic.log pretrain_backbone 200 > /dev/null
+  tail -1 runs/pretrain_logs/synthetic.log 2>/dev/null
+  cp runs/pretrain/synthetic.weights.h5.json runs/pretrain_logs/synthetic.pretrain.json 2>/dev/null
+  [ -f runs/pretrain/synthetic.weights.h5 ] || { echo "synthetic pretraining failed: no weights"; exit 1; }
+  init=runs/pretrain/synthetic.weights.h5
+fi
 pids=()
 for fold in ${folds//,/ }; do  # side by side on the one GPU, each with a fifth of its memory
-  XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 PRETRAIN_DATA="${FOLD_SOURCES[$fold]}" \
-      PRETRAIN_OUT="runs/pretrain/loso_$fold.weights.h5" PRETRAIN_WORKERS=4 \
-      PRETRAIN_LOG="runs/pretrain_logs/$fold.log" pretrain_backbone 300 > /dev/null &
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 PRETRAIN_DATA="${FOLD_SOURCES[$fold]}" PRETRAIN_INIT="${init:-}" \
+      PRETRAIN_OUT="runs/pretrain/${stem}_$fold.weights.h5" PRETRAIN_WORKERS=4 \
+      PRETRAIN_LOG="runs/pretrain_logs/${stem}_$fold.log" pretrain_backbone 300 > /dev/null &
   pids+=($!)
 done
 [ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"
 for fold in ${folds//,/ }; do
-  tail -1 "runs/pretrain_logs/$fold.log" 2>/dev/null
-  cp "runs/pretrain/loso_$fold.weights.h5.json" "runs/pretrain_logs/loso_$fold.pretrain.json" 2>/dev/null
-  [ -f "runs/pretrain/loso_$fold.weights.h5" ] || { echo "pretraining $fold failed: no weights"; exit 1; }
+  tail -1 "runs/pretrain_logs/${stem}_$fold.log" 2>/dev/null
+  cp "runs/pretrain/${stem}_$fold.weights.h5.json" "runs/pretrain_logs/${stem}_$fold.pretrain.json" 2>/dev/null
+  [ -f "runs/pretrain/${stem}_$fold.weights.h5" ] || { echo "pretraining $fold failed: no weights"; exit 1; }
 done
 echo "backbones ready at ${SECONDS}s"
 budget=$(( ${JOB_S:-520} - SECONDS - 25 ))  # what is left for training, packing included
