@@ -150,3 +150,12 @@ def test_pretrain_backbone_defaults_and_the_pretraining_recipes(job_tree):
                           env=dict(env, RECIPE="long", FINISH="1"), timeout=60)
     (long_run,) = (line.split() for line in _pretrain_calls(calls))
     assert "--steps=10000" in long_run and "--output=runs/pretrain/crack_long.weights.h5" in long_run
+    calls.write_text("")
+    done = subprocess.run(["bash", "tools/gpu_jobs/pretrain.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, RECIPE="synth_crack", FINISH="1"), timeout=60)
+    synthetic, crack = (line.split() for line in _pretrain_calls(calls))  # configs/crackmix_synthpre.cfg's
+    assert "--mode=synthetic" in synthetic and synthetic[-1] == "--output=runs/pretrain/synthetic.weights.h5"
+    assert "--init=runs/pretrain/synthetic.weights.h5" in crack and "--data_dir=uav75,uavcrack,deepcrack" in crack
+    weights = next(line for line in open(os.path.join(REPO, "configs", "crackmix_synthpre.cfg"))
+                   if line.startswith("--weights="))
+    assert crack[-1] == "--output=" + weights.strip().split("=", 1)[1]

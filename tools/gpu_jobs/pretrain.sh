@@ -9,6 +9,8 @@
 #                        then crack mode from it (1,000 steps) -> runs/pretrain/simclr_crack.weights.h5
 #   RECIPE=robust        crack mode as the recipe (1,000 steps) with the domain-robust augmentation
 #                        (gamma, grayscale, hue, blur, JPEG) -> runs/pretrain/crack_robust.weights.h5
+#   RECIPE=synth_crack   the recommended backbone (configs/crackmix_synthpre.cfg): synthetic cracks
+#                        (1,000 steps), then crack mode from it (1,000) -> runs/pretrain/synth_crack.weights.h5
 #   DATA=<sources> replaces the three sources (e.g. uavcrack,deepcrack for a leave-uav75-out run).
 SECONDS=0
 source tools/gpu_jobs/common.sh
@@ -26,7 +28,9 @@ case ${RECIPE:-long} in
   long) step crack 10000 runs/pretrain/crack_long.weights.h5 || exit 0 ;;
   simclr_crack) step simclr 2000 runs/pretrain/simclr.weights.h5 "" "--crop=128" || exit 0
                 step crack 1000 runs/pretrain/simclr_crack.weights.h5 runs/pretrain/simclr.weights.h5 || exit 0 ;;
+  synth_crack) step synthetic 1000 runs/pretrain/synthetic.weights.h5 || exit 0
+               step crack 1000 runs/pretrain/synth_crack.weights.h5 runs/pretrain/synthetic.weights.h5 || exit 0 ;;
   robust) step crack 1000 runs/pretrain/crack_robust.weights.h5 "" "$robust" || exit 0 ;;
-  *) echo "RECIPE=${RECIPE}: use long, simclr_crack or robust"; exit 2 ;;
+  *) echo "RECIPE=${RECIPE}: use long, simclr_crack, synth_crack or robust"; exit 2 ;;
 esac
 echo "pretrain.sh: done in ${SECONDS}s"
