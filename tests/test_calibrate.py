@@ -98,6 +98,7 @@ def test_calibrate_stores_the_new_threshold_with_its_provenance_and_keeps_the_mo
     assert rec["previous"]["threshold"] == 0.5 and rec["fit"] == "threshold" and rec["date"].startswith("20")
     assert rec["before"]["accuracy"] == pytest.approx(12 / 30) and rec["after"]["accuracy"] == 1.0
     assert rec["cross_validated"]["accuracy"] == 1.0  # the classes are separated in every fold
+    assert rec["verdict"] == "recalibrate"  # 1.0 cross-validated against 0.4 at the stored 0.5
     lo, hi = rec["before"]["ci95"]["accuracy"]
     assert lo < 12 / 30 < hi
     assert len(rec["files_sha256"]) == 64 and rec["files"] == 30
@@ -106,6 +107,22 @@ def test_calibrate_stores_the_new_threshold_with_its_provenance_and_keeps_the_mo
     dark_background = np.full((1, SIZE, SIZE, 3), 85, np.uint8)
     assert not loaded.is_crack(loaded.predict(dark_background))[0]
     assert load_model(str(model_file)).is_crack(load_model(str(model_file)).predict(dark_background))[0]
+
+
+def test_verdict_keeps_the_stored_point_when_the_new_fit_does_not_beat_it():
+    from crack_tf.evaluation import site_calibration as sc
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1] * 20)
+    margins = np.where(labels == 1, 1.0, -1.0) + rng.normal(0, 1.2, labels.size)  # overlapping classes
+    stored = {"threshold": 0.5, "temperature": 1.0, "rule": "f1"}  # already the right point for them
+    point = sc.calibrate_sample(margins, labels, stored, n_resamples=50)
+    rec = point["site_calibration"]
+    assert rec["cross_validated"]["accuracy"] <= rec["before"]["accuracy"]
+    assert rec["verdict"] == "keep the stored point"
+    assert any(line.startswith("verdict: keep the stored point") and "use the old one" in line
+               for line in sc.summary(point))
+    assert sc.verdict(0.8, 0.81) == "recalibrate" and sc.verdict(0.8, 0.8) == "keep the stored point"
 
 
 def test_the_files_hash_follows_the_files(model_file, tmp_path):

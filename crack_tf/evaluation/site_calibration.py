@@ -194,7 +194,15 @@ def calibrate_sample(
         "previous": base_point,
         **(provenance or {}),
     }
+    record["verdict"] = verdict(record["before"]["accuracy"], record["cross_validated"]["accuracy"])
     return {**point, "tta": tta, "site_calibration": record}
+
+
+def verdict(before_accuracy: float, cross_validated_accuracy: float) -> str:
+    """``recalibrate`` when the cross-validated accuracy of the new fit beats the stored point's on
+    the sample, else ``keep the stored point`` (a fit to a few tiles can be noisier than the stored
+    threshold: docs/CALIBRATE.md)."""
+    return "recalibrate" if cross_validated_accuracy > before_accuracy else "keep the stored point"
 
 
 def _line(name: str, m: dict) -> str:
@@ -218,4 +226,7 @@ def summary(point: dict) -> list[str]:
               "(fitted there: optimistic)", rec["after"]),
         _line(f"cross-validated ({rec['cross_validated']['folds']} folds: the estimate for new tiles of the site)",
               rec["cross_validated"]),
+        f"verdict: {rec['verdict']} (cross-validated accuracy {rec['cross_validated']['accuracy']:.3f} against "
+        f"{rec['before']['accuracy']:.3f} at the stored point)"
+        + ("" if rec["verdict"] == "recalibrate" else "; the new file is written anyway, use the old one"),
     ]
