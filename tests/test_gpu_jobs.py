@@ -109,6 +109,26 @@ def test_loso_job_synth_crack_backbones_start_from_one_synthetic_backbone(job_tr
     assert bad.returncode == 2 and "choose crack (default) or synth_crack" in bad.stdout
 
 
+def test_uav75_cv_job_pretrains_without_uav75_then_runs_the_cv_grid(job_tree):
+    repo, env, calls = job_tree
+    recorder = (repo.parent / "bin" / "python3")
+    recorder.write_text(RECORDER + 'for a in "$@"; do case $a in --output=*) touch "${a#--output=}";; esac; done\n')
+    done = subprocess.run(["bash", "tools/gpu_jobs/uav75_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, JOB_S="200", SEEDS="0,1"), timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line.split() for line in calls.read_text().splitlines()]
+    pre = [args for args in lines if args[0] == "tools/pretrain.py"]
+    assert [next(a for a in args if a.startswith("--output=")) for args in pre] == [
+        "--output=runs/pretrain/synthetic.weights.h5", "--output=runs/pretrain/loso_synth_no_uav75.weights.h5"]
+    assert "--data_dir=uavcrack,deepcrack" in pre[1] and "--init=runs/pretrain/synthetic.weights.h5" in pre[1]
+    grid = next(args for args in lines if args[0] == "tools/ablate.py" and "--report_only" not in args)
+    assert "--flagfile=configs/ablation_uav75_cv.cfg" in grid and "--seeds=0,1" in grid
+    # the grid's backbone is the one the job made (no UAV75 photo in its pretraining)
+    cfg = open(os.path.join(REPO, "configs", "ablation_uav75_cv.cfg")).read()
+    assert "--weights=runs/pretrain/loso_synth_no_uav75.weights.h5" in cfg
+    assert "uav75_cv.sh: 0 of 10 runs finished" in done.stdout and "call again" in done.stdout
+
+
 PRETRAIN_RECORDER = """#!/usr/bin/env bash
 echo "$*" >> "$CALLS"
 for a in "$@"; do case $a in --output=*) [ -n "${FINISH:-}" ] && touch "${a#--output=}";; esac; done

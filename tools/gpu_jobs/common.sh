@@ -29,3 +29,51 @@ pretrain_backbone() {
       --log_every=100 ${PRETRAIN_INIT:+--init="$PRETRAIN_INIT"} ${PRETRAIN_EXTRA:-} \
       --output="$out" 2>&1 | tee -a "${PRETRAIN_LOG:-$OUT/pretrain.log}"
 }
+
+# Leave-one-source-out backbones, side by side on the one GPU:
+#   fold_backbones <crack | synth_crack> <fold,fold,...>  -> runs/pretrain/<loso | loso_synth>_<fold>.weights.h5
+# Each fold's backbone is pretrained (crack mode) on that fold's sources only (FOLD_SOURCES); with
+# synth_crack all start from one backbone pretrained on synthetic cracks (SYNTH_STEPS=1000, no real
+# source seen). Logs and sidecars in runs/pretrain_logs/. Existing backbones are kept.
+declare -A FOLD_SOURCES=([all]=uav75,uavcrack,deepcrack [no_uav75]=uavcrack,deepcrack
+                         [no_uavcrack]=uav75,deepcrack [no_deepcrack]=uav75,uavcrack)
+fold_backbones() {
+  local kind=$1 folds=$2 stem=loso init="" fold pids=()
+  mkdir -p runs/pretrain runs/pretrain_logs
+  if [ "$kind" = synth_crack ]; then
+    stem=loso_synth init=runs/pretrain/synthetic.weights.h5
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 PRETRAIN_MODE=synthetic PRETRAIN_STEPS="${SYNTH_STEPS:-1000}" \
+        PRETRAIN_OUT=$init PRETRAIN_LOG=runs/pretrain_logs/synthetic.log pretrain_backbone 200 > /dev/null
+    tail -1 runs/pretrain_logs/synthetic.log 2>/dev/null
+    cp $init.json runs/pretrain_logs/synthetic.pretrain.json 2>/dev/null
+    [ -f $init ] || { echo "synthetic pretraining failed: no weights"; return 1; }
+  fi
+  for fold in ${folds//,/ }; do  # each with a fifth of the GPU's memory
+    [ -n "${FOLD_SOURCES[$fold]:-}" ] || { echo "unknown fold $fold: choose from ${!FOLD_SOURCES[*]}"; return 1; }
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 PRETRAIN_DATA="${FOLD_SOURCES[$fold]}" PRETRAIN_INIT="$init" \
+        PRETRAIN_OUT="runs/pretrain/${stem}_$fold.weights.h5" PRETRAIN_WORKERS=4 \
+        PRETRAIN_LOG="runs/pretrain_logs/${stem}_$fold.log" pretrain_backbone 300 > /dev/null &
+    pids+=($!)
+  done
+  [ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"
+  for fold in ${folds//,/ }; do
+    tail -1 "runs/pretrain_logs/${stem}_$fold.log" 2>/dev/null
+    cp "runs/pretrain/${stem}_$fold.weights.h5.json" "runs/pretrain_logs/${stem}_$fold.pretrain.json" 2>/dev/null
+    [ -f "runs/pretrain/${stem}_$fold.weights.h5" ] || { echo "pretraining $fold failed: no weights"; return 1; }
+  done
+}
+
+# Packs what has finished so far into $OUT/<name>.tgz (run.json, margins, histories, logs; no models):
+#   pack_runs <name> <folder>...
+pack_runs() {
+  local name=$1; shift
+  tar czf "$OUT/.$name.tgz" --exclude='*.keras' --exclude='ckpt' --exclude='*.weights.h5' --exclude='tensorboard' \
+      "$@" 2>/dev/null; mv -f "$OUT/.$name.tgz" "$OUT/$name.tgz"
+}
+# Runs <command...> every 30 s until the job exits (e.g. a pack_runs), so a call cut short still
+# returns what had finished:  start_packer <command...>
+start_packer() {
+  ( while sleep 30; do "$@"; done ) &
+  PACKER=$!
+  trap 'kill $PACKER 2>/dev/null' EXIT  # also when a step fails
+}

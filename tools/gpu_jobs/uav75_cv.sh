@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# UAV75 by 5-fold cross-validation (issue 23 point 1) on the GPU machine: the recommended recipe's
+# backbone made without any UAV75 photo (synthetic cracks, then crack mode on uavcrack + deepcrack:
+# runs/pretrain/loso_synth_no_uav75.weights.h5, shared with loso.sh), then configs/ablation_uav75_cv.cfg
+# (5 folds of 12 UAV75 photos x SEEDS), resumable: call again on the warm machine until it prints
+# "uav75_cv.sh: done". At most 8 files come back: machine.txt, uav75_cv.log, uav75_cv_results.md,
+# uav75_cv.tgz (run.json, margins.npz, histories, logs; no models).
+#   bash tools/gpu_jobs/stage_data.sh uav75 uavcrack deepcrack     # here, once: .data/ travels
+#   JOB_S=565 bash tools/gpu_jobs/uav75_cv.sh                       # there; SEEDS=0,1,2, PARALLEL=12
+SECONDS=0
+source tools/gpu_jobs/common.sh
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.065}
+exec > >(tee -a "$OUT/uav75_cv.log") 2>&1
+grid=configs/ablation_uav75_cv.cfg
+seeds=${SEEDS:-0,1,2}
+pack() {
+  cp runs/ablation_uav75_cv/results.md "$OUT/uav75_cv_results.md" 2>/dev/null
+  pack_runs uav75_cv runs/ablation_uav75_cv runs/pretrain_logs
+}
+start_packer pack
+fold_backbones synth_crack no_uav75 || exit 1
+echo "backbone ready at ${SECONDS}s"
+budget=$(( ${JOB_S:-565} - SECONDS - 25 ))  # what is left for training, packing included
+timeout -k 10 --signal=TERM "$budget" python3 tools/ablate.py --flagfile=$grid --seeds="$seeds" \
+    --parallel="${PARALLEL:-12}" --output_dir=runs/ablation_uav75_cv
+python3 tools/ablate.py --flagfile=$grid --seeds="$seeds" --output_dir=runs/ablation_uav75_cv --report_only >/dev/null 2>&1
+kill $PACKER 2>/dev/null
+pack
+wanted=$(( $(grep -c '^--row=' $grid) * $(echo "$seeds" | tr ',' '\n' | grep -c .) ))
+finished=$(find runs/ablation_uav75_cv -name run.json 2>/dev/null | wc -l)
+echo "uav75_cv.sh: $finished of $wanted runs finished at ${SECONDS}s"
+[ "$finished" -ge "$wanted" ] && echo "uav75_cv.sh: done" || echo "uav75_cv.sh: call again"
