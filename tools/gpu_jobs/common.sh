@@ -73,7 +73,8 @@ pack_runs() {
 # Runs <command...> every 30 s until the job exits (e.g. a pack_runs), so a call cut short still
 # returns what had finished:  start_packer <command...>
 start_packer() {
-  ( while sleep 30; do "$@"; done ) &
+  ( trap 'kill $nap 2>/dev/null; exit 0' TERM  # the sleep too: else it holds the job's output open
+    while :; do sleep 30 & nap=$!; wait $nap; "$@"; done ) &
   PACKER=$!
   trap 'kill $PACKER 2>/dev/null' EXIT  # also when a step fails
 }
