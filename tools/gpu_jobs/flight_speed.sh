@@ -8,7 +8,8 @@
 # and the warm-cache runs get the first NB (default 10) of them. One JSON line per run in
 # $OUT/flight_speed.jsonl (tools/bench_flight.py flight: photos/s between the first and last row, the
 # first photo's seconds, the process wall); the "cold" run starts from an empty JAX compile cache, the
-# "warm" runs are later processes on that cache. Must end inside one 600 s call (about 6 minutes).
+# "warm" runs are later processes on that cache; dense_sq_bf16 is the dense run in bfloat16 (the
+# shipped models train in it). Must end inside one 600 s call (about 6 minutes).
 # SQ / WIDE="<width> <height>" change the two photo sizes (a small local try: SQ="300 300" WIDE="400 260").
 SECONDS=0
 source tools/gpu_jobs/common.sh
@@ -29,6 +30,7 @@ run() { python3 tools/bench_flight.py flight "$@" 2>&1 | tee -a "$OUT/flight_spe
 run before_sq .before $d/sq_few "$J" -- "${common[@]}"
 run dense_sq_cold . $d/sq "$J" -- "${common[@]}" --mode=dense --compile_cache_dir=$cache
 run dense_sq_warm . $d/sq_few "$J" -- "${common[@]}" --mode=dense --compile_cache_dir=$cache
+run dense_sq_bf16 . $d/sq "$J" -- "${common[@]}" --mode=dense --precision=bf16 --compile_cache_dir=$cache
 run windows_device_sq_b256 . $d/sq_few "$J" -- "${common[@]}" --mode=windows --batch=256 --compile_cache_dir=$cache
 run windows_device_sq_b256_warm . $d/sq_few "$J" -- "${common[@]}" --mode=windows --batch=256 --compile_cache_dir=$cache
 run before_wide .before $d/wide_few "$J" -- "${common[@]}"
