@@ -52,6 +52,9 @@ def _define_flags() -> None:
     flags.DEFINE_enum("tta", None, list(TTA_MODES), "Test-time augmentation (default: the model's).")
     flags.DEFINE_enum("fit", "threshold", list(sc.FITS), "What is re-fitted on the sample.")
     flags.DEFINE_integer("min_examples", sc.DEFAULT_MIN_EXAMPLES, "Refuse samples with fewer labelled tiles.")
+    flags.DEFINE_float("prior_tiles", sc.DEFAULT_PRIOR_TILES, "The stored threshold counts as this many tiles of "
+                       "the site: the fitted one is shrunk towards it, unless it is significantly better on the "
+                       "sample (0 = a plain re-pick; docs/CALIBRATE.md).", lower_bound=0)
     flags.DEFINE_float("l2", DEFAULT_L2, "--fit=last_layer: strength of the pull toward the old layer.")
     flags.DEFINE_string("export", None, "Also export the new model as a SavedModel version under this folder.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing --out file.")
@@ -166,6 +169,7 @@ def calibrate(
     n_resamples: int = 1000,
     seed: int = 0,
     precision: str | None = None,
+    prior_tiles: float = sc.DEFAULT_PRIOR_TILES,
 ) -> dict[str, Any]:
     """Runs the calibration and writes ``out`` (and the export); returns ``point`` (the stored
     operating point), ``out``, ``export`` (version folder or None) and ``skipped`` files."""
@@ -202,7 +206,8 @@ def calibrate(
     }
     point = sc.calibrate_sample(
         got["margins"], got["labels"], predictor.metadata.get("operating_point"), rule, fit, predictor.tta,
-        got.get("after_margins"), got.get("fold_fit"), min_examples, n_resamples, seed, provenance=provenance)
+        got.get("after_margins"), got.get("fold_fit"), min_examples, n_resamples, seed, provenance=provenance,
+        prior_tiles=prior_tiles)
     _write(model, out, {"operating_point": point, "tta": predictor.tta, "image_size": int(size),
                         "small_policy": predictor.small_policy, "class_names": list(predictor.class_names)},
            got.get("head"))
@@ -220,7 +225,8 @@ def main(argv: Sequence[str]) -> int:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     res = calibrate(FLAGS.model, FLAGS.data, FLAGS.out, FLAGS.split, FLAGS.source, FLAGS.data_root, FLAGS.rule,
                     FLAGS.tta, FLAGS.fit, FLAGS.min_examples, FLAGS.l2, FLAGS.export, FLAGS.overwrite,
-                    FLAGS.image_size, FLAGS.batch_size, FLAGS.bootstrap, FLAGS.seed, FLAGS.precision)
+                    FLAGS.image_size, FLAGS.batch_size, FLAGS.bootstrap, FLAGS.seed, FLAGS.precision,
+                    FLAGS.prior_tiles)
     for line in sc.summary(res["point"]):
         print(f"calibrate: {line}")
     rec = res["point"]["site_calibration"]

@@ -125,6 +125,32 @@ def test_verdict_keeps_the_stored_point_when_the_new_fit_does_not_beat_it():
     assert sc.verdict(0.8, 0.81) == "recalibrate" and sc.verdict(0.8, 0.8) == "keep the stored point"
 
 
+def test_prior_shrinks_a_noisy_fit_towards_the_stored_point_but_not_a_clearly_better_one():
+    from crack_tf.evaluation import site_calibration as sc
+
+    stored = {"threshold": 0.5, "temperature": 2.0, "rule": "f1"}
+    fitted = {"threshold": 1 / (1 + np.exp(-1.0)), "temperature": 2.0}  # decision margin 2.0 (stored: 0)
+    t = sc.shrunk_threshold(fitted, stored, n=50, prior_tiles=50)
+    assert 2.0 * np.log(t / (1 - t)) == pytest.approx(1.0)  # halfway in margin space
+    assert sc.shrunk_threshold(fitted, stored, n=150, prior_tiles=50) == pytest.approx(1 / (1 + np.exp(-0.75)))
+    # overlapping classes near the stored point: the prior applies and pulls the threshold back
+    rng = np.random.default_rng(1)
+    labels = np.array([0, 1] * 20)
+    margins = np.where(labels == 1, 1.0, -1.0) + rng.normal(0, 1.5, labels.size)
+    plain = sc.fit_point(margins, labels, "f1", "threshold", stored)
+    shrunk = sc.fit_point(margins, labels, "f1", "threshold", stored, prior_tiles=50)
+    assert shrunk["prior"] == "applied" and shrunk["prior_tiles"] == 50
+    assert abs(shrunk["threshold"] - 0.5) < abs(plain["threshold"] - 0.5)
+    # a stored point that calls every background tile a crack: significantly worse, the prior is dropped
+    separated = np.where(labels == 1, 4.0, 2.0)
+    wrong = {"threshold": 0.5, "temperature": 1.0, "rule": "f1"}
+    point = sc.fit_point(separated, labels, "f1", "threshold", wrong, prior_tiles=50)
+    assert point["prior"].startswith("not applied") and 1 / (1 + np.exp(-2)) < point["threshold"] < 1 / (1 + np.exp(-4))
+    assert sc.fit_point(separated, labels, "f1", "threshold", None, prior_tiles=50).get("prior") is None
+    with pytest.raises(ValueError, match="prior_tiles"):
+        sc.fit_point(margins, labels, "f1", "threshold", stored, prior_tiles=-1)
+
+
 def test_the_files_hash_follows_the_files(model_file, tmp_path):
     def digest(root):
         return site_calibration.files_sha256(
@@ -182,6 +208,7 @@ def test_command_refuses_with_exit_2_then_predict_uses_the_new_threshold(model_f
     assert good.returncode == 0, good.stderr[-2000:]
     threshold = read_metadata(str(out))["operating_point"]["threshold"]
     assert f"threshold 0.5 -> {threshold:.4g}" in good.stdout and "cross-validated" in good.stdout
+    assert "prior 50 tiles (not applied: the fitted point is significantly better" in good.stdout
     pred = cmd("crack_tf.predict", f"--model={out}", str(site), "--recursive", f"--csv={tmp_path / 'p.csv'}")
     assert pred.returncode == 0, pred.stderr[-2000:]
     assert f"threshold {threshold:.4g} (stored in the model: f1 on a site sample of 30 tiles" in pred.stderr
@@ -301,7 +328,13 @@ def test_few_shot_tool_reads_runs_and_writes_table_and_plot(tmp_path):
         (run / "run.json").write_text(json.dumps({"operating_point": {"threshold": 0.5, "temperature": 1.0,
                                                                       "rule": "f1", "tta": "none"}}))
     out = tmp_path / "curve"
-    rows = tool.main_args([f"--runs={tmp_path / 'runs' / 'loso_*'}", f"--out={out}", "--ns=0,25,100", "--draws=5"])
+    both = tool.main_args([f"--runs={tmp_path / 'runs' / 'loso_*'}", f"--out={out}", "--ns=0,25,100", "--draws=5"])
+    assert {r["fit"] for r in both} == {"threshold", "threshold, prior 50"}  # the default: plain and shrunk
+    shrunk = {r["run"]: r["accuracy_mean"] for r in both if r["n"] == 100 and r["fit"] == "threshold, prior 50"}
+    stored = {r["run"]: r["accuracy_mean"] for r in both if r["n"] == 0 and r["fit"] == "threshold, prior 50"}
+    assert all(shrunk[k] > stored[k] + 0.1 for k in shrunk)  # far-off stored point: the prior is dropped
+    rows = tool.main_args([f"--runs={tmp_path / 'runs' / 'loso_*'}", f"--out={out}", "--ns=0,25,100", "--draws=5",
+                           "--prior_tiles=0"])
     assert {(r["run"], r["left_out"]) for r in rows} == {("loso_0", "site0"), ("loso_1", "site1")}
     assert len(rows) == 6 and all(r["fit"] == "threshold" for r in rows)
     gain = {r["run"]: r["accuracy_mean"] for r in rows if r["n"] == 100}
@@ -369,7 +402,7 @@ def test_site_margins_tool_writes_what_the_curve_tool_reads(model_file, tmp_path
     gray = np.concatenate([t.images.reshape(len(t.labels), -1).astype(np.float64).mean(1) for t in tiles])
     np.testing.assert_allclose(margins[0], 0.1 * (200 - gray) - 10, atol=1e-3)  # the model's known margin
     rows = load_tool("few_shot_curve").main_args([f"--runs={run}", f"--out={tmp_path / 'curve'}", "--ns=0,2",
-                                                  "--draws=3"])
+                                                  "--draws=3", "--prior_tiles=0"])
     assert [r["left_out"] for r in rows] == ["site_b", "site_b"] and rows[0]["rest"] == int((split == "eval").sum())
 
 

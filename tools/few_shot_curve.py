@@ -44,15 +44,19 @@ def read_run(folder: str) -> tuple[np.ndarray, np.ndarray, str, dict]:
             run["point"])
 
 
-def curves(folders: list[str], ns: list[int], draws: int, fits: list[str], rule: str | None, seed: int) -> list[dict]:
+def curves(folders: list[str], ns: list[int], draws: int, fits: list[str], rule: str | None, seed: int,
+           priors: list[float] = (0,)) -> list[dict]:
+    """Rows of every run x fit x prior; ``fit`` reads "<fit>, prior <k>" for a prior of k > 0 tiles."""
     rows = []
     for folder in folders:
         margins, labels, left_out, point = read_run(folder)
         for fit in fits:
-            for row in few_shot.few_shot_curve(margins, labels, ns, draws, sc.resolve_rule(rule, point), seed,
-                                               point, fit):
-                rows.append({"run": os.path.basename(os.path.normpath(folder)), "left_out": left_out, "fit": fit,
-                             **row})
+            for prior in priors:
+                label = f"{fit}, prior {prior:g}" if prior and fit in sc.MARGIN_FITS else fit
+                for row in few_shot.few_shot_curve(margins, labels, ns, draws, sc.resolve_rule(rule, point), seed,
+                                                   point, fit, prior):
+                    rows.append({"run": os.path.basename(os.path.normpath(folder)), "left_out": left_out,
+                                 "fit": label, **row})
     return rows
 
 
@@ -107,6 +111,8 @@ def main_args(argv: list[str]) -> list[dict]:
     parser.add_argument("--draws", type=int, default=20, help="Random draws per sample size.")
     parser.add_argument("--fit", default="threshold", help=f"Comma-separated fits of {sc.MARGIN_FITS}.")
     parser.add_argument("--rule", default=None, help="Threshold rule (default: each run's stored rule, else f1).")
+    parser.add_argument("--prior_tiles", default=f"0,{sc.DEFAULT_PRIOR_TILES}",
+                        help="Comma-separated priors (tiles' worth of the stored threshold; 0 = plain re-pick).")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     folders = sorted(d for d in glob.glob(args.runs) if os.path.isdir(d))
@@ -114,7 +120,8 @@ def main_args(argv: list[str]) -> list[dict]:
         raise ValueError(f"--runs={args.runs!r} matches no run folder")
     fits = [f for f in args.fit.split(",") if f]
     ns = [int(n) for n in args.ns.split(",") if n]
-    rows = curves(folders, ns, args.draws, fits, args.rule, args.seed)
+    priors = [float(k) for k in args.prior_tiles.split(",") if k]
+    rows = curves(folders, ns, args.draws, fits, args.rule, args.seed, priors)
     write_outputs(rows, args.out)
     return rows
 

@@ -54,9 +54,11 @@ def few_shot_curve(
     seed: int = 0,
     base_point: dict | None = None,
     fit: str = "threshold",
+    prior_tiles: float = 0,
 ) -> list[dict]:
     """One row per ``n``: ``n``, ``draws``, ``fallbacks``, ``rest`` (tiles scored) and the mean / std
-    (sample std over the draws; 0 for one draw) of accuracy, precision, recall and F1."""
+    (sample std over the draws; 0 for one draw) of accuracy, precision, recall and F1.
+    ``prior_tiles``: as :func:`crack_tf.evaluation.site_calibration.fit_point` (0 = plain re-pick)."""
     if fit not in sc.MARGIN_FITS:
         raise ValueError(f"fit={fit!r}: the curve works on margins, choose one of {sc.MARGIN_FITS}")
     margins = np.atleast_2d(np.asarray(margins, np.float64))
@@ -80,7 +82,7 @@ def few_shot_curve(
                 if len(np.unique(labels[picked])) < 2:
                     point, fallbacks = base, fallbacks + 1
                 else:
-                    point = sc.fit_point(margins[:, picked], labels[picked], rule, fit, base)
+                    point = sc.fit_point(margins[:, picked], labels[picked], rule, fit, base, prior_tiles)
                 results.append(_metrics(margins[:, rest], labels[rest], point))
         row = {"n": int(n), "draws": len(results), "fallbacks": fallbacks, "rest": int(labels.size - n)}
         for k in CURVE_METRICS:
