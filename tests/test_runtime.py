@@ -31,3 +31,18 @@ def test_deterministic_after_jax_started_fails_with_what_to_do():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "ERR --deterministic on JAX must be set before JAX starts" in out.stdout, out.stderr[-2000:]
     assert "XLA_FLAGS=--xla_gpu_deterministic_ops=true" in out.stdout
+
+
+def test_compile_cache_keeps_even_tiny_compiles_for_the_next_process(tmp_path):
+    """A model load compiles hundreds of sub-second programs: the cache must keep those too."""
+    pytest.importorskip("jax")
+    cache = tmp_path / "cache"
+    code = ("import os; os.environ['JAX_PLATFORMS'] = 'cpu'\n"
+            "from crack_tf.training import runtime\n"
+            f"print(runtime.enable_compile_cache({str(cache)!r}))\n"
+            "import jax, jax.numpy as jnp\n"
+            "jax.jit(lambda x: x * 2.0 + 1.0)(jnp.ones(3)).block_until_ready()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == str(cache)
+    assert [p for p in cache.rglob("*") if p.is_file()], "a tiny compile was not stored"

@@ -96,14 +96,17 @@ def compile_cache_dir(setting: str) -> str | None:
 
 
 def enable_compile_cache(setting: str) -> str | None:
-    """Turns on JAX's persistent compilation cache (every compile over 0.5 s is stored)."""
+    """Turns on JAX's persistent compilation cache, every compile stored: loading a .keras model
+    alone compiles hundreds of tiny programs (one per weight initializer), which a later process
+    then reads instead of compiling (resnet50_aspp, JAX on a 2-core CPU: 9.4 s -> 2.4 s; with
+    only compiles over 0.5 s stored, 6.3 s)."""
     import jax
 
     path = compile_cache_dir(setting)
     if path:
         os.makedirs(path, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", path)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
 
