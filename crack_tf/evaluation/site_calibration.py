@@ -17,7 +17,7 @@ stored one: in margin space (threshold x temperature on the logit scale) the new
 (n * fitted + k * stored) / (n + k) for a sample of n tiles, as if the stored point had been seen on
 k tiles of the site. Measured by leave-one-source-out (docs/CALIBRATE.md): a plain re-pick from 10-50
 tiles costs 1-4 points where the stored threshold is already near the site's best; k = 50 keeps
-that loss under 0.6 and most of the gain where there is one. When the fitted point decides the
+that loss within 1.2 points and most of the gain where there is one. When the fitted point decides the
 sample significantly better than the stored one (:func:`clearly_better`) the stored point is wrong
 for the site and the prior is dropped. ``0`` = the plain re-pick; the last-layer fit is never
 shrunk (its margins are not the stored point's).
@@ -98,6 +98,8 @@ def fit_point(margins: np.ndarray, labels: np.ndarray, rule: str, fit: str = "th
               base_point: dict | None = None, prior_tiles: float = 0) -> dict:
     """Temperature and threshold fitted on these margins by ``fit`` (see the module docstring),
     the threshold shrunk towards ``base_point``'s by ``prior_tiles``."""
+    if prior_tiles < 0:
+        raise ValueError(f"prior_tiles={prior_tiles} must be >= 0")
     if fit == "threshold":
         temperature = float((base_point or {}).get("temperature", 1.0))
         picked = stats.pick_threshold(calibration.calibrated_probability(margins, temperature), labels, rule)
@@ -108,8 +110,6 @@ def fit_point(margins: np.ndarray, labels: np.ndarray, rule: str, fit: str = "th
         point = {k: fitted[k] for k in keep}
     else:
         raise ValueError(f"--fit={fit!r}; choose one of {FITS}")
-    if prior_tiles < 0:
-        raise ValueError(f"prior_tiles={prior_tiles} must be >= 0")
     if prior_tiles and base_point and fit != "last_layer":
         point["prior_tiles"] = float(prior_tiles)
         if clearly_better(margins, labels, point, base_point):
@@ -230,7 +230,6 @@ def calibrate_sample(
     oof = cross_validated_scores(labels, refit, (margins, base), folds, seed)
     record = {
         "fit": fit,
-        "prior_tiles": float(prior_tiles) if fit != "last_layer" else 0.0,
         "rule": rule,
         "tta": tta,
         "examples": int(labels.size),
@@ -269,8 +268,8 @@ def summary(point: dict) -> list[str]:
               else "threshold 0.5: the model stores no point")
     return [
         f"sample: {rec['examples']} labelled tiles {rec['class_counts']}, fit {rec['fit']}, rule {rec['rule']}, "
-        f"tta {rec['tta']}" + (f", prior {rec['prior_tiles']:g} tiles ({point.get('prior', 'not applied')})"
-                               if rec.get("prior_tiles") else ""),
+        f"tta {rec['tta']}" + (f", prior {point['prior_tiles']:g} tiles ({point['prior']})"
+                               if point.get("prior_tiles") else ""),
         _line(f"before ({before}) on the sample", rec["before"]),
         _line(f"after (threshold {point['threshold']:.4g}, temperature {point['temperature']:.3g}) on the sample "
               "(fitted there: optimistic)", rec["after"]),
