@@ -131,9 +131,9 @@ def operating_point(model: keras.Model, val_input, rule: str, tta: str, eval_inp
             parts["eval_adabn"] = adabn_margins(model, eval_input, tta, adapt)
     keys = {"eval": "eval_sources_at_threshold_by_source", "eval_adabn": "eval_sources_adabn_at_threshold_by_source"}
     points = {}
+    margins, labels, sources = parts["val"]
     for mode in dict.fromkeys(["none", tta]):
         views = slice(None) if mode == tta else slice(0, 1)
-        margins, labels, sources = parts["val"]
         point = calibration.operating_point(margins[views], labels, rule, sources=sources)
         point["tta"] = mode
         if len(set(sources.tolist())) > 1:
