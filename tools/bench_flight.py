@@ -1,13 +1,15 @@
 """Inspection speed: dense vs window-by-window scoring, in one process (CPU) or over flights (GPU).
 
-  python tools/bench_flight.py cpu [--side=1024]              # s/MP of each mode, one process
+  python tools/bench_flight.py cpu [--side=1024] [--precision=float32|bf16]   # s/MP of each mode, one process
   python tools/bench_flight.py photos DIR N WIDTH HEIGHT      # N synthetic drone-like JPEGs
   python tools/bench_flight.py flight LABEL REPO DIR JSON -- [predict / report flags]
 
 * ``cpu``: a random-weight resnet50_aspp at 224 px (``weights=None``, float32), one random
   ``side`` x ``side`` photo, window 128, stride 64, no TTA; windows (the NumPy path, as before
   this work) and dense, each once to compile and once timed; prints one JSON line per mode with
-  seconds per megapixel and the largest |dp| between the two at dense's windows.
+  seconds per megapixel and the largest |dp| between the two at dense's windows. ``--precision``
+  computes both modes in that precision (``crack_tf.predictor.load_model``), so run it once per
+  precision for a float32 / bf16 comparison.
 * ``photos``: concrete-grey noise with dark crack polylines (distinct per file), JPEG quality 90,
   written by all cores.
 * ``flight``: runs ``python -m crack_tf.predict`` (or ``crack_tf.report`` when the flags hold
@@ -64,7 +66,7 @@ def make_photos(folder: str, count: int, width: int, height: int) -> None:
         pool.map(_write_photo, jobs)
 
 
-def cpu(side: int = 1024) -> None:
+def cpu(side: int = 1024, precision: str = "float32") -> None:
     import keras
 
     from crack_tf import models
@@ -75,7 +77,7 @@ def cpu(side: int = 1024) -> None:
     path = "/tmp/bench_flight_r50a.keras"
     if not os.path.isfile(path):
         models.get("resnet50_aspp", input_shape=(224, 224, 3)).save(path)
-    predictor = load_model(path, "none")
+    predictor = load_model(path, "none", precision)
     photo = np.clip(np.random.default_rng(0).normal(140, 20, (side, side, 3)), 0, 255).astype(np.uint8)
     mp = side * side / 1e6
     grids = {}
@@ -89,7 +91,7 @@ def cpu(side: int = 1024) -> None:
         heatmap = scanner(photo)
         seconds = time.perf_counter() - started
         grids[mode] = heatmap
-        print(json.dumps({"mode": mode, "note": scanner.note, "backend": keras.backend.backend(), "side": side,
+        print(json.dumps({"mode": mode, "note": scanner.note, "backend": keras.backend.backend(), "precision": precision, "side": side,
                           "windows": int(heatmap.grid.size), "first_call_s": round(first, 2),
                           "seconds": round(seconds, 2), "s_per_mp": round(seconds / mp, 3)}), flush=True)
     d = grids["dense"]
@@ -158,8 +160,8 @@ def flight(label: str, repo: str, folder: str, out_json: str, flags: list[str]) 
 
 def main(argv: list[str]) -> None:
     if argv[:1] == ["cpu"]:
-        side = next((int(a.split("=", 1)[1]) for a in argv[1:] if a.startswith("--side=")), 1024)
-        cpu(side)
+        opts = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
+        cpu(int(opts.get("side", 1024)), opts.get("precision", "float32"))
     elif argv[:1] == ["photos"] and len(argv) == 5:
         make_photos(argv[1], int(argv[2]), int(argv[3]), int(argv[4]))
     elif argv[:1] == ["flight"] and len(argv) >= 5:

@@ -38,6 +38,7 @@ import numpy as np
 from crack_tf.data.image_np import axis_weights
 from crack_tf.evaluation.calibration import calibrated_probability, logit_margin
 from crack_tf.inspection.device_windows import DevicePhoto
+from crack_tf.inspection.fold_bn import folded_clone
 from crack_tf.inspection.heatmap import Heatmap, _pad_to_window, window_starts
 from crack_tf.predictor import TTA_OPS, apply_view
 
@@ -72,9 +73,10 @@ def unsupported(model) -> str | None:
     return None
 
 
-def build_dense_model(model: keras.Model, image_size: int) -> tuple[keras.Model, int, int]:
+def build_dense_model(model: keras.Model, image_size: int, fold: bool = True) -> tuple[keras.Model, int, int]:
     """(model of [B, H, W, 3] -> logits [B, H/s - c + 1, W/s - c + 1, classes] at every cell
-    position, output stride s, window cells c); the layers (and weights) are the model's own."""
+    position, output stride s, window cells c); the layers (and weights) are the model's own, with
+    ``fold`` the batch norms of a nested backbone folded into their convolutions (``fold_bn``)."""
     reason = unsupported(model)
     if reason:
         raise ValueError(f"--mode=dense: {reason}")
@@ -84,8 +86,9 @@ def build_dense_model(model: keras.Model, image_size: int) -> tuple[keras.Model,
     x = inputs
     for layer in layers[1:gap]:
         if isinstance(layer, keras.Model):  # a nested model checks its saved input shape: re-trace it on any size
-            layer = keras.models.clone_model(layer, input_tensors=keras.Input((None, None, layer.input_shape[-1])),
-                                             clone_function=lambda inner: inner)
+            any_size = keras.Input((None, None, layer.input_shape[-1]))
+            layer = (folded_clone(layer, any_size) if fold else
+                     keras.models.clone_model(layer, input_tensors=any_size, clone_function=lambda inner: inner))
         x = layer(x)
     probe = keras.Model(inputs, x).compute_output_spec(keras.KerasTensor((1, image_size, image_size, 3))).shape
     cells = probe[1]
