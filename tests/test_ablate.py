@@ -217,15 +217,16 @@ def test_loso_expands_each_row_into_folds_with_per_fold_backbones():
     assert [f.name for f in folds] == ["all", "no_uav75", "no_uavcrack", "no_deepcrack"]
     assert folds[2].data_dir == "uav75:0.5,deepcrack:0.2" and folds[2].left_out == "uavcrack"
     runs = ablate.build_runs("ours", "b.cfg", ["base:weights=bb/{fold}.h5;lr=0.1"], [0, 1], "out",
-                             ["--epochs=2", "--adabn_eval_crops=64"], folds=folds)
+                             ["--epochs=2", "--adabn_eval_crops=64", "--save_eval_features"], folds=folds)
     assert len(runs) == 8 and [r.name for r in runs[:3]] == ["base_all_s0", "base_all_s1", "base_no_uav75_s0"]
     no_uavcrack = next(r for r in runs if r.name == "base_no_uavcrack_s1")
     assert no_uavcrack.args == ["--flagfile=b.cfg", "--weights=bb/no_uavcrack.h5", "--lr=0.1",
                                 "--data_dir=uav75:0.5,deepcrack:0.2", "--eval_sources=uavcrack", "--seed=1",
-                                "--model_dir=out/base_no_uavcrack_s1", "--epochs=2", "--adabn_eval_crops=64"]
+                                "--model_dir=out/base_no_uavcrack_s1", "--epochs=2", "--adabn_eval_crops=64",
+                                "--save_eval_features"]
     assert no_uavcrack.fold == "no_uavcrack" and no_uavcrack.options["weights"] == "bb/no_uavcrack.h5"
     assert "--eval_sources" not in " ".join(runs[0].args) and runs[0].options["data_dir"].count(",") == 2
-    assert "--adabn_eval_crops=64" not in runs[0].args  # the `all` fold has no left-out source to adapt to
+    assert runs[0].args[-1] == "--epochs=2"  # the `all` fold has no left-out source to adapt to or save
     only = ablate.loso_folds("a,b,c", ["no_b"])
     assert [f.name for f in only] == ["no_b"] and only[0].train_sources == "a+c"
     with pytest.raises(ValueError, match="unknown fold"):

@@ -305,6 +305,61 @@ def test_few_shot_curve_recovers_the_known_best_threshold():
     assert by_n[100]["rest"] == 500 and by_n[10]["draws"] == 20 and by_n[10]["fallbacks"] == 0
 
 
+def _feature_site(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Features [2 views, n, 4] where the label lives in feature 0, and a head that reads only
+    feature 1 (noise): no threshold of the old head's margins can sort the site."""
+    rng = np.random.default_rng(seed)
+    y = (rng.uniform(size=n) < 0.5).astype(int)
+    f = rng.normal(0, 1, (2, n, 4))
+    f[:, :, 0] += np.where(y == 1, 2.0, -2.0)
+    kernel = np.zeros((4, 2), np.float32)
+    kernel[1] = [-0.5, 0.5]
+    return f.astype(np.float32), y, (kernel, np.zeros(2, np.float32))
+
+
+def test_few_shot_last_layer_learns_what_the_old_head_ignores():
+    features, y, head = _feature_site()
+    base = {"threshold": 0.5, "temperature": 1.0}
+    rows = {fit: {r["n"]: r for r in few_shot.few_shot_curve(
+        None if fit == "last_layer" else head_refit.head_margins(features, *head), y, ns=(0, 50), draws=5, seed=2,
+        base_point=base, fit=fit, features=features, head=head, l2=0.01)} for fit in ("threshold", "last_layer")}
+    assert rows["last_layer"][0]["accuracy_mean"] == pytest.approx(rows["threshold"][0]["accuracy_mean"])
+    assert rows["threshold"][50]["accuracy_mean"] < 0.65  # the old margins are noise for this site
+    assert rows["last_layer"][50]["accuracy_mean"] > 0.9 > rows["last_layer"][0]["accuracy_mean"]
+    with pytest.raises(ValueError, match="needs the tiles' features"):
+        few_shot.few_shot_curve(None, y, fit="last_layer")
+
+
+def test_few_shot_tool_last_layer_reads_features_and_names_runs_without_them(tmp_path, capsys):
+    tool = load_tool("few_shot_curve")
+    features, y, head = _feature_site(seed=4)
+    margins = head_refit.head_margins(features, *head).astype(np.float32)
+    for name, with_features in (("loso_f", True), ("loso_m", False)):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        np.savez(run / "margins.npz", margins=margins, labels=y, sources=np.array(["site"] * y.size),
+                 split=np.array(["eval"] * y.size))
+        (run / "run.json").write_text(json.dumps({"operating_point": {"threshold": 0.5, "temperature": 1.0,
+                                                                      "rule": "f1", "tta": "flips"}}))
+        if with_features:
+            np.savez(run / "features.npz", features=features.astype(np.float16), labels=y, kernel=head[0],
+                     bias=head[1])
+    rows = tool.main_args([f"--runs={tmp_path / 'runs' / 'loso_*'}", f"--out={tmp_path / 'curve'}", "--ns=0,50",
+                           "--draws=3", "--fit=threshold,last_layer", "--prior_tiles=0", "--l2=0.01,100"])
+    assert {(r["run"], r["fit"]) for r in rows} == {("loso_f", "threshold"), ("loso_f", "last_layer, l2 0.01"),
+                                                     ("loso_f", "last_layer, l2 100"), ("loso_m", "threshold")}
+    assert "loso_m has no features.npz" in capsys.readouterr().err
+    at_50 = {r["fit"]: r["accuracy_mean"] for r in rows if r["run"] == "loso_f" and r["n"] == 50}
+    assert at_50["last_layer, l2 0.01"] > at_50["threshold"] + 0.25
+    assert at_50["last_layer, l2 100"] < at_50["threshold"] + 0.1  # a strong pull keeps the old (noise) head
+    np.savez(tmp_path / "runs" / "loso_f" / "features.npz", features=features, labels=1 - y, kernel=head[0],
+             bias=head[1])
+    with pytest.raises(ValueError, match="not those of the run's left-out margins"):
+        tool.main_args([f"--runs={tmp_path / 'runs' / 'loso_f'}", f"--out={tmp_path / 'c2'}", "--fit=last_layer"])
+    with pytest.raises(ValueError, match="--fit=bogus"):
+        tool.main_args([f"--runs={tmp_path / 'runs' / 'loso_m'}", f"--out={tmp_path / 'c2'}", "--fit=bogus"])
+
+
 def test_draws_are_stratified_from_ten_tiles():
     y = np.array([1] * 5 + [0] * 95)
     rng = np.random.default_rng(0)

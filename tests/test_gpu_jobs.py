@@ -87,6 +87,8 @@ def test_loso_job_pretrains_each_fold_without_its_left_out_source(job_tree):
     assert "--folds=no_uav75,no_uavcrack,no_deepcrack" in main and "--only=^pretrained$" in main
     repeat = next(a for a in grids if "--output_dir=runs/ablation_loso_repeat" in a)
     assert "--folds=no_uav75" in repeat and "--seeds=0" in repeat
+    curve = next(args for args in lines if args[0] == "tools/few_shot_curve.py")  # on the machine: features stay
+    assert "--runs=runs/ablation_loso/*_no_*_s*" in curve and "--fit=threshold,last_layer" in curve
     out = repo.parent / "out"
     assert sorted(p.name for p in out.iterdir()) == ["loso.log", "machine.txt", "runs.tgz"]  # <= 8 files back
 
@@ -179,3 +181,19 @@ def test_pretrain_backbone_defaults_and_the_pretraining_recipes(job_tree):
     weights = next(line for line in open(os.path.join(REPO, "configs", "crackmix_synthpre.cfg"))
                    if line.startswith("--weights="))
     assert crack[-1] == "--output=" + weights.strip().split("=", 1)[1]
+
+
+def test_packed_runs_leave_models_and_features_on_the_machine(job_tree):
+    import tarfile
+
+    repo, env, _ = job_tree
+    run = repo / "runs" / "ablation_loso" / "r_no_uav75_s0"
+    run.mkdir(parents=True)
+    for name in ("run.json", "margins.npz", "features.npz", "final.keras"):
+        (run / name).write_bytes(b"x")
+    done = subprocess.run(["bash", "-c", "source tools/gpu_jobs/common.sh && pack_runs runs runs/ablation_loso"],
+                          cwd=repo, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with tarfile.open(repo.parent / "out" / "runs.tgz") as tar:
+        names = {os.path.basename(n) for n in tar.getnames()}
+    assert {"run.json", "margins.npz"} <= names and not {"features.npz", "final.keras"} & names

@@ -103,3 +103,5 @@ def test_adabn_scoring_needs_eval_sources():
         train_flags.validate(from_values({"adabn_eval_crops": 64, "eval_sources": "uav75", "model": "zhang2016"}))
     train_flags.validate(from_values({"adabn_eval_crops": 64, "eval_sources": "uav75", "data_source": "photos",
                                       "data_dir": "uavcrack"}))
+    with pytest.raises(ValueError, match="--save_eval_features needs --eval_sources"):
+        train_flags.validate(from_values({"save_eval_features": True}))

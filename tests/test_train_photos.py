@@ -59,7 +59,7 @@ def test_fit_segments_split_at_resume_and_unfreeze():
 def test_photos_run_reports_val_per_source_and_pooled(sources, tmp_path):
     model_dir = tmp_path / "run"
     out = _finish(_train(_args(sources, model_dir, ["--eval_sources=site_b", "--tta=flips", "--ema_momentum=0.8",
-                                                    "--threshold_rule=min_source_accuracy"])))
+                                                    "--threshold_rule=min_source_accuracy", "--save_eval_features"])))
     assert "source site_a: weight 0.7" in out and "| site_b acc=" in out
     run = json.load(open(model_dir / "run.json"))
     by_source = run["metrics"]["val_by_source"]
@@ -119,6 +119,16 @@ def test_photos_run_reports_val_per_source_and_pooled(sources, tmp_path):
         expected["recall"])
     assert scored["accuracy"] == pytest.approx(point["val_at_threshold_by_source"]["site_b"]["accuracy"])
     assert "eval source site_b at that point: acc=" in out
+    # features.npz (--save_eval_features): the head's input for the same eval tiles and views, so the
+    # head's margins of those features are the run's eval margins (features stored in float16).
+    from crack_tf.evaluation.head_refit import head_margins
+
+    feats = np.load(model_dir / "features.npz")
+    assert feats["features"].dtype == np.float16 and feats["features"].shape[:2] == (4, ev.sum())
+    assert np.array_equal(feats["labels"], arrays["labels"][ev]) and set(feats["sources"]) == {"site_b"}
+    again = head_margins(feats["features"], feats["kernel"], feats["bias"])
+    scale = np.abs(arrays["margins"][:, ev]).max()
+    np.testing.assert_allclose(again, arrays["margins"][:, ev], atol=2e-2 * max(scale, 1.0))
 
 
 def _weights(path):

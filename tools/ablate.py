@@ -139,7 +139,7 @@ def flag_values(args: list[str]) -> dict[str, str]:
     return out
 
 
-LEFT_OUT_ONLY = ("--adabn_eval_crops",)  # trainer flags that need --eval_sources (the left-out source)
+LEFT_OUT_ONLY = ("--adabn_eval_crops", "--save_eval_features")  # trainer flags that need --eval_sources (the left-out source)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ source is the ``split == "eval"`` part; on it, for each n, ``crack_tf.evaluation
 calibrates on n random labelled tiles (``--draws`` times) and scores the rest. Writes
 ``few_shot.csv``, ``few_shot.md`` and ``few_shot.png`` (accuracy, mean +- std over the draws,
 one line per run and fit) into ``--out``, and ``few_shot_by_source.{md,png}`` (per left-out source
-and fit: the runs' means, mean +- std over the runs).
+and fit: the runs' means, mean +- std over the runs). ``--fit=last_layer`` also needs each run's
+``features.npz`` (a run trained with ``--save_eval_features``); runs without it are skipped for
+that fit and named.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from crack_tf.evaluation import few_shot, run_margins  # noqa: E402
+from crack_tf.evaluation import head_refit as hr  # noqa: E402
 from crack_tf.evaluation import site_calibration as sc  # noqa: E402
 
 FIELDS = ["run", "left_out", "fit", "n", "draws", "fallbacks", "rest"] + [
@@ -44,17 +47,37 @@ def read_run(folder: str) -> tuple[np.ndarray, np.ndarray, str, dict]:
             run["point"])
 
 
+def read_features(folder: str, labels: np.ndarray) -> dict | None:
+    """``features.npz`` of a run (None without it): features [V, N, D] and head of the left-out tiles,
+    checked against the margins' labels (the same tiles in the same order)."""
+    path = os.path.join(folder, "features.npz")
+    if not os.path.isfile(path):
+        return None
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in ("features", "labels", "kernel", "bias")}
+    if not np.array_equal(arrays["labels"].astype(np.int64), np.asarray(labels).astype(np.int64)):
+        raise ValueError(f"{path}: its labels are not those of the run's left-out margins (another run's file?)")
+    return {"features": arrays["features"], "head": (arrays["kernel"], arrays["bias"])}
+
+
 def curves(folders: list[str], ns: list[int], draws: int, fits: list[str], rule: str | None, seed: int,
-           priors: list[float] = (0,)) -> list[dict]:
-    """Rows of every run x fit x prior; ``fit`` reads "<fit>, prior <k>" for a prior of k > 0 tiles."""
+           priors: list[float] = (0,), l2s: list[float] = (hr.DEFAULT_L2,)) -> list[dict]:
+    """Rows of every run x fit x prior (x l2 for ``last_layer``); ``fit`` reads "<fit>, prior <k>" for a
+    prior of k > 0 tiles and "last_layer, l2 <l2>" for more than one ``l2``."""
     rows = []
     for folder in folders:
         margins, labels, left_out, point = read_run(folder)
+        feats = read_features(folder, labels) if "last_layer" in fits else None
         for fit in fits:
-            for prior in priors:
-                label = f"{fit}, prior {prior:g}" if prior and fit in sc.MARGIN_FITS else fit
+            if fit == "last_layer" and feats is None:
+                print(f"few_shot_curve: {folder} has no features.npz (train with --save_eval_features): "
+                      "no last_layer curve", file=sys.stderr)
+                continue
+            variants = ([(f"{fit}, prior {p:g}" if p else fit, p, {}) for p in priors] if fit in sc.MARGIN_FITS else
+                        [(f"{fit}, l2 {v:g}" if len(l2s) > 1 else fit, 0, {**feats, "l2": v}) for v in l2s])
+            for label, prior, extra in variants:
                 for row in few_shot.few_shot_curve(margins, labels, ns, draws, sc.resolve_rule(rule, point), seed,
-                                                   point, fit, prior):
+                                                   point, fit, prior, **extra):
                     rows.append({"run": os.path.basename(os.path.normpath(folder)), "left_out": left_out,
                                  "fit": label, **row})
     return rows
@@ -109,7 +132,9 @@ def main_args(argv: list[str]) -> list[dict]:
     parser.add_argument("--out", required=True, help="Output folder.")
     parser.add_argument("--ns", default=",".join(map(str, few_shot.DEFAULT_NS)), help="Sample sizes.")
     parser.add_argument("--draws", type=int, default=20, help="Random draws per sample size.")
-    parser.add_argument("--fit", default="threshold", help=f"Comma-separated fits of {sc.MARGIN_FITS}.")
+    parser.add_argument("--fit", default="threshold", help=f"Comma-separated fits of {sc.FITS}.")
+    parser.add_argument("--l2", default=f"{hr.DEFAULT_L2:g}",
+                        help="--fit=last_layer: comma-separated pulls toward the old head (calibrate --l2).")
     parser.add_argument("--rule", default=None, help="Threshold rule (default: each run's stored rule, else f1).")
     parser.add_argument("--prior_tiles", default=f"0,{sc.DEFAULT_PRIOR_TILES}",
                         help="Comma-separated priors (tiles' worth of the stored threshold; 0 = plain re-pick).")
@@ -121,7 +146,13 @@ def main_args(argv: list[str]) -> list[dict]:
     fits = [f for f in args.fit.split(",") if f]
     ns = [int(n) for n in args.ns.split(",") if n]
     priors = [float(k) for k in args.prior_tiles.split(",") if k]
-    rows = curves(folders, ns, args.draws, fits, args.rule, args.seed, priors)
+    unknown = sorted(set(fits) - set(sc.FITS))
+    if unknown:
+        raise ValueError(f"--fit={','.join(unknown)}: choose from {', '.join(sc.FITS)}")
+    rows = curves(folders, ns, args.draws, fits, args.rule, args.seed, priors,
+                  [float(v) for v in args.l2.split(",") if v])
+    if not rows:
+        raise ValueError("no curve: every run lacked what its fits need (see above)")
     write_outputs(rows, args.out)
     return rows
 

@@ -6,8 +6,12 @@ for each ``n`` in ``ns`` and each of ``draws`` random draws, calibrate on ``n`` 
 at the new point; ``n = 0`` is the stored point on the whole set. Draws of ``n >= 10`` are
 stratified (each class gets its share of ``n``, at least one tile), smaller ones are plain random
 draws; a draw with one class cannot be calibrated (the command refuses it) and keeps the stored
-point (counted as ``fallbacks``). ``tools/few_shot_curve.py`` runs it on the ``margins.npz`` of
-leave-one-source-out runs and writes the table and the plot.
+point (counted as ``fallbacks``). ``fit="last_layer"`` works on the tiles' penultimate features
+instead (``features.npz`` of a run with ``--save_eval_features``): each draw re-fits the Dense head
+on the sample (:func:`crack_tf.evaluation.head_refit.refit_head`), then temperature and threshold
+on the sample's new margins, as ``crack_tf.calibrate --fit=last_layer`` does, and scores the rest
+with the new head. ``tools/few_shot_curve.py`` runs it on the ``margins.npz`` (and
+``features.npz``) of leave-one-source-out runs and writes the table and the plot.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from crack_tf.evaluation import head_refit as hr
 from crack_tf.evaluation import site_calibration as sc
 from crack_tf.evaluation import stats
 
@@ -46,7 +51,7 @@ def _metrics(margins: np.ndarray, labels: np.ndarray, point: dict) -> dict[str, 
 
 
 def few_shot_curve(
-    margins: np.ndarray,
+    margins: np.ndarray | None,
     labels: np.ndarray,
     ns: Sequence[int] = DEFAULT_NS,
     draws: int = 20,
@@ -55,12 +60,27 @@ def few_shot_curve(
     base_point: dict | None = None,
     fit: str = "threshold",
     prior_tiles: float = 0,
+    features: np.ndarray | None = None,
+    head: tuple[np.ndarray, np.ndarray] | None = None,
+    l2: float = hr.DEFAULT_L2,
 ) -> list[dict]:
     """One row per ``n``: ``n``, ``draws``, ``fallbacks``, ``rest`` (tiles scored) and the mean / std
     (sample std over the draws; 0 for one draw) of accuracy, precision, recall and F1.
-    ``prior_tiles``: as :func:`crack_tf.evaluation.site_calibration.fit_point` (0 = plain re-pick)."""
-    if fit not in sc.MARGIN_FITS:
-        raise ValueError(f"fit={fit!r}: the curve works on margins, choose one of {sc.MARGIN_FITS}")
+    ``prior_tiles``: as :func:`crack_tf.evaluation.site_calibration.fit_point` (0 = plain re-pick).
+    ``fit="last_layer"`` needs ``features`` [V, N, D] and ``head`` = (kernel, bias) instead of
+    ``margins`` (they are the head's margins of the features); ``l2`` as ``calibrate --l2``."""
+    refit = None
+    if fit == "last_layer":
+        if features is None or head is None:
+            raise ValueError("fit='last_layer' needs the tiles' features and the head's (kernel, bias)")
+        features = np.asarray(features, np.float32)
+
+        def refit(picked: np.ndarray) -> np.ndarray:
+            return hr.head_margins(features, *hr.refit_head(features[:, picked], labels[picked], *head, l2))
+
+        margins = hr.head_margins(features, *head)
+    elif fit not in sc.MARGIN_FITS:
+        raise ValueError(f"fit={fit!r}; choose one of {sc.FITS}")
     margins = np.atleast_2d(np.asarray(margins, np.float64))
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
     if margins.shape[1] != labels.size:
@@ -79,11 +99,13 @@ def few_shot_curve(
             for _ in range(draws):
                 picked = draw_sample(labels, n, rng)
                 rest = np.setdiff1d(np.arange(labels.size), picked)
+                fitted = margins
                 if len(np.unique(labels[picked])) < 2:
                     point, fallbacks = base, fallbacks + 1
                 else:
-                    point = sc.fit_point(margins[:, picked], labels[picked], rule, fit, base, prior_tiles)
-                results.append(_metrics(margins[:, rest], labels[rest], point))
+                    fitted = refit(picked) if refit else margins
+                    point = sc.fit_point(fitted[:, picked], labels[picked], rule, fit, base, prior_tiles)
+                results.append(_metrics(fitted[:, rest], labels[rest], point))
         row = {"n": int(n), "draws": len(results), "fallbacks": fallbacks, "rest": int(labels.size - n)}
         for k in CURVE_METRICS:
             values = np.array([r[k] for r in results])

@@ -12,7 +12,9 @@
   default.
 * ``save_margins``: the per-tile logit margins behind the point (every test-time view), labels,
   sources and split (``val`` / ``eval``) in ``margins.npz``, so other threshold rules and the
-  few-labelled-tiles calibration can be scored later without the model.
+  few-labelled-tiles calibration can be scored later without the model; with
+  ``--save_eval_features`` also ``eval_features`` of the ``--eval_sources`` tiles in
+  ``features.npz`` (the few-shot curve of ``calibrate --fit=last_layer``).
 """
 
 from __future__ import annotations
@@ -153,12 +155,30 @@ def operating_point(model: keras.Model, val_input, rule: str, tta: str, eval_inp
     return points, arrays
 
 
-def save_margins(path: str, arrays: dict) -> None:
+def eval_features(model: keras.Model, eval_input, tta: str) -> dict:
+    """The arrays of ``features.npz``: ``features`` float16 [V, N, D] (the head's input for each of
+    ``tta``'s V views), ``labels`` [N], ``sources`` [N] (the ``--eval_sources`` tiles, in the order of
+    their margins), the head's ``kernel`` [D, C] and ``bias`` [C], ``tta``."""
+    from crack_tf.evaluation import head_refit
+
+    features, labels, sources = [], [], []
+    for name, part in (eval_input.by_source or {"": eval_input}).items():
+        f, y = head_refit.sample_features(model, part, tta)
+        features.append(f.astype(np.float16))
+        labels.append(y.astype(np.int8))
+        sources += [name] * len(y)
+    kernel, bias = (np.asarray(w, np.float32) for w in head_refit.head_layer(model).get_weights())
+    return {"features": np.concatenate(features, axis=1), "labels": np.concatenate(labels),
+            "sources": np.asarray(sources).astype(str), "kernel": kernel, "bias": bias, "tta": np.array(tta)}
+
+
+def save_margins(path: str, arrays: dict, compress: bool = True) -> None:
     """``margins.npz``: ``margins`` float32 [V, N] (V test-time views), ``labels`` [N], ``sources`` [N],
     ``split`` [N] ("val", "eval" for the ``--eval_sources`` tiles, "eval_adabn" for the same tiles after
-    AdaBN), ``tta``; written atomically."""
+    AdaBN), ``tta``; written atomically. Also writes ``features.npz`` (:func:`eval_features`;
+    ``compress=False``: features do not compress)."""
     import os
 
     tmp = path + ".tmp.npz"
-    np.savez_compressed(tmp, **arrays)
+    (np.savez_compressed if compress else np.savez)(tmp, **arrays)
     os.replace(tmp, path)

@@ -75,6 +75,9 @@ _GROUPS: dict[str, list[tuple]] = {"model": [
     ("integer", "adabn_eval_crops", 0, "With --eval_sources: also score each of those sources at the stored "
      "operating point after AdaBN (BatchNorm statistics re-estimated on this many unlabelled crops of its "
      "train photos; 0 = off): a new site adapted without labels.", None),
+    ("bool", "save_eval_features", False, "With --eval_sources: also write those tiles' penultimate features "
+     "(every test-time view, float16) and the head's weights to <model_dir>/features.npz, for the few-shot "
+     "last-layer calibration curve (tools/few_shot_curve.py --fit=last_layer).", None),
     ("integer", "synthetic_train", 600, "Synthetic training tiles (half crack).", None),
     ("integer", "synthetic_val", 200, "Synthetic validation tiles (half crack).", None),
     ("integer", "synthetic_size", 64, "Synthetic tile size in pixels.", None),
@@ -227,7 +230,9 @@ def validate(cfg) -> None:
         problems.append("--crops_per_epoch and --min_crack_pixels must be >= 1, --val_tile >= 8")
     if cfg.adabn_eval_crops < 0 or (cfg.adabn_eval_crops and not cfg.eval_sources):
         problems.append("--adabn_eval_crops must be >= 0 and needs --eval_sources (the sources to adapt to)")
-    elif cfg.adabn_eval_crops and cfg.model == "zhang2016":
+    if cfg.save_eval_features and not cfg.eval_sources:
+        problems.append("--save_eval_features needs --eval_sources (the tiles whose features are written)")
+    if cfg.adabn_eval_crops and cfg.model == "zhang2016":
         problems.append("--adabn_eval_crops adapts BatchNorm statistics: zhang2016 has no BatchNorm layer")
     if not 0 <= cfg.max_padding <= 1 or not 0 < cfg.val_fraction < 1:
         problems.append("--max_padding must be in [0, 1] and --val_fraction in (0, 1)")

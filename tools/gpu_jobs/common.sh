@@ -63,11 +63,13 @@ fold_backbones() {
   done
 }
 
-# Packs what has finished so far into $OUT/<name>.tgz (run.json, margins, histories, logs; no models):
+# Packs what has finished so far into $OUT/<name>.tgz (run.json, margins, histories, logs; no models and
+# no features.npz: ~80 MB a run, read on the machine by tools/few_shot_curve.py --fit=last_layer):
 #   pack_runs <name> <folder>...
 pack_runs() {
   local name=$1; shift
   tar czf "$OUT/.$name.tgz" --exclude='*.keras' --exclude='ckpt' --exclude='*.weights.h5' --exclude='tensorboard' \
+      --exclude='features.npz' \
       "$@" 2>/dev/null; mv -f "$OUT/.$name.tgz" "$OUT/$name.tgz"
 }
 # Runs <command...> every 30 s until the job exits (e.g. a pack_runs), so a call cut short still

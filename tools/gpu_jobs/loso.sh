@@ -11,7 +11,7 @@
 #   BACKBONE=synth_crack: every fold's backbone starts from one pretrained on synthetic cracks
 #   (SYNTH_STEPS=1000; runs/pretrain/loso_synth_<fold>.weights.h5, the grid's `synthpre` row).
 # At most 8 files come back from $OUT, so $OUT gets only: machine.txt, loso.log (this job's output),
-# the results of both grids and runs.tgz (run.json, margins.npz, history, logs; no models).
+# the results of both grids and runs.tgz (run.json, margins.npz, history, logs, runs/few_shot; no models).
 SECONDS=0
 case ${BACKBONE:-crack} in crack|synth_crack) ;; *) echo "BACKBONE=${BACKBONE}: choose crack (default) or synth_crack"; exit 2;; esac
 source tools/gpu_jobs/common.sh
@@ -20,7 +20,7 @@ exec > >(tee -a "$OUT/loso.log") 2>&1
 grid=configs/ablation_loso.cfg
 pack() {  # what has finished so far, in one archive
   cp runs/ablation_loso/results.md "$OUT/loso_results.md" 2>/dev/null
-  pack_runs runs runs/ablation_loso runs/ablation_loso_repeat runs/pretrain_logs
+  pack_runs runs runs/ablation_loso runs/ablation_loso_repeat runs/pretrain_logs runs/few_shot
 }
 start_packer pack
 folds=${FOLDS:-no_uav75,no_uavcrack,no_deepcrack}
@@ -38,6 +38,10 @@ timeout -k 10 --signal=TERM "$budget" python3 tools/ablate.py --flagfile=$grid -
 for d in runs/ablation_loso runs/ablation_loso_repeat; do
   python3 tools/ablate.py --flagfile=$grid --seeds=0,1,2 --output_dir=$d --report_only >/dev/null 2>&1
 done
+# The few-shot curve of every left-out run here, where its features.npz is (--save_eval_features):
+# threshold re-pick (plain / prior 50) and the last layer re-fitted at three pulls (calibrate --l2).
+python3 tools/few_shot_curve.py --runs='runs/ablation_loso/*_no_*_s*' --out=runs/few_shot \
+    --fit=threshold,last_layer --prior_tiles=0,50 --l2=1,0.1,0.01 2>&1 | tail -3
 kill $PACKER 2>/dev/null
 pack
 python3 - <<'PY'
