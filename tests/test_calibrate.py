@@ -330,6 +330,26 @@ def test_few_shot_last_layer_learns_what_the_old_head_ignores():
         few_shot.few_shot_curve(None, y, fit="last_layer")
 
 
+def test_grouped_draws_keep_every_photo_on_one_side():
+    rng = np.random.default_rng(0)
+    groups = np.repeat([f"p{i}" for i in range(20)], 15)  # 20 photos of 15 tiles
+    y = (rng.uniform(size=groups.size) < 0.3).astype(int)
+    for n in (10, 50, 100):
+        for _ in range(20):
+            picked, rest = few_shot.draw_grouped(y, groups, n, rng)
+            assert picked.size == n and 0 < y[picked].sum() < n
+            assert not set(groups[picked]) & set(groups[rest])  # no scored tile shares a photo with the sample
+            assert set(groups[rest]) | set(groups[picked]) <= set(groups) and rest.size % 15 == 0
+            assert rest.size >= groups.size - 15 * (n // 15 + 2)  # only the photos needed were taken
+    with pytest.raises(ValueError, match="cannot give 295 tiles"):
+        few_shot.draw_grouped(y, groups, 295, rng)
+    features, yf, head = _feature_site(n=300)
+    rows = few_shot.few_shot_curve(None, yf, ns=(0, 50, 290), draws=4, fit="last_layer", features=features,
+                                   head=head, l2=0.01, groups=groups)
+    assert [r["n"] for r in rows] == [0, 50]  # 290 tiles leave no photo to score: no row
+    assert rows[1]["rest"] <= 300 - 60 and rows[1]["accuracy_mean"] > 0.9
+
+
 def test_few_shot_tool_last_layer_reads_features_and_names_runs_without_them(tmp_path, capsys):
     tool = load_tool("few_shot_curve")
     features, y, head = _feature_site(seed=4)
@@ -356,6 +376,11 @@ def test_few_shot_tool_last_layer_reads_features_and_names_runs_without_them(tmp
              bias=head[1])
     with pytest.raises(ValueError, match="not those of the run's left-out margins"):
         tool.main_args([f"--runs={tmp_path / 'runs' / 'loso_f'}", f"--out={tmp_path / 'c2'}", "--fit=last_layer"])
+    np.savez(tmp_path / "runs" / "loso_f" / "features.npz", features=features, labels=y, kernel=head[0],
+             bias=head[1], groups=np.repeat([f"site/p{i}" for i in range(40)], 10))
+    grouped = tool.main_args([f"--runs={tmp_path / 'runs' / 'loso_f'}", f"--out={tmp_path / 'c3'}", "--ns=0,50",
+                              "--draws=3", "--fit=threshold,last_layer", "--prior_tiles=0"])
+    assert all(r["rest"] == 350 for r in grouped if r["n"] == 50)  # 5 whole photos of 10 tiles taken, both fits
     with pytest.raises(ValueError, match="--fit=bogus"):
         tool.main_args([f"--runs={tmp_path / 'runs' / 'loso_m'}", f"--out={tmp_path / 'c2'}", "--fit=bogus"])
 

@@ -1,6 +1,7 @@
 """Inspection speed: dense vs window-by-window scoring, in one process (CPU) or over flights (GPU).
 
   python tools/bench_flight.py cpu [--side=1024] [--precision=float32|bf16]   # s/MP of each mode, one process
+  python tools/bench_flight.py fold [--side=1792]             # dense pass, batch norms folded or not
   python tools/bench_flight.py photos DIR N WIDTH HEIGHT      # N synthetic drone-like JPEGs
   python tools/bench_flight.py flight LABEL REPO DIR JSON -- [predict / report flags]
 
@@ -10,6 +11,9 @@
   seconds per megapixel and the largest |dp| between the two at dense's windows. ``--precision``
   computes both modes in that precision (``crack_tf.predictor.load_model``), so run it once per
   precision for a float32 / bf16 comparison.
+* ``fold``: the dense model of that random resnet50_aspp on one ``side`` x ``side`` tile, with
+  and without its batch norms folded (``crack_tf.inspection.fold_bn``), timed alternately four
+  times each after a warm-up call; prints the seconds and the largest |logit difference|.
 * ``photos``: concrete-grey noise with dark crack polylines (distinct per file), JPEG quality 90,
   written by all cores.
 * ``flight``: runs ``python -m crack_tf.predict`` (or ``crack_tf.report`` when the flags hold
@@ -100,6 +104,24 @@ def cpu(side: int = 1024, precision: str = "float32") -> None:
                       "speedup_s_per_mp": round(grids["windows"].seconds / mp / (d.seconds / mp), 2)}), flush=True)
 
 
+def fold(side: int = 1792) -> None:
+    from crack_tf import models
+    from crack_tf.inspection.dense import build_dense_model
+
+    base = models.get("resnet50_aspp", input_shape=(224, 224, 3))
+    dense = {f: build_dense_model(base, 224, fold=f)[0] for f in (False, True)}
+    x = np.random.default_rng(0).uniform(0, 255, (1, side, side, 3)).astype(np.float32)
+    logits = {f: np.asarray(m.predict_on_batch(x)) for f, m in dense.items()}  # also the warm-up
+    seconds: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(4):
+        for f, m in dense.items():
+            started = time.perf_counter()
+            m.predict_on_batch(x)
+            seconds[f].append(round(time.perf_counter() - started, 2))
+    print(json.dumps({"side": side, "unfolded_s": seconds[False], "folded_s": seconds[True],
+                      "max_abs_dlogit": float(np.abs(logits[True] - logits[False]).max())}), flush=True)
+
+
 def _watch_rows(path: str, times: list[float], stop: threading.Event) -> None:
     """Appends the arrival time of each new line of ``path`` (the command flushes every row)."""
     seen = 0
@@ -162,6 +184,9 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["cpu"]:
         opts = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
         cpu(int(opts.get("side", 1024)), opts.get("precision", "float32"))
+    elif argv[:1] == ["fold"]:
+        opts = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
+        fold(int(opts.get("side", 1792)))
     elif argv[:1] == ["photos"] and len(argv) == 5:
         make_photos(argv[1], int(argv[2]), int(argv[3]), int(argv[4]))
     elif argv[:1] == ["flight"] and len(argv) >= 5:

@@ -13,7 +13,10 @@ calibrates on n random labelled tiles (``--draws`` times) and scores the rest. W
 one line per run and fit) into ``--out``, and ``few_shot_by_source.{md,png}`` (per left-out source
 and fit: the runs' means, mean +- std over the runs). ``--fit=last_layer`` also needs each run's
 ``features.npz`` (a run trained with ``--save_eval_features``); runs without it are skipped for
-that fit and named.
+that fit and named. Where ``features.npz`` gives each tile's photo (source image), every fit of
+that run draws its sample from whole photos and scores the other photos only
+(``few_shot.draw_grouped``: a new site labels a few photos); ``rest`` is then the mean number of
+tiles scored.
 """
 
 from __future__ import annotations
@@ -55,9 +58,12 @@ def read_features(folder: str, labels: np.ndarray) -> dict | None:
         return None
     with np.load(path) as data:
         arrays = {k: data[k] for k in ("features", "labels", "kernel", "bias")}
+        groups = data["groups"] if "groups" in data.files else None
     if not np.array_equal(arrays["labels"].astype(np.int64), np.asarray(labels).astype(np.int64)):
         raise ValueError(f"{path}: its labels are not those of the run's left-out margins (another run's file?)")
-    return {"features": arrays["features"], "head": (arrays["kernel"], arrays["bias"])}
+    if groups is not None and not all(groups):
+        groups = None  # a source without photo groups (folder tiles)
+    return {"features": arrays["features"], "head": (arrays["kernel"], arrays["bias"]), "groups": groups}
 
 
 def curves(folders: list[str], ns: list[int], draws: int, fits: list[str], rule: str | None, seed: int,
@@ -67,14 +73,17 @@ def curves(folders: list[str], ns: list[int], draws: int, fits: list[str], rule:
     rows = []
     for folder in folders:
         margins, labels, left_out, point = read_run(folder)
-        feats = read_features(folder, labels) if "last_layer" in fits else None
+        feats = read_features(folder, labels)
+        groups = {"groups": feats["groups"]} if feats else {}  # photos known: draws by photo, all fits alike
         for fit in fits:
             if fit == "last_layer" and feats is None:
                 print(f"few_shot_curve: {folder} has no features.npz (train with --save_eval_features): "
                       "no last_layer curve", file=sys.stderr)
                 continue
-            variants = ([(f"{fit}, prior {p:g}" if p else fit, p, {}) for p in priors] if fit in sc.MARGIN_FITS else
-                        [(f"{fit}, l2 {v:g}" if len(l2s) > 1 else fit, 0, {**feats, "l2": v}) for v in l2s])
+            variants = ([(f"{fit}, prior {p:g}" if p else fit, p, groups) for p in priors] if fit in sc.MARGIN_FITS
+                        else [(f"{fit}, l2 {v:g}" if len(l2s) > 1 else fit, 0,
+                               {"features": feats["features"], "head": feats["head"], "l2": v, **groups})
+                              for v in l2s])
             for label, prior, extra in variants:
                 for row in few_shot.few_shot_curve(margins, labels, ns, draws, sc.resolve_rule(rule, point), seed,
                                                    point, fit, prior, **extra):

@@ -109,6 +109,7 @@ class InputSplit:
     skipped: list[tuple[str, str]]
     by_source: dict[str, InputSplit] = dataclasses.field(default_factory=dict)  # photos source: each source's part
     info: dict[str, Any] = dataclasses.field(default_factory=dict)  # what the split is made of (for logs, run.json)
+    groups: list[str] = dataclasses.field(default_factory=list)  # photos eval tiles: each one's source-image group
 
 
 def class_counts(labels: np.ndarray | list[int]) -> dict[int, int]:

@@ -275,12 +275,14 @@ def render_crop(image: np.ndarray, y: int, x: int, side: int, options: CropOptio
 # -------------------------------------------------------------------------------------- eval tiles
 @dataclasses.dataclass
 class Tiles:
-    """Fixed labelled tiles of one source: uint8 [N, T, T, 3], int32 [N], names."""
+    """Fixed labelled tiles of one source: uint8 [N, T, T, 3], int32 [N], names, and the source-image
+    group of each tile's photo (tiles of one group are alike: keep them on one side of a split)."""
 
     name: str
     images: np.ndarray
     labels: np.ndarray
     names: list[str]
+    groups: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def counts(self) -> dict[int, int]:
@@ -297,7 +299,7 @@ def grid_tiles(photos: PhotoSet, tile: int = 128, min_crack_pixels: int = 40, ma
     run. ``max_tiles`` > 0 keeps an evenly spaced subset.
     """
     t = tile
-    images, labels, names = [], [], []
+    images, labels, names, groups = [], [], [], []
     for photo in photos.photos:
         stem = os.path.splitext(os.path.basename(photo.path))[0]
         for y, x in tile_origins(*photo.shape, t, t):
@@ -306,10 +308,12 @@ def grid_tiles(photos: PhotoSet, tile: int = 128, min_crack_pixels: int = 40, ma
                 images.append(photo.image[y : y + t, x : x + t])
                 labels.append(label)
                 names.append(f"{photos.name}/{stem}_y{y:03d}_x{x:03d}")
+                groups.append(photo.group or stem)
     if max_tiles and len(images) > max_tiles:
         keep = np.linspace(0, len(images) - 1, max_tiles).round().astype(int)
-        images, labels, names = [images[i] for i in keep], [labels[i] for i in keep], [names[i] for i in keep]
+        images, labels, names, groups = ([images[i] for i in keep], [labels[i] for i in keep], [names[i] for i in keep],
+                                         [groups[i] for i in keep])
     if not images:
         raise ValueError(f"photos source {photos.name!r}: no {t}x{t} tile is crack or background "
                          f"(all ambiguous or padding); check the masks or --val_tile")
-    return Tiles(photos.name, np.stack(images), np.asarray(labels, np.int32), names)
+    return Tiles(photos.name, np.stack(images), np.asarray(labels, np.int32), names, groups)

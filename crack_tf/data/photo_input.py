@@ -80,7 +80,7 @@ def eval_tiles(config: DataConfig, split: str) -> tuple[list[PhotoSet], list[Til
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
                 fitted = list(pool.map(lambda im: eval_transform_np(im, config.image_size, config.small_policy),
                                        tiles.images))
-            tiles = Tiles(tiles.name, np.stack(fitted), tiles.labels, tiles.names)
+            tiles = Tiles(tiles.name, np.stack(fitted), tiles.labels, tiles.names, tiles.groups)
         out.append(tiles)
     with _TILES_LOCK:
         if len(_TILES) > 8:
@@ -89,7 +89,7 @@ def eval_tiles(config: DataConfig, split: str) -> tuple[list[PhotoSet], list[Til
     return sets, out
 
 
-def _array_split(images, labels, names, all_labels, batch, backend, skipped, info) -> InputSplit:
+def _array_split(images, labels, names, all_labels, batch, backend, skipped, info, groups=()) -> InputSplit:
     """This shard's ordered batches; ``num_examples`` / ``class_counts`` describe the whole split."""
     if backend == "numpy":
         from crack_tf.data.pipeline_photos import ArrayPyDataset
@@ -100,7 +100,7 @@ def _array_split(images, labels, names, all_labels, batch, backend, skipped, inf
 
         ds = array_dataset_tf(images, labels, batch)
     return InputSplit(ds, len(all_labels), -(-len(labels) // batch), class_counts(all_labels), None,
-                      list(zip(names, labels.tolist())), skipped, info=info)
+                      list(zip(names, labels.tolist())), skipped, info=info, groups=list(groups))
 
 
 def _evaluation(config, split, batch, backend, num_shards, shard_index) -> InputSplit:
@@ -110,13 +110,14 @@ def _evaluation(config, split, batch, backend, num_shards, shard_index) -> Input
     for s, t in zip(sets, tiles):
         info = {"tiles": t.counts, "photos": len(s.photos), "fold": s.fold}
         parts[s.name] = _array_split(t.images[sl], t.labels[sl], t.names[sl], t.labels, batch, backend,
-                                     s.skipped, info)
+                                     s.skipped, info, t.groups[sl])
     images = np.concatenate([t.images[sl] for t in tiles])
     labels = np.concatenate([t.labels[sl] for t in tiles])
     names = [n for t in tiles for n in t.names[sl]]
     skipped = [item for s in sets for item in s.skipped]
     pooled = _array_split(images, labels, names, np.concatenate([t.labels for t in tiles]), batch, backend,
-                          skipped, {"sources": {k: v.info for k, v in parts.items()}})
+                          skipped, {"sources": {k: v.info for k, v in parts.items()}},
+                          [g for t in tiles for g in t.groups[sl]])
     check_two_classes(pooled.class_counts, f"photos {config.path!r} split {split!r} tiles")
     pooled.by_source = parts
     return pooled

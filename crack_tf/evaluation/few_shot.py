@@ -45,6 +45,26 @@ def draw_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndar
     return np.concatenate([rng.choice(crack, k, replace=False), rng.choice(background, n - k, replace=False)])
 
 
+def draw_grouped(labels: np.ndarray, groups: np.ndarray, n: int, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(``n`` sample tiles, the tiles left to score): whole groups (photos) are taken in random order
+    until they hold ``n`` tiles of both classes, the sample is drawn from them (as :func:`draw_sample`)
+    and the rest is every tile of the other groups, so no scored tile shares a photo with the sample.
+    ValueError when the groups cannot give ``n`` tiles and leave any to score."""
+    y = np.asarray(labels).reshape(-1)
+    order = rng.permutation(np.unique(groups))
+    count = np.array([np.sum(groups == g) for g in order])
+    crack = np.array([np.sum(y[groups == g]) for g in order])
+    enough = np.flatnonzero((np.cumsum(count) >= n) & (np.cumsum(crack) >= 1) & (np.cumsum(count - crack) >= 1))
+    if not enough.size or enough[0] + 1 >= order.size:
+        raise ValueError(f"n={n}: the {order.size} groups of {y.size} tiles cannot give {n} tiles and leave a group "
+                         "to score")
+    chosen = np.isin(groups, order[: enough[0] + 1])
+    inside = np.flatnonzero(chosen)
+    picked = inside if inside.size == n else inside[draw_sample(y[inside], n, rng)]
+    return picked, np.flatnonzero(~chosen)
+
+
 def _metrics(margins: np.ndarray, labels: np.ndarray, point: dict) -> dict[str, float]:
     values = stats.all_metrics(sc.predictions(margins, point), labels, float(np.float32(point["threshold"])))
     return {k: float(values[k]) for k in CURVE_METRICS}
@@ -63,12 +83,15 @@ def few_shot_curve(
     features: np.ndarray | None = None,
     head: tuple[np.ndarray, np.ndarray] | None = None,
     l2: float = hr.DEFAULT_L2,
+    groups: np.ndarray | None = None,
 ) -> list[dict]:
     """One row per ``n``: ``n``, ``draws``, ``fallbacks``, ``rest`` (tiles scored) and the mean / std
     (sample std over the draws; 0 for one draw) of accuracy, precision, recall and F1.
     ``prior_tiles``: as :func:`crack_tf.evaluation.site_calibration.fit_point` (0 = plain re-pick).
     ``fit="last_layer"`` needs ``features`` [V, N, D] and ``head`` = (kernel, bias) instead of
-    ``margins`` (they are the head's margins of the features); ``l2`` as ``calibrate --l2``."""
+    ``margins`` (they are the head's margins of the features); ``l2`` as ``calibrate --l2``.
+    ``groups`` [N] (each tile's photo / source image): samples are drawn by :func:`draw_grouped` and
+    scored on the other groups only; without, tiles are drawn independently (:func:`draw_sample`)."""
     refit = None
     if fit == "last_layer":
         if features is None or head is None:
@@ -86,6 +109,10 @@ def few_shot_curve(
     if margins.shape[1] != labels.size:
         raise ValueError(f"margins {margins.shape} and labels {labels.shape} differ in length")
     sc.check_sample(labels, min_examples=2)
+    if groups is not None:
+        groups = np.asarray(groups).reshape(-1)
+        if groups.size != labels.size:
+            raise ValueError(f"groups {groups.shape} and labels {labels.shape} differ in length")
     base = dict(base_point or {"threshold": 0.5, "temperature": 1.0})
     rng = np.random.default_rng(seed)
     rows = []
@@ -95,10 +122,17 @@ def few_shot_curve(
         if n == 0:
             results, fallbacks = [_metrics(margins, labels, base)], 0
         else:
-            results, fallbacks = [], 0
+            results, fallbacks, rests = [], 0, []
             for _ in range(draws):
-                picked = draw_sample(labels, n, rng)
-                rest = np.setdiff1d(np.arange(labels.size), picked)
+                if groups is None:
+                    picked = draw_sample(labels, n, rng)
+                    rest = np.setdiff1d(np.arange(labels.size), picked)
+                else:
+                    try:
+                        picked, rest = draw_grouped(labels, groups, n, rng)
+                    except ValueError:
+                        break  # too few groups for this n (every later draw would be, too)
+                rests.append(rest.size)
                 fitted = margins
                 if len(np.unique(labels[picked])) < 2:
                     point, fallbacks = base, fallbacks + 1
@@ -106,7 +140,10 @@ def few_shot_curve(
                     fitted = refit(picked) if refit else margins
                     point = sc.fit_point(fitted[:, picked], labels[picked], rule, fit, base, prior_tiles)
                 results.append(_metrics(fitted[:, rest], labels[rest], point))
-        row = {"n": int(n), "draws": len(results), "fallbacks": fallbacks, "rest": int(labels.size - n)}
+            if not results:
+                continue
+        rest_size = int(np.mean(rests)) if n and groups is not None else int(labels.size - n)
+        row = {"n": int(n), "draws": len(results), "fallbacks": fallbacks, "rest": rest_size}
         for k in CURVE_METRICS:
             values = np.array([r[k] for r in results])
             row[f"{k}_mean"] = float(values.mean())

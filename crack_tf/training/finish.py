@@ -157,19 +157,22 @@ def operating_point(model: keras.Model, val_input, rule: str, tta: str, eval_inp
 
 def eval_features(model: keras.Model, eval_input, tta: str) -> dict:
     """The arrays of ``features.npz``: ``features`` float16 [V, N, D] (the head's input for each of
-    ``tta``'s V views), ``labels`` [N], ``sources`` [N] (the ``--eval_sources`` tiles, in the order of
-    their margins), the head's ``kernel`` [D, C] and ``bias`` [C], ``tta``."""
+    ``tta``'s V views), ``labels`` [N], ``sources`` [N] and ``groups`` [N] (each tile's source image;
+    the ``--eval_sources`` tiles, in the order of their margins), the head's ``kernel`` [D, C] and
+    ``bias`` [C], ``tta``."""
     from crack_tf.evaluation import head_refit
 
-    features, labels, sources = [], [], []
+    features, labels, sources, groups = [], [], [], []
     for name, part in (eval_input.by_source or {"": eval_input}).items():
         f, y = head_refit.sample_features(model, part, tta)
         features.append(f.astype(np.float16))
         labels.append(y.astype(np.int8))
         sources += [name] * len(y)
+        groups += [f"{name}/{g}" for g in part.groups] if len(part.groups) == len(y) else [""] * len(y)
     kernel, bias = (np.asarray(w, np.float32) for w in head_refit.head_layer(model).get_weights())
     return {"features": np.concatenate(features, axis=1), "labels": np.concatenate(labels),
-            "sources": np.asarray(sources).astype(str), "kernel": kernel, "bias": bias, "tta": np.array(tta)}
+            "sources": np.asarray(sources).astype(str), "groups": np.asarray(groups).astype(str), "kernel": kernel,
+            "bias": bias, "tta": np.array(tta)}
 
 
 def save_margins(path: str, arrays: dict, compress: bool = True) -> None:
