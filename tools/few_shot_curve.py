@@ -13,7 +13,8 @@ calibrates on n random labelled tiles (``--draws`` times) and scores the rest. W
 one line per run and fit) into ``--out``, and ``few_shot_by_source.{md,png}`` (per left-out source
 and fit: the runs' means, mean +- std over the runs). ``--fit=last_layer`` also needs each run's
 ``features.npz`` (a run trained with ``--save_eval_features``); runs without it are skipped for
-that fit and named. Where ``features.npz`` gives each tile's photo (source image), every fit of
+that fit and named. Where ``features.npz`` (or ``groups.npz``, ``tools/tile_groups.py``) gives each
+tile's photo (source image), every fit of
 that run draws its sample from whole photos and scores the other photos only
 (``few_shot.draw_grouped``: a new site labels a few photos); ``rest`` is then the mean number of
 tiles scored.
@@ -66,6 +67,21 @@ def read_features(folder: str, labels: np.ndarray) -> dict | None:
     return {"features": arrays["features"], "head": (arrays["kernel"], arrays["bias"]), "groups": groups}
 
 
+def read_groups(folder: str, labels: np.ndarray, feats: dict | None) -> dict:
+    """{"groups": each left-out tile's photo} from ``features.npz`` or ``groups.npz``
+    (``tools/tile_groups.py``), checked against the margins' labels; {} when neither has them."""
+    if feats and feats["groups"] is not None:
+        return {"groups": feats["groups"]}
+    path = os.path.join(folder, "groups.npz")
+    if not os.path.isfile(path):
+        return {}
+    with np.load(path) as data:
+        groups, group_labels = data["groups"], data["labels"]
+    if not np.array_equal(group_labels.astype(np.int64), np.asarray(labels).astype(np.int64)):
+        raise ValueError(f"{path}: its labels are not those of the run's left-out margins (run tile_groups again)")
+    return {"groups": groups}
+
+
 def curves(folders: list[str], ns: list[int], draws: int, fits: list[str], rule: str | None, seed: int,
            priors: list[float] = (0,), l2s: list[float] = (hr.DEFAULT_L2,)) -> list[dict]:
     """Rows of every run x fit x prior (x l2 for ``last_layer``); ``fit`` reads "<fit>, prior <k>" for a
@@ -74,7 +90,7 @@ def curves(folders: list[str], ns: list[int], draws: int, fits: list[str], rule:
     for folder in folders:
         margins, labels, left_out, point = read_run(folder)
         feats = read_features(folder, labels)
-        groups = {"groups": feats["groups"]} if feats else {}  # photos known: draws by photo, all fits alike
+        groups = read_groups(folder, labels, feats)  # photos known: draws by photo, all fits alike
         for fit in fits:
             if fit == "last_layer" and feats is None:
                 print(f"few_shot_curve: {folder} has no features.npz (train with --save_eval_features): "
