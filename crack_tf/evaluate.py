@@ -31,6 +31,7 @@ from absl import app, flags
 import crack_tf
 from crack_tf import metrics as M
 from crack_tf.choices import SMALL_POLICIES, TTA_MODES
+from crack_tf.data.input import numpy_batches
 from crack_tf.model_precision import define_precision_flag
 
 FLAGS = flags.FLAGS
@@ -88,14 +89,6 @@ class _Worst:
         return [(img, name, key * self.sign) for key, _, img, name in sorted(self.heap, reverse=True)]
 
 
-def _batches(dataset: Any):
-    if hasattr(dataset, "as_numpy_iterator"):
-        yield from dataset.as_numpy_iterator()
-    else:
-        for i in range(len(dataset)):
-            yield dataset[i]
-
-
 def run_predictions(predict, split: Any, threshold: float, worst: int = 16, verbose: bool = True) -> dict[str, Any]:
     """Streams the split through the model and the crack_tf metrics; collects the worst errors."""
     streaming = [*M.default_metrics(threshold, from_logits=False), M.ConfusionMatrix(threshold, from_logits=False)]
@@ -104,7 +97,7 @@ def run_predictions(predict, split: Any, threshold: float, worst: int = 16, verb
     fps, fns = _Worst(worst, 1.0), _Worst(worst, -1.0)
     scores, labels = [], []
     bar = keras.utils.Progbar(split.steps_per_epoch, unit_name="batch") if verbose else None
-    for step, (images, y) in enumerate(_batches(split.dataset), start=1):
+    for step, (images, y) in enumerate(numpy_batches(split.dataset), start=1):
         p = np.asarray(predict(images), np.float32).reshape(-1)
         y = np.asarray(y).reshape(-1).astype(np.int64)
         for m in streaming:

@@ -37,6 +37,15 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
+def numpy_batches(dataset):
+    """(images, labels) NumPy batches of an eval dataset: a tf.data dataset or a Keras PyDataset."""
+    if hasattr(dataset, "as_numpy_iterator"):
+        yield from dataset.as_numpy_iterator()
+    else:
+        for i in range(len(dataset)):
+            yield dataset[i]
+
+
 def make_input(
     config: DataConfig,
     split: str,

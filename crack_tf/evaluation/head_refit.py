@@ -51,13 +51,13 @@ def sample_features(model: Any, split_input: Any, tta: str = "none") -> tuple[np
     """Penultimate features [V, N, D] (V test-time views) and labels [N] of an eval input split."""
     import keras
 
+    from crack_tf.data.input import numpy_batches
     from crack_tf.predictor import tta_views
-    from crack_tf.training.finish import _batches
 
     head = head_layer(model)
     features_of = keras.Model(model.inputs, head.input)
     features, labels = [], []
-    for images, y in _batches(split_input.dataset):
+    for images, y in numpy_batches(split_input.dataset):
         views = tta_views(np.asarray(images), tta)
         features.append(np.stack([np.asarray(keras.ops.convert_to_numpy(features_of.predict_on_batch(
             np.asarray(v, np.float32))), np.float32).reshape(len(v), -1) for v in views]))

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 import keras
 import numpy as np
 
+from crack_tf.data.input import numpy_batches
 from crack_tf.evaluation import calibration, stats
 from crack_tf.predictor import tta_views
 
@@ -68,20 +69,12 @@ def eval_sources_input(cfg: TrainConfig, dcfg):
                       backend=cfg.loader)
 
 
-def _batches(dataset):
-    if hasattr(dataset, "as_numpy_iterator"):
-        yield from dataset.as_numpy_iterator()
-    else:
-        for i in range(len(dataset)):
-            yield dataset[i]
-
-
 def val_margins(model: keras.Model, split_input, tta: str = "none") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Logit margins [V, N] (V test-time views), labels [N] and source names [N] of a val split."""
     parts = split_input.by_source or {"": split_input}
     margins, labels, sources = [], [], []
     for name, part in parts.items():
-        for images, y in _batches(part.dataset):
+        for images, y in numpy_batches(part.dataset):
             views = [keras.ops.convert_to_numpy(model.predict_on_batch(np.asarray(v, np.float32)))
                      for v in tta_views(np.asarray(images), tta)]
             margins.append(np.stack([calibration.logit_margin(v) for v in views]))
