@@ -181,11 +181,10 @@ def flight(label: str, repo: str, folder: str, out_json: str, flags: list[str]) 
 
 
 def main(argv: list[str]) -> None:
+    opts = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)  # cpu / fold options
     if argv[:1] == ["cpu"]:
-        opts = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
         cpu(int(opts.get("side", 1024)), opts.get("precision", "float32"))
     elif argv[:1] == ["fold"]:
-        opts = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
         fold(int(opts.get("side", 1792)))
     elif argv[:1] == ["photos"] and len(argv) == 5:
         make_photos(argv[1], int(argv[2]), int(argv[3]), int(argv[4]))

@@ -51,35 +51,32 @@ def read_run(folder: str) -> tuple[np.ndarray, np.ndarray, str, dict]:
             run["point"])
 
 
-def read_features(folder: str, labels: np.ndarray) -> dict | None:
-    """``features.npz`` of a run (None without it): features [V, N, D] and head of the left-out tiles,
-    checked against the margins' labels (the same tiles in the same order)."""
-    path = os.path.join(folder, "features.npz")
+def _left_out_npz(folder: str, name: str, labels: np.ndarray, keys: tuple[str, ...]) -> dict | None:
+    """``keys`` of ``<folder>/<name>`` (None without the file; a key it lacks is None), after checking
+    that its labels are the run's left-out margins' (the same tiles in the same order)."""
+    path = os.path.join(folder, name)
     if not os.path.isfile(path):
         return None
-    with np.load(path) as data:
-        arrays = {k: data[k] for k in ("features", "labels", "kernel", "bias")}
-        groups = data["groups"] if "groups" in data.files else None
-    if not np.array_equal(arrays["labels"].astype(np.int64), np.asarray(labels).astype(np.int64)):
-        raise ValueError(f"{path}: its labels are not those of the run's left-out margins (another run's file?)")
-    if groups is not None and not all(groups):
-        groups = None  # a source without photo groups (folder tiles)
-    return {"features": arrays["features"], "head": (arrays["kernel"], arrays["bias"]), "groups": groups}
+    with np.load(path) as data:  # an .npz reads only the arrays asked for
+        if not np.array_equal(data["labels"].astype(np.int64), np.asarray(labels).astype(np.int64)):
+            raise ValueError(f"{path}: its labels are not those of the run's left-out margins (another run's file?)")
+        return {k: data[k] if k in data.files else None for k in keys}
 
 
-def read_groups(folder: str, labels: np.ndarray, feats: dict | None) -> dict:
+def read_features(folder: str, labels: np.ndarray) -> dict | None:
+    """``features.npz`` of a run (None without it): features [V, N, D] and head of the left-out tiles."""
+    arrays = _left_out_npz(folder, "features.npz", labels, ("features", "kernel", "bias"))
+    return arrays and {"features": arrays["features"], "head": (arrays["kernel"], arrays["bias"])}
+
+
+def read_groups(folder: str, labels: np.ndarray) -> dict:
     """{"groups": each left-out tile's photo} from ``features.npz`` or ``groups.npz``
-    (``tools/tile_groups.py``), checked against the margins' labels; {} when neither has them."""
-    if feats and feats["groups"] is not None:
-        return {"groups": feats["groups"]}
-    path = os.path.join(folder, "groups.npz")
-    if not os.path.isfile(path):
-        return {}
-    with np.load(path) as data:
-        groups, group_labels = data["groups"], data["labels"]
-    if not np.array_equal(group_labels.astype(np.int64), np.asarray(labels).astype(np.int64)):
-        raise ValueError(f"{path}: its labels are not those of the run's left-out margins (run tile_groups again)")
-    return {"groups": groups}
+    (``tools/tile_groups.py``); {} when neither has them (or a source has no photo groups)."""
+    for name in ("features.npz", "groups.npz"):
+        arrays = _left_out_npz(folder, name, labels, ("groups",))
+        if arrays and arrays["groups"] is not None and all(arrays["groups"]):
+            return {"groups": arrays["groups"]}
+    return {}
 
 
 def curves(folders: list[str], ns: list[int], draws: int, fits: list[str], rule: str | None, seed: int,
@@ -89,8 +86,8 @@ def curves(folders: list[str], ns: list[int], draws: int, fits: list[str], rule:
     rows = []
     for folder in folders:
         margins, labels, left_out, point = read_run(folder)
-        feats = read_features(folder, labels)
-        groups = read_groups(folder, labels, feats)  # photos known: draws by photo, all fits alike
+        feats = read_features(folder, labels) if "last_layer" in fits else None
+        groups = read_groups(folder, labels)  # photos known: draws by photo, all fits alike
         for fit in fits:
             if fit == "last_layer" and feats is None:
                 print(f"few_shot_curve: {folder} has no features.npz (train with --save_eval_features): "

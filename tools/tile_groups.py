@@ -5,7 +5,7 @@
 A run's ``margins.npz`` lists the left-out tiles (``split == "eval"``) by label and source only;
 ``tools/few_shot_curve.py`` needs each tile's photo to draw a few-shot sample from whole photos and
 score the other photos (``crack_tf.evaluation.few_shot.draw_grouped``). The tiles are cut again,
-without any model, as the trainer cut them (run.json's ``eval_sources``, ``data_root``,
+without any model, by the trainer's own code (run.json's ``eval_sources``, ``data_root``,
 ``val_split``, ``val_tile``, ``max_padding``, ``eval_max_tiles``, ``val_fraction``), and their labels
 must equal the margins' (else the data changed since the run: nothing is written for it). Runs
 trained with ``--save_eval_features`` already have the groups in ``features.npz``.
@@ -26,21 +26,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def left_out_tiles(config: dict, data_root: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(labels [N], groups [N] "<source>/<source image>", tile names) of a run's eval tiles, in margins order."""
-    from crack_tf.data.crops import grid_tiles
-    from crack_tf.data.photo_input import VAL_MIN_CRACK_PIXELS
-    from crack_tf.data.photos import load_sources, parse_sources
+    """(labels [N], groups [N] "<source>/<source image>", tile names) of a run's eval tiles, in margins
+    order: the trainer's own ``eval_tiles``, kept at the tile size (nothing is resized)."""
+    from crack_tf.data.config import DataConfig
+    from crack_tf.data.photo_input import eval_tiles
 
-    specs = parse_sources(config["eval_sources"], data_root or config.get("data_root", ""))
-    sets = load_sources(specs, config.get("val_split") or "val", config.get("val_fraction", 0.2), need_cracks=False)
-    labels, groups, names = [], [], []
-    for photos in sets:
-        tiles = grid_tiles(photos, config.get("val_tile", 128), VAL_MIN_CRACK_PIXELS, config.get("max_padding", 0.1),
-                           config.get("eval_max_tiles") or 0)
-        labels.append(tiles.labels)
-        groups += [f"{photos.name}/{g}" for g in tiles.groups]
-        names += tiles.names
-    return np.concatenate(labels), np.asarray(groups), names
+    tile = config.get("val_tile", 128)
+    data = DataConfig(source="photos", path=config["eval_sources"], data_root=data_root or config.get("data_root", ""),
+                      image_size=tile, val_tile=tile, max_padding=config.get("max_padding", 0.1),
+                      eval_max_tiles=config.get("eval_max_tiles") or 0, val_fraction=config.get("val_fraction", 0.2))
+    _, tiles = eval_tiles(data, config.get("val_split") or "val")
+    return (np.concatenate([t.labels for t in tiles]), np.asarray([f"{t.name}/{g}" for t in tiles for g in t.groups]),
+            [n for t in tiles for n in t.names])
 
 
 def write_groups(folder: str, data_root: str | None = None) -> str:

@@ -230,10 +230,10 @@ def validate(cfg) -> None:
         problems.append("--crops_per_epoch and --min_crack_pixels must be >= 1, --val_tile >= 8")
     if cfg.adabn_eval_crops < 0 or (cfg.adabn_eval_crops and not cfg.eval_sources):
         problems.append("--adabn_eval_crops must be >= 0 and needs --eval_sources (the sources to adapt to)")
+    elif cfg.adabn_eval_crops and cfg.model == "zhang2016":
+        problems.append("--adabn_eval_crops adapts BatchNorm statistics: zhang2016 has no BatchNorm layer")
     if cfg.save_eval_features and not cfg.eval_sources:
         problems.append("--save_eval_features needs --eval_sources (the tiles whose features are written)")
-    if cfg.adabn_eval_crops and cfg.model == "zhang2016":
-        problems.append("--adabn_eval_crops adapts BatchNorm statistics: zhang2016 has no BatchNorm layer")
     if not 0 <= cfg.max_padding <= 1 or not 0 < cfg.val_fraction < 1:
         problems.append("--max_padding must be in [0, 1] and --val_fraction in (0, 1)")
     if not all(0 <= getattr(cfg, k) <= 1 for k in ("blur", "jpeg", "grayscale")) or \
