@@ -9,7 +9,9 @@ is computed, then the windows at the very same photo-pixel origins are scored on
 model's stored threshold (or ``--threshold``), max and mean |dp|, the IoU of the two modes' crack
 boxes (pixels inside any box, pooled over photos), and the accuracy of each mode's verdicts
 against the masks (a window is crack with >= ``--crack_px`` crack pixels, background with none,
-otherwise left out: the rule of the uav75_tiles set), with the seconds each mode took.
+otherwise left out: the rule of the uav75_tiles set), with the seconds each mode took; and for each
+``--refine`` band what ``--refine_band`` would give (the share of windows it scores again, its equal
+verdicts and accuracy), computed from the two grids.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ flags.DEFINE_integer("batch", 64, "Windows per model call (windows mode).")
 flags.DEFINE_float("threshold", None, "Verdict threshold (default: the model's stored one).")
 flags.DEFINE_integer("crack_px", 40, "Crack pixels that make a window a crack window (labels).")
 flags.DEFINE_integer("limit", 0, "At most this many photos per source (0 = all).")
+flags.DEFINE_list("refine", ["0.05", "0.1", "0.2"], "Refine bands to score (--refine_band of the inspection "
+                  "commands: dense values within the band of the threshold replaced by the windows' values).")
 flags.DEFINE_string("json_out", None, "Write the results as JSON here.")
 FLAGS = flags.FLAGS
 
@@ -70,6 +74,8 @@ class Tally:
     right: dict = dataclasses.field(default_factory=lambda: {"dense": 0, "windows": 0})
     seconds: dict = dataclasses.field(default_factory=lambda: {"dense": 0.0, "windows": 0.0})
     photos: int = 0
+    bands: tuple = ()
+    refine: dict = dataclasses.field(default_factory=dict)  # band -> {"rescored", "equal", "right"}
 
     def add(self, dense: H.Heatmap, windows: H.Heatmap, threshold: float, labels: np.ndarray) -> None:
         t = np.float32(threshold)
@@ -86,6 +92,13 @@ class Tally:
         for name, hm in (("dense", dense), ("windows", windows)):
             self.right[name] += int(((hm.grid > t) == (labels == 1))[known].sum())
             self.seconds[name] += hm.seconds
+        for band in self.bands:  # what --refine_band=band would give: windows' values near the threshold
+            near = np.abs(dense.grid - t) < band
+            grid = np.where(near, windows.grid, dense.grid)
+            r = self.refine.setdefault(band, {"rescored": 0, "equal": 0, "right": 0})
+            r["rescored"] += int(near.sum())
+            r["equal"] += int(((grid > t) == (windows.grid > t)).sum())
+            r["right"] += int(((grid > t) == (labels == 1))[known].sum())
 
     def summary(self) -> dict:
         return {"photos": self.photos, "windows": self.windows, "equal_verdicts": self.equal / max(self.windows, 1),
@@ -93,7 +106,11 @@ class Tally:
                 "box_iou": self.box_inter / self.box_union if self.box_union else 1.0,
                 "labelled_windows": self.labelled,
                 "accuracy": {k: v / max(self.labelled, 1) for k, v in self.right.items()},
-                "seconds": dict(self.seconds)}
+                "seconds": dict(self.seconds),
+                "refine": {f"{band:g}": {"rescored_share": r["rescored"] / max(self.windows, 1),
+                                         "equal_verdicts": r["equal"] / max(self.windows, 1),
+                                         "accuracy": r["right"] / max(self.labelled, 1)}
+                           for band, r in self.refine.items()}}
 
 
 def main(argv: list[str]) -> None:
@@ -113,7 +130,7 @@ def main(argv: list[str]) -> None:
         for source in parse_sources(FLAGS.sources, FLAGS.data_root):
             listing = list_photos(source, "val")
             pairs = listing.pairs[: FLAGS.limit or None]
-            tally = Tally()
+            tally = Tally(bands=tuple(float(b) for b in FLAGS.refine))
             for image_path, mask_path in pairs:
                 photo = load_photo(image_path, mask_path)
                 d = dense.heatmap(photo.image)
@@ -129,6 +146,9 @@ def main(argv: list[str]) -> None:
                   f"labelled windows: dense {100 * s['accuracy']['dense']:.1f}%, windows "
                   f"{100 * s['accuracy']['windows']:.1f}%; seconds dense {s['seconds']['dense']:.1f}, windows "
                   f"{s['seconds']['windows']:.1f}", flush=True)
+            for band, r in s["refine"].items():
+                print(f"    --refine_band={band}: {100 * r['rescored_share']:.1f}% of windows scored again, equal "
+                      f"verdicts {100 * r['equal_verdicts']:.2f}%, accuracy {100 * r['accuracy']:.1f}%", flush=True)
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     if FLAGS.json_out:
         with open(FLAGS.json_out, "w") as f:

@@ -51,16 +51,15 @@ def sample_features(model: Any, split_input: Any, tta: str = "none") -> tuple[np
     """Penultimate features [V, N, D] (V test-time views) and labels [N] of an eval input split."""
     import keras
 
-    from crack_tf.data.input import numpy_batches
+    from crack_tf.data.input import padded_batches
     from crack_tf.predictor import tta_views
 
     head = head_layer(model)
     features_of = keras.Model(model.inputs, head.input)
     features, labels = [], []
-    for images, y in numpy_batches(split_input.dataset):
-        views = tta_views(np.asarray(images), tta)
+    for images, y, rows in padded_batches(split_input.dataset):  # one batch shape: one compile
         features.append(np.stack([np.asarray(keras.ops.convert_to_numpy(features_of.predict_on_batch(
-            np.asarray(v, np.float32))), np.float32).reshape(len(v), -1) for v in views]))
+            np.asarray(v, np.float32))), np.float32)[:rows].reshape(rows, -1) for v in tta_views(images, tta)]))
         labels.append(np.asarray(y).reshape(-1))
     return np.concatenate(features, axis=1), np.concatenate(labels)
 

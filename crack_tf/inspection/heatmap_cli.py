@@ -66,8 +66,9 @@ def main(argv: list[str]) -> int:
     size = cfg.image_size or predictor.image_size
     if not size:
         raise app.UsageError(f"--model={cfg.model}: its input size is unknown; pass --image_size")
-    scanner = make_scanner(predictor, cfg.mode, cfg.window, cfg.stride, cfg.batch, int(size))
     threshold = predictor.threshold if cfg.threshold is None else cfg.threshold
+    scanner = make_scanner(predictor, cfg.mode, cfg.window, cfg.stride, cfg.batch, int(size),
+                           refine_band=cfg.refine_band, threshold=threshold)
     print(f"heatmap: threshold {threshold:.4g} "
           f"({predictor.threshold_source if cfg.threshold is None else '--threshold'}), tta {predictor.tta}, "
           f"precision {predictor.precision}; {scanner.note}", flush=True)

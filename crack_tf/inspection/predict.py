@@ -100,7 +100,7 @@ def main(argv: list[str]) -> int:
     start_compile_cache(FLAGS.compile_cache_dir)
     predictor = load_model(FLAGS.model, FLAGS.tta, FLAGS.precision)
     scorer = Scorer(predictor, FLAGS.window, FLAGS.stride, FLAGS.batch, FLAGS.max_megapixels, FLAGS.gsd_cm,
-                    FLAGS.threshold, keep_pixels=FLAGS.explain, mode=FLAGS.mode)
+                    FLAGS.threshold, keep_pixels=FLAGS.explain, mode=FLAGS.mode, refine_band=FLAGS.refine_band)
     cam = None
     if FLAGS.explain:
         if predictor.model is None:

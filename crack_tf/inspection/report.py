@@ -114,7 +114,7 @@ def main(argv: list[str]) -> int:
     start_compile_cache(FLAGS.compile_cache_dir)
     predictor = load_model(FLAGS.model, FLAGS.tta, FLAGS.precision)
     scorer = Scorer(predictor, FLAGS.window, FLAGS.stride, FLAGS.batch, FLAGS.max_megapixels, FLAGS.gsd_cm,
-                    FLAGS.threshold, keep_pixels=True, mode=FLAGS.mode)
+                    FLAGS.threshold, keep_pixels=True, mode=FLAGS.mode, refine_band=FLAGS.refine_band)
     print(f"report: {total} files, threshold {scorer.threshold:.4g}, tta {predictor.tta}, precision "
           f"{predictor.precision}; {scorer.scanner.note}", file=sys.stderr, flush=True)
     cam = None

@@ -156,7 +156,8 @@ class Scorer:
 
     def __init__(self, predictor, window: int = 128, stride: int = 64, batch: int = 64,
                  max_megapixels: float = PIL_BOMB_MEGAPIXELS, gsd_cm: float | None = None,
-                 threshold: float | None = None, keep_pixels: bool = False, mode: str | None = None):
+                 threshold: float | None = None, keep_pixels: bool = False, mode: str | None = None,
+                 refine_band: float = 0.0):
         from crack_tf.inspection.photo_scan import DEFAULT_MODE, make_scanner
 
         if not predictor.image_size:
@@ -165,7 +166,8 @@ class Scorer:
         self.max_megapixels, self.gsd_cm, self.keep_pixels = max_megapixels, gsd_cm, keep_pixels
         self.threshold = predictor.threshold if threshold is None else threshold
         self.size = int(predictor.image_size)
-        self.scanner = make_scanner(predictor, mode or DEFAULT_MODE, window, stride, batch, self.size)
+        self.scanner = make_scanner(predictor, mode or DEFAULT_MODE, window, stride, batch, self.size,
+                                    refine_band=refine_band, threshold=self.threshold)
         self._tiles: list[tuple[str, np.ndarray, int, int]] = []
 
     def is_tile(self, path: str, image: np.ndarray | None = None) -> bool:

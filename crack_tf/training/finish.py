@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 import keras
 import numpy as np
 
-from crack_tf.data.input import numpy_batches
+from crack_tf.data.input import padded_batches
 from crack_tf.evaluation import calibration, stats
 from crack_tf.predictor import tta_views
 
@@ -74,9 +74,9 @@ def val_margins(model: keras.Model, split_input, tta: str = "none") -> tuple[np.
     parts = split_input.by_source or {"": split_input}
     margins, labels, sources = [], [], []
     for name, part in parts.items():
-        for images, y in numpy_batches(part.dataset):
-            views = [keras.ops.convert_to_numpy(model.predict_on_batch(np.asarray(v, np.float32)))
-                     for v in tta_views(np.asarray(images), tta)]
+        for images, y, rows in padded_batches(part.dataset):  # one batch shape: one compile
+            views = [keras.ops.convert_to_numpy(model.predict_on_batch(np.asarray(v, np.float32)))[:rows]
+                     for v in tta_views(images, tta)]
             margins.append(np.stack([calibration.logit_margin(v) for v in views]))
             labels.append(np.asarray(y).reshape(-1))
             sources += [name] * len(labels[-1])

@@ -7,6 +7,7 @@ ends with the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -84,15 +85,12 @@ def _store_operating_point(model, cfg, val_input, out_dir: str, runtime, eval_in
         path = os.path.join(out_dir, name)
         if not os.path.isfile(path):
             continue
-        if name == "best.keras" or runtime.strategy is not None:
-            # best.keras is another model; under a tf.distribute strategy predict_on_batch of the
-            # live model returns per-replica rows, so the saved file is scored on one device.
-            model = keras.saving.load_model(path, compile=False)
         # The --eval_sources scores (and AdaBN) are the final model's, for run.json: best.keras only
         # needs its own point, and skipping them saves the minutes a time-limited GPU call lacks.
         scored = eval_input if name == "final.keras" else None
-        points, margins = finish.operating_point(model, val_input, cfg.threshold_rule, cfg.tta, scored,
-                                                 _adabn(cfg) if scored is not None else None)
+        with _scoring_model(model, path, runtime) as scorer:
+            points, margins = finish.operating_point(scorer, val_input, cfg.threshold_rule, cfg.tta, scored,
+                                                     _adabn(cfg) if scored is not None else None)
         if name == "final.keras":
             finish.save_margins(os.path.join(cfg.model_dir, "margins.npz"), margins)
             if cfg.save_eval_features and eval_input is not None:
@@ -113,6 +111,27 @@ def _store_operating_point(model, cfg, val_input, out_dir: str, runtime, eval_in
                               "small_policy": cfg.small_policy, "class_names": list(CLASS_NAMES), "model": cfg.model})
         result = result or points
     return result
+
+
+@contextlib.contextmanager
+def _scoring_model(model: keras.Model, path: str, runtime):
+    """The model to score ``path`` (final.keras / best.keras) with. Under a tf.distribute strategy
+    predict_on_batch of the live model returns per-replica rows, so the saved file is loaded and
+    scored on one device. Otherwise the live model, given the file's weights for best.keras and its
+    own back afterwards: its compiled predict function serves both (a loaded model would compile
+    again: minutes when a grid's runs share one GPU machine)."""
+    if runtime.strategy is not None:
+        yield keras.saving.load_model(path, compile=False)
+        return
+    if os.path.basename(path) != "best.keras":
+        yield model
+        return
+    own = model.get_weights()
+    model.set_weights(keras.saving.load_model(path, compile=False).get_weights())
+    try:
+        yield model
+    finally:
+        model.set_weights(own)
 
 
 def _adabn(cfg: TrainConfig):
