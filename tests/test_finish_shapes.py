@@ -103,3 +103,20 @@ def test_best_keras_is_scored_on_the_live_model_with_its_weights_which_come_back
         assert scorer is not model  # under a strategy the file is loaded and scored on one device
         np.testing.assert_allclose(keras.ops.convert_to_numpy(scorer.predict_on_batch(images)),
                                    keras.ops.convert_to_numpy(best.predict_on_batch(images)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_trainers_after_training_scoring_compiles_each_predict_function_once_on_jax():
+    """tools/bench_finish.py in a JAX process: final.keras + best.keras + features over splits with
+    short last batches compile two predict functions (the live model's and the features model's)."""
+    import json
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, KERAS_BACKEND="jax", CRACK_TF_REPO=repo)
+    out = subprocess.run([sys.executable, os.path.join(repo, "tools", "bench_finish.py"), "--size=32", "--batch=16"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["predict_compiles"] == 2, result
