@@ -15,20 +15,11 @@ from crack_tf.evaluation import calibration, head_refit
 from crack_tf.predictor import tta_views
 from crack_tf.training import finish
 from crack_tf.training.loop import _scoring_model
+from tests.test_finish_adabn import _model
 
 
 def _batches(images, labels, batch=8):
     return [(images[i : i + batch], labels[i : i + batch]) for i in range(0, len(images), batch)]
-
-
-def _model(seed=3):
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((16, 16, 3))
-    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
-    x = keras.layers.BatchNormalization()(x)
-    x = keras.layers.ReLU()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(2)(x))
 
 
 def _tiles(n, seed=0):

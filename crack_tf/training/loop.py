@@ -91,11 +91,11 @@ def _store_operating_point(model, cfg, val_input, out_dir: str, runtime, eval_in
         with _scoring_model(model, path, runtime) as scorer:
             points, margins = finish.operating_point(scorer, val_input, cfg.threshold_rule, cfg.tta, scored,
                                                      _adabn(cfg) if scored is not None else None)
-        if name == "final.keras":
-            finish.save_margins(os.path.join(cfg.model_dir, "margins.npz"), margins)
-            if cfg.save_eval_features and eval_input is not None:
-                finish.save_margins(os.path.join(cfg.model_dir, "features.npz"),
-                                    finish.eval_features(model, eval_input, cfg.tta), compress=False)
+            if name == "final.keras":
+                finish.save_margins(os.path.join(cfg.model_dir, "margins.npz"), margins)
+                if cfg.save_eval_features and eval_input is not None:
+                    finish.save_margins(os.path.join(cfg.model_dir, "features.npz"),
+                                        finish.eval_features(scorer, eval_input, cfg.tta), compress=False)
         chosen = points[cfg.tta]
         at = chosen["val_at_threshold"]
         print(f"{name} operating point ({cfg.threshold_rule} on val, tta {cfg.tta}): threshold "
