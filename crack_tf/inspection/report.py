@@ -17,6 +17,7 @@ see ``crack_tf.inspection.scan`` for tiles vs photos and ``crack_tf.inspection.r
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import os
@@ -91,6 +92,48 @@ def write_photo_files(result, key: str, out: str, cam=None, window: int = 128, i
     return files
 
 
+class PhotoFilesWriter:
+    """Writes each photo's report files (:func:`write_photo_files`) in background threads while the next
+    photos are scored, at most ``ahead`` photos behind (each holds its pixels until written);
+    :meth:`done` gives the (result, key, files) entries in the order submitted. ``workers=0`` writes
+    inline (Grad-CAM runs the model, so it stays on the main thread). A write error is raised from
+    the next :meth:`submit` or :meth:`done`."""
+
+    def __init__(self, out: str, workers: int = 2, ahead: int = 4, **options) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.out, self.options, self.ahead = out, options, max(1, ahead)
+        self.pool = ThreadPoolExecutor(workers) if workers > 0 else None
+        self.pending: collections.deque = collections.deque()
+        self.entries: list = []
+
+    def _write(self, result, key: str) -> dict:
+        files = write_photo_files(result, key, self.out, **self.options)
+        result.image, result.heatmap = None, None  # keep the report's memory to the photos in flight
+        return files
+
+    def submit(self, result, key: str) -> None:
+        if self.pool is None:
+            self.entries.append((result, key, self._write(result, key)))
+            return
+        self.pending.append((result, key, self.pool.submit(self._write, result, key)))
+        while len(self.pending) > self.ahead:
+            self._collect()
+
+    def _collect(self) -> None:
+        result, key, future = self.pending.popleft()
+        self.entries.append((result, key, future.result()))
+
+    def done(self) -> list:
+        try:
+            while self.pending:
+                self._collect()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+        return self.entries
+
+
 def entry_key(index: int, path: str) -> str:
     """The file-name stem of a photo's report files: its position and a URL-safe form of its name."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.splitext(os.path.basename(path))[0])[:60]
@@ -122,7 +165,9 @@ def main(argv: list[str]) -> int:
         cam = GradCAM(predictor.model) if predictor.model is not None else None
     for sub in ("img", "data", "photos"):
         os.makedirs(os.path.join(FLAGS.out, sub), exist_ok=True)
-    failures, entries = Failures(FLAGS.fail_fast), []
+    failures = Failures(FLAGS.fail_fast)
+    writer = PhotoFilesWriter(FLAGS.out, workers=0 if cam is not None else 2, cam=cam, window=FLAGS.window,
+                              image_size=scorer.size, gsd_cm=FLAGS.gsd_cm)
     with Progress(total, "report") as bar:
         for i, (path, image, error) in enumerate(read_ahead(iter_images(inputs, FLAGS.recursive),
                                                             FLAGS.max_megapixels)):
@@ -131,14 +176,11 @@ def main(argv: list[str]) -> int:
                     raise error
                 result = (scorer.add_tile(path, image) + scorer.flush() if scorer.is_tile(path, image)
                           else [scorer.photo(path, image)])
-                r = result[0]
-                key = entry_key(i, path)
-                files = write_photo_files(r, key, FLAGS.out, cam, FLAGS.window, scorer.size, FLAGS.gsd_cm)
-                r.image, r.heatmap = None, None  # keep the report's memory to one photo at a time
-                entries.append((r, key, files))
+                writer.submit(result[0], entry_key(i, path))
             except PhotoError as err:
                 failures.add(path, err)
             bar.update(1)
+    entries = writer.done()
     entries = [entries[i] for i in severity_order([e[0] for e in entries])]
     keys = [None] + [key for _, key, _ in entries] + [None]
     for n, (r, key, files) in enumerate(entries, 1):
