@@ -156,8 +156,8 @@ def test_device_windows_equal_the_numpy_windows_on_this_backend():
     photo, _ = crack_photo(230, 310, seed=5)
     ys, xs = H.window_starts(230, 64, 20), H.window_starts(310, 64, 20)
     for size in (40, 100, 64):  # down, up, none
-        host = list(H._windows(photo, ys, xs, 64, size, 7))
-        device = list(window_batches(photo, ys, xs, 64, size, 7))
+        host = list(H._windows(photo, *H.grid_origins(ys, xs), 64, size, 7))
+        device = list(window_batches(photo, *H.grid_origins(ys, xs), 64, size, 7))
         assert [n for _, n in host] == [n for _, n in device]
         for (a, n), (b, _) in zip(host, device):
             diff = np.abs(a[:n].astype(np.int16) - keras.ops.convert_to_numpy(b)[:n])
@@ -176,8 +176,8 @@ _JAX_SCRIPT = textwrap.dedent("""
     from tests.test_heatmap import crack_photo
     photo, _ = crack_photo(230, 310, seed=5)
     ys, xs = H.window_starts(230, 128, 40), H.window_starts(310, 128, 40)
-    host = np.concatenate([b[:n] for b, n in H._windows(photo, ys, xs, 128, 64, 16)])
-    device = np.concatenate([np.asarray(b)[:n] for b, n in window_batches(photo, ys, xs, 128, 64, 16)])
+    host = np.concatenate([b[:n] for b, n in H._windows(photo, *H.grid_origins(ys, xs), 128, 64, 16)])
+    device = np.concatenate([np.asarray(b)[:n] for b, n in window_batches(photo, *H.grid_origins(ys, xs), 128, 64, 16)])
     predictor = load_model(sys.argv[2], "d4")
     windows = make_scanner(predictor, "windows", 128, 64, 16)
     dense = make_scanner(predictor, "dense", 128, 64)

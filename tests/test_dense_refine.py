@@ -33,9 +33,9 @@ def test_windows_at_given_origins_are_the_grids_windows(tmp_path):
     iy, ix = np.array([2, 0, 7, 7, 3]), np.array([1, 4, 0, 9, 3])
     flat = iy * len(xs) + ix
     for cut in (H._windows, window_batches):
-        grid = np.concatenate([keras.ops.convert_to_numpy(b)[:n] for b, n in cut(photo, ys, xs, 64, 40, 7)])
-        at = np.concatenate([keras.ops.convert_to_numpy(b)[:n]
-                             for b, n in cut(photo, ys[iy], xs[ix], 64, 40, 7, pairs=True)])
+        grid = np.concatenate([keras.ops.convert_to_numpy(b)[:n]
+                               for b, n in cut(photo, *H.grid_origins(ys, xs), 64, 40, 7)])
+        at = np.concatenate([keras.ops.convert_to_numpy(b)[:n] for b, n in cut(photo, ys[iy], xs[ix], 64, 40, 7)])
         np.testing.assert_array_equal(at, grid[flat])
     darkness_model(40).save(tmp_path / "d.keras")
     predictor = load_model(str(tmp_path / "d.keras"))

@@ -231,7 +231,7 @@ def test_threaded_window_resizing_gives_the_same_batches():
 
     photo, _ = crack_photo(230, 310, seed=5)
     ys, xs = H.window_starts(230, 64, 20), H.window_starts(310, 64, 20)
-    one = list(H._windows(photo, ys, xs, 64, 40, 7))
+    one = list(H._windows(photo, *H.grid_origins(ys, xs), 64, 40, 7))
     names = set()
     real_fill = H.resize_bilinear_np
 
@@ -241,7 +241,7 @@ def test_threaded_window_resizing_gives_the_same_batches():
 
     H.resize_bilinear_np = spy
     try:
-        three = [(b.copy(), n) for b, n in H._windows(photo, ys, xs, 64, 40, 7, workers=3)]
+        three = [(b.copy(), n) for b, n in H._windows(photo, *H.grid_origins(ys, xs), 64, 40, 7, workers=3)]
     finally:
         H.resize_bilinear_np = real_fill
     assert names and all(n.startswith("ThreadPoolExecutor") for n in names)  # cut in the pool's threads

@@ -84,18 +84,14 @@ def _offsets(starts: np.ndarray, weights: tuple[np.ndarray, np.ndarray, np.ndarr
     return starts[:, None] + lower[None], starts[:, None] + upper[None], np.broadcast_to(frac, (len(starts), len(frac)))
 
 
-def window_batches(photo: np.ndarray, ys: np.ndarray, xs: np.ndarray, window: int, size: int,
-                   batch: int, pairs: bool = False) -> Iterator[tuple[object, int]]:
-    """(device batch float32 [batch, size, size, 3], number of real windows), row-major over the grid
-    ys x xs (``pairs``: the windows at (ys[i], xs[i])), as ``crack_tf.inspection.heatmap._windows``
-    gives them (the last batch padded with the first window)."""
+def window_batches(photo: np.ndarray, top: np.ndarray, left: np.ndarray, window: int, size: int,
+                   batch: int) -> Iterator[tuple[object, int]]:
+    """(device batch float32 [batch, size, size, 3], number of real windows) of the windows at
+    (top[i], left[i]), as ``crack_tf.inspection.heatmap._windows`` gives them (the last batch padded
+    with the first window)."""
     device = DevicePhoto(photo)
     weights = axis_weights(window, size)
-    if pairs:
-        top, left = np.asarray(ys, np.int64), np.asarray(xs, np.int64)
-    else:
-        top = np.repeat(np.asarray(ys, np.int64), len(xs))
-        left = np.tile(np.asarray(xs, np.int64), len(ys))
+    top, left = np.asarray(top, np.int64), np.asarray(left, np.int64)
     for start in range(0, len(top), batch):
         y, x = top[start : start + batch], left[start : start + batch]
         real = len(y)

@@ -99,13 +99,19 @@ def resize_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
-def _windows(photo: np.ndarray, ys: np.ndarray, xs: np.ndarray, window: int, size: int,
-             batch: int, workers: int = 1, pairs: bool = False) -> Iterator[tuple[np.ndarray, int]]:
-    """(batch of resized windows, number of real windows in it), row-major over the grid ys x xs
-    (``pairs``: the windows at (ys[i], xs[i]) instead). Every batch has the full ``batch`` shape (the
-    last one padded), so the model compiles one shape for all photos. ``workers`` > 1 resizes the
-    windows of a batch in that many threads (same result)."""
-    coords = [(int(y), int(x)) for y, x in zip(ys, xs)] if pairs else [(int(y), int(x)) for y in ys for x in xs]
+def grid_origins(ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(top, left) of every window of the grid ys x xs, row-major."""
+    ys, xs = np.asarray(ys, np.int64), np.asarray(xs, np.int64)
+    return np.repeat(ys, len(xs)), np.tile(xs, len(ys))
+
+
+def _windows(photo: np.ndarray, top: np.ndarray, left: np.ndarray, window: int, size: int,
+             batch: int, workers: int = 1) -> Iterator[tuple[np.ndarray, int]]:
+    """(batch of resized windows, number of real windows in it) of the windows at (top[i], left[i])
+    (a grid: :func:`grid_origins`). Every batch has the full ``batch`` shape (the last one padded), so
+    the model compiles one shape for all photos. ``workers`` > 1 resizes the windows of a batch in
+    that many threads (same result)."""
+    coords = [(int(y), int(x)) for y, x in zip(top, left)]
 
     def fill(buf: np.ndarray, part: list[tuple[int, int]], first: int) -> None:
         for n, (y, x) in enumerate(part, first):
@@ -172,7 +178,7 @@ def sliding_heatmap(predict: Predictor, photo: np.ndarray, image_size: int, wind
         xs = window_starts(padded.shape[1], window, stride)
     else:
         ys, xs = (np.asarray(s, np.int64) for s in starts)
-    probs = _score(predict, padded, ys, xs, image_size, window, batch, workers, device, False, progress)
+    probs = _score(predict, padded, *grid_origins(ys, xs), image_size, window, batch, workers, device, progress)
     return Heatmap(probs.reshape(len(ys), len(xs)), ys, xs, window, height, width,
                    time.perf_counter() - started)
 
@@ -183,23 +189,22 @@ def score_windows_at(predict: Predictor, photo: np.ndarray, top: np.ndarray, lef
     """p(crack) [N] of the windows of ``photo`` whose top-left corners are (top[i], left[i]), each cut,
     resized and scored as :func:`sliding_heatmap` scores it (the photo padded as there)."""
     return _score(predict, _pad_to_window(photo, window), np.asarray(top, np.int64), np.asarray(left, np.int64),
-                  image_size, window, batch, workers, device, True, False)
+                  image_size, window, batch, workers, device, False)
 
 
-def _score(predict: Predictor, padded: np.ndarray, ys: np.ndarray, xs: np.ndarray, image_size: int, window: int,
-           batch: int, workers: int | None, device: bool, pairs: bool, progress: bool | None) -> np.ndarray:
-    """p(crack) of the windows of the grid ys x xs (row-major) or, with ``pairs``, at (ys[i], xs[i])."""
-    total = len(ys) if pairs else len(ys) * len(xs)
+def _score(predict: Predictor, padded: np.ndarray, top: np.ndarray, left: np.ndarray, image_size: int, window: int,
+           batch: int, workers: int | None, device: bool, progress: bool | None) -> np.ndarray:
+    """p(crack) of the windows at (top[i], left[i])."""
+    total = len(top)
     probs = np.empty(total, dtype=np.float32)
     show = total >= 2000 if progress is None else progress
     done = 0
     if device:
         from crack_tf.inspection.device_windows import window_batches
 
-        batches = window_batches(padded, ys, xs, window, image_size, batch, pairs)
+        batches = window_batches(padded, top, left, window, image_size, batch)
     else:
-        batches = _windows(padded, ys, xs, window, image_size, batch, resize_workers() if workers is None else workers,
-                           pairs)
+        batches = _windows(padded, top, left, window, image_size, batch, resize_workers() if workers is None else workers)
     with Progress(total, "  windows") if show else contextlib.nullcontext() as bar:
         for images, real in _prefetched(batches):
             p = np.asarray(predict(images), dtype=np.float32).reshape(-1)
