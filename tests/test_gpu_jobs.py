@@ -197,3 +197,63 @@ def test_packed_runs_leave_models_and_features_on_the_machine(job_tree):
     with tarfile.open(repo.parent / "out" / "runs.tgz") as tar:
         names = {os.path.basename(n) for n in tar.getnames()}
     assert {"run.json", "margins.npz"} <= names and not {"features.npz", "final.keras"} & names
+
+
+def test_gpu_memory_sets_how_many_runs_fit(job_tree):
+    """common.sh: an H200 fits 13 runs of 9.3 GB (0.065 each, as the 2026-12-04 grids ran), an H100 7."""
+    repo, env, _ = job_tree
+    fits = {}
+    for name, mib in (("h200", 143771), ("h100", 81559)):
+        smi = repo.parent / "bin" / "nvidia-smi"
+        smi.write_text(f"#!/usr/bin/env bash\necho {mib}\n")
+        done = subprocess.run(["bash", "-c", "source tools/gpu_jobs/common.sh; echo $RUN_FRACTION $RUNS_FIT"],
+                              cwd=repo, capture_output=True, text=True, env=env, timeout=60)
+        fits[name] = done.stdout.split()[-2:]
+    assert fits == {"h200": ["0.066", "13"], "h100": ["0.117", "7"]}
+
+
+def _slice_recorder(repo, finish_runs: bool):
+    """python3 that leaves pretraining outputs and, for ablate grids, a run.json per requested run."""
+    script = RECORDER + 'for a in "$@"; do case $a in --output=*) touch "${a#--output=}";; esac; done\n'
+    if finish_runs:
+        script += """case "$*" in *tools/ablate.py*--report_only*) ;; *tools/ablate.py*)
+  out=$(printf '%s\\n' "$@" | sed -n 's/^--output_dir=//p' | tail -1)
+  seeds=$(printf '%s\\n' "$@" | sed -n 's/^--seeds=//p' | tr , ' ')
+  folds=$(printf '%s\\n' "$@" | sed -n 's/^--folds=//p' | tr , ' ')
+  for s in $seeds; do for f in ${folds:-cv0 cv1 cv2 cv3 cv4}; do mkdir -p "$out/r_${f}_s$s"; echo {} > "$out/r_${f}_s$s/run.json"; done; done;;
+*tools/few_shot_curve.py*) mkdir -p runs/few_shot; touch runs/few_shot/few_shot.csv;; esac
+"""
+    (repo.parent / "bin" / "python3").write_text(script)
+
+
+def test_slice_job_runs_the_candidate_grid_then_the_uav75_cv_and_resumes(job_tree):
+    repo, env, calls = job_tree
+    env = dict(env, ONLY="^synthpre_robustaug$", JOB_S="300")
+    _slice_recorder(repo, finish_runs=False)  # a call in which no run finishes: the job says so, packs, stops
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=env, timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "candidate grid 0 of 12 runs" in done.stdout and "call again" in done.stdout
+    lines = [line.split() for line in calls.read_text().splitlines()]
+    grid = next(a for a in lines if a[0] == "tools/ablate.py" and "--output_dir=runs/ablation_loso" in a)
+    assert "--folds=all,no_uav75,no_uavcrack,no_deepcrack" in grid and "--only=^synthpre_robustaug$" in grid
+    assert not any("ablation_uav75_cv" in " ".join(a) for a in lines)  # the CV waits for the candidate
+    pre = [next(x for x in a if x.startswith("--output=")) for a in lines if a[0] == "tools/pretrain.py"]
+    assert pre[0] == "--output=runs/pretrain/synthetic.weights.h5" and len(pre) == 5  # synthetic + 4 folds
+    calls.write_text("")
+    _slice_recorder(repo, finish_runs=True)  # the next call: both grids finish, the agreement has no model
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=env, timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "candidate grid 12 of 12 runs (+ repeat 1 of 1)" in done.stdout and "loso_cv.sh: done" in done.stdout
+    lines = [line.split() for line in calls.read_text().splitlines()]
+    assert not any(a[0] == "tools/pretrain.py" for a in lines)  # backbones kept from the first call
+    cv = next(a for a in lines if a[0] == "tools/ablate.py" and "--output_dir=runs/ablation_uav75_cv" in a)
+    assert "--flagfile=configs/ablation_uav75_cv.cfg" in cv
+    out = sorted(p.name for p in (repo.parent / "out").iterdir())
+    assert len(out) <= 8 and {"runs.tgz", "uav75_cv.tgz", "loso.log", "uav75_cv.log"} <= set(out)
+    calls.write_text("")  # a third call has nothing left to train
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=env, timeout=90)
+    assert "loso_cv.sh: done" in done.stdout
+    assert not any(line.startswith("tools/ablate.py") for line in calls.read_text().splitlines())

@@ -8,6 +8,14 @@ mkdir -p "$OUT" ../shared
 [ -e ../shared/data ] || ln -s "$PWD/.data" ../shared/data
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc; free -g | head -2;
   python3 -c "import jax, keras, numpy, PIL; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__, 'numpy', numpy.__version__, 'PIL', PIL.__version__)"; } 2>&1 | tee "$OUT/machine.txt"
+# GPU memory of one fine-tuning run side by side with others: 9.3 GB (0.065 of an H200, what the
+# 2026-12-04 grids ran with), as a fraction of this GPU's memory, and how many such runs fit (leaving
+# room for the CUDA contexts). An H100 (80 GB) fits 7, an H200 13. RUN_GB overrides the 9.3.
+gpu_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1 | tr -dc 0-9)
+RUN_FRACTION=$(awk -v m="${gpu_mib:-143771}" -v g="${RUN_GB:-9.3}" 'BEGIN {f = g * 1024 / (m > 0 ? m : 143771);
+    printf "%.3f", (f > 0.9 ? 0.9 : f)}')
+RUNS_FIT=$(awk -v f="$RUN_FRACTION" 'BEGIN {n = int(0.86 / f); print (n < 1 ? 1 : n)}')
+export RUN_FRACTION RUNS_FIT
 # A pretrained backbone (tools/pretrain.py) unless its output file already exists:
 #   pretrain_backbone <default timeout s>
 # With no PRETRAIN_* set: the crack-domain backbone of the recipe (crack mode, uavcrack + deepcrack

@@ -7,7 +7,8 @@
 #   bash tools/gpu_jobs/stage_data.sh uav75 uavcrack deepcrack     # here, once: .data/ travels
 #   JOB_S=520 bash tools/gpu_jobs/loso.sh                           # there; ONLY=<row regex>, SEEDS=0,1,2
 #   FOLDS=no_uav75,no_uavcrack,no_deepcrack (default; add "all" for the whole mix),
-#   PRETRAIN_STEPS=1000 (per backbone), PARALLEL=12, REPEAT=0 skips the repeated run.
+#   PRETRAIN_STEPS=1000 (per backbone), PARALLEL=12 (fewer where the GPU's memory fits fewer),
+#   REPEAT=0 skips the repeated run.
 #   BACKBONE=synth_crack: every fold's backbone starts from one pretrained on synthetic cracks
 #   (SYNTH_STEPS=1000; runs/pretrain/loso_synth_<fold>.weights.h5, the grid's `synthpre` row).
 # At most 8 files come back from $OUT, so $OUT gets only: machine.txt, loso.log (this job's output),
@@ -15,7 +16,10 @@
 SECONDS=0
 case ${BACKBONE:-crack} in crack|synth_crack) ;; *) echo "BACKBONE=${BACKBONE}: choose crack (default) or synth_crack"; exit 2;; esac
 source tools/gpu_jobs/common.sh
-export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.065}
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-$RUN_FRACTION}
+# 12 runs side by side (and the repeated run) where they fit the GPU's memory (common.sh: RUNS_FIT)
+parallel=${PARALLEL:-$(( RUNS_FIT - (${REPEAT:-1} != 0) < 12 ? RUNS_FIT - (${REPEAT:-1} != 0) : 12 ))}
+[ "$parallel" -ge 1 ] || parallel=1
 exec > >(tee -a "$OUT/loso.log") 2>&1
 grid=configs/ablation_loso.cfg
 pack() {  # what has finished so far, in one archive
@@ -33,14 +37,17 @@ if [ "${REPEAT:-1}" != 0 ]; then
   repeat=$!
 fi
 timeout -k 10 --signal=TERM "$budget" python3 tools/ablate.py --flagfile=$grid --seeds="${SEEDS:-0,1,2}" \
-    --folds="$folds" --parallel="${PARALLEL:-12}" ${ONLY:+--only=$ONLY} --output_dir=runs/ablation_loso
+    --folds="$folds" --parallel="$parallel" ${ONLY:+--only=$ONLY} --output_dir=runs/ablation_loso
+grid_rc=$?  # 0: every run of the grid finished
 [ -n "${repeat:-}" ] && wait "$repeat"
 for d in runs/ablation_loso runs/ablation_loso_repeat; do
   python3 tools/ablate.py --flagfile=$grid --seeds=0,1,2 --output_dir=$d --report_only >/dev/null 2>&1
 done
-# The few-shot curve of every left-out run here, where its features.npz is (--save_eval_features):
-# threshold re-pick (plain / prior 50) and the last layer re-fitted at three pulls (calibrate --l2).
-python3 tools/few_shot_curve.py --runs='runs/ablation_loso/*_no_*_s*' --out=runs/few_shot \
+# Once the grid is complete, the few-shot curve of every left-out run here, where its features.npz is
+# (--save_eval_features): threshold re-pick (plain / prior 50) and the last layer re-fitted at three
+# pulls (calibrate --l2), in the time left.
+curve_s=$(( ${JOB_S:-520} - SECONDS - 20 < ${CURVE_S:-240} ? ${JOB_S:-520} - SECONDS - 20 : ${CURVE_S:-240} ))
+[ "$grid_rc" = 0 ] && [ "$curve_s" -ge 30 ] && timeout "$curve_s" python3 tools/few_shot_curve.py --runs='runs/ablation_loso/*_no_*_s*' --out=runs/few_shot \
     --fit=threshold,last_layer --prior_tiles=0,50 --l2=1,0.1,0.01 2>&1 | tail -3
 kill $PACKER 2>/dev/null
 pack

@@ -6,10 +6,10 @@
 # "uav75_cv.sh: done". At most 8 files come back: machine.txt, uav75_cv.log, uav75_cv_results.md,
 # uav75_cv.tgz (run.json, margins.npz, histories, logs; no models).
 #   bash tools/gpu_jobs/stage_data.sh uav75 uavcrack deepcrack     # here, once: .data/ travels
-#   JOB_S=565 bash tools/gpu_jobs/uav75_cv.sh                       # there; SEEDS=0,1,2, PARALLEL=12
+#   JOB_S=565 bash tools/gpu_jobs/uav75_cv.sh                       # there; SEEDS=0,1,2, PARALLEL=15 (or what fits)
 SECONDS=0
 source tools/gpu_jobs/common.sh
-export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.065}
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-$RUN_FRACTION}
 exec > >(tee -a "$OUT/uav75_cv.log") 2>&1
 grid=configs/ablation_uav75_cv.cfg
 seeds=${SEEDS:-0,1,2}
@@ -22,7 +22,7 @@ fold_backbones synth_crack no_uav75 || exit 1
 echo "backbone ready at ${SECONDS}s"
 budget=$(( ${JOB_S:-565} - SECONDS - 25 ))  # what is left for training, packing included
 timeout -k 10 --signal=TERM "$budget" python3 tools/ablate.py --flagfile=$grid --seeds="$seeds" \
-    --parallel="${PARALLEL:-12}" --output_dir=runs/ablation_uav75_cv
+    --parallel="${PARALLEL:-$(( RUNS_FIT < 15 ? RUNS_FIT : 15 ))}" --output_dir=runs/ablation_uav75_cv
 python3 tools/ablate.py --flagfile=$grid --seeds="$seeds" --output_dir=runs/ablation_uav75_cv --report_only >/dev/null 2>&1
 kill $PACKER 2>/dev/null
 pack

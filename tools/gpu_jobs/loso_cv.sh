@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One GPU slice of issue 23 in one resumable job: a candidate row's leave-one-source-out grid
+# (loso.sh, synthetic-crack backbones, every fold incl. `all`, and the repeated run), then the UAV75
+# 5-fold estimate of the recommended recipe (uav75_cv.sh, which reuses the no_uav75 backbone), then,
+# with time left, dense vs windows agreement on the candidate's `all` model (dense_agreement.sh,
+# issue 24). Each stage runs only until JOB_S (seconds of this call) and is skipped once done, so the
+# same command is called again on the warm machine until it prints "loso_cv.sh: done".
+#   bash tools/gpu_jobs/stage_data.sh uav75 uavcrack deepcrack     # here, once: .data/ travels
+#   ONLY='^synthpre_robustaug$' JOB_S=570 bash tools/gpu_jobs/loso_cv.sh     # there
+# Files back (<= 8): machine.txt, loso.log, runs.tgz, uav75_cv.log, uav75_cv.tgz, agreement.json,
+# agreement.log (the grids' results.md are inside the .tgz files).
+SECONDS=0
+job_s=${JOB_S:-570}
+only=${ONLY:?ONLY=<the candidate row regex of configs/ablation_loso.cfg>}
+source tools/gpu_jobs/common.sh
+export SKIP_WHEELS=1  # installed once by common.sh above
+folds=all,no_uav75,no_uavcrack,no_deepcrack
+finished() { find "$1" -mindepth 2 -maxdepth 2 -name run.json 2>/dev/null | wc -l; }  # runs of a grid folder
+repack() {  # $OUT is emptied before every call: each call returns everything finished so far
+  pack_runs runs runs/ablation_loso runs/ablation_loso_repeat runs/pretrain_logs runs/few_shot
+  [ -d runs/ablation_uav75_cv ] && pack_runs uav75_cv runs/ablation_uav75_cv
+  rm -f "$OUT/loso_results.md" "$OUT/uav75_cv_results.md"
+}
+left() { echo $(( job_s - SECONDS )); }
+gpu_memory() { nvidia-smi --query-gpu=memory.used,memory.total,utilization.gpu --format=csv,noheader 2>/dev/null; }
+
+# 1. the candidate's grid: 4 folds x 3 seeds, and the repeat of (no_uav75, seed 0)
+if [ "$(finished runs/ablation_loso)" -lt 12 ] || [ "$(finished runs/ablation_loso_repeat)" -lt 1 ] ||
+   [ ! -f runs/few_shot/few_shot.csv ]; then  # (the grid's few-shot curve runs once it is complete)
+  ( while sleep 60; do echo "gpu memory used / total, utilisation at ${SECONDS}s: $(gpu_memory)"; done ) &
+  watch=$!
+  BACKBONE=synth_crack FOLDS=$folds ONLY=$only JOB_S=$(left) bash tools/gpu_jobs/loso.sh > /dev/null
+  kill $watch 2>/dev/null
+  tail -4 "$OUT/loso.log"
+fi
+echo "loso_cv.sh: candidate grid $(finished runs/ablation_loso) of 12 runs (+ repeat $(finished \
+runs/ablation_loso_repeat) of 1) at ${SECONDS}s"
+[ "$(finished runs/ablation_loso)" -ge 12 ] || { repack; echo "loso_cv.sh: call again"; exit 0; }
+
+# 2. the UAV75 5-fold estimate (15 runs)
+if [ "$(finished runs/ablation_uav75_cv)" -lt 15 ] && [ "$(left)" -gt 120 ]; then
+  JOB_S=$(left) bash tools/gpu_jobs/uav75_cv.sh > /dev/null
+  tail -2 "$OUT/uav75_cv.log"
+fi
+[ "$(finished runs/ablation_uav75_cv)" -ge 15 ] || { repack; echo "loso_cv.sh: call again"; exit 0; }
+
+# 3. dense vs windows on a trained 224-px model (refine bands included), while time is left
+model=$(ls runs/ablation_loso/*_all_s0/final.keras 2>/dev/null | head -1)
+if [ ! -f runs/agreement.json ] && [ -n "$model" ] && [ "$(left)" -gt 90 ]; then
+  MODEL=$model TTA=${AGREE_TTA:-none} timeout $(( $(left) - 10 )) bash tools/gpu_jobs/dense_agreement.sh > /dev/null
+  cp "$OUT/agreement.json" runs/ 2>/dev/null
+  tail -3 "$OUT/agreement.log" 2>/dev/null
+fi
+repack
+echo "loso_cv.sh: done at ${SECONDS}s"
