@@ -257,3 +257,24 @@ def test_slice_job_runs_the_candidate_grid_then_the_uav75_cv_and_resumes(job_tre
                           env=env, timeout=90)
     assert "loso_cv.sh: done" in done.stdout
     assert not any(line.startswith("tools/ablate.py") for line in calls.read_text().splitlines())
+
+
+def test_slice_job_for_the_folds_still_missing(job_tree):
+    """A later session's call: FOLDS names the folds left, REPEAT=0; the CV's backbone is made up front."""
+    repo, env, calls = job_tree
+    _slice_recorder(repo, finish_runs=True)
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, ONLY="^synthpre_robustaug$", JOB_S="300", FOLDS="no_uavcrack",
+                                   REPEAT="0"), timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "candidate grid 3 of 3 runs (+ repeat 0 of 0)" in done.stdout
+    lines = [line.split() for line in calls.read_text().splitlines()]
+    pre = {next(x for x in a if x.startswith("--output=")) for a in lines if a[0] == "tools/pretrain.py"}
+    assert pre == {"--output=runs/pretrain/synthetic.weights.h5", "--output=runs/pretrain/loso_synth_no_uavcrack.weights.h5",
+                   "--output=runs/pretrain/loso_synth_no_uav75.weights.h5"}
+    grids = [a for a in lines if a[0] == "tools/ablate.py" and "--report_only" not in a]
+    assert not any("--output_dir=runs/ablation_loso_repeat" in a for a in grids)
+    loso = next(a for a in grids if "--output_dir=runs/ablation_loso" in a)
+    assert "--folds=no_uavcrack" in loso
+    # runs side by side render crops in worker processes, the cores shared among them
+    assert any(x.startswith("--extra=--loader_processes=true,--loader_workers=") for x in loso)

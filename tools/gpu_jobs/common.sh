@@ -16,6 +16,14 @@ RUN_FRACTION=$(awk -v m="${gpu_mib:-143771}" -v g="${RUN_GB:-9.3}" 'BEGIN {f = g
     printf "%.3f", (f > 0.9 ? 0.9 : f)}')
 RUNS_FIT=$(awk -v f="$RUN_FRACTION" 'BEGIN {n = int(0.86 / f); print (n < 1 ? 1 : n)}')
 export RUN_FRACTION RUNS_FIT
+# The crop loader of runs side by side: worker processes sharing the machine's cores (threads in one
+# process held the GIL: on 2026-12-06, 7 robustaug runs on an H100 rendered 130 img/s each and the GPU
+# sat at 0-56 %). Same batches either way (docs/DATA.md). Prints the ablate flag:
+#   loader_extra <runs side by side>
+loader_extra() {
+  local workers=$(( ($(nproc) - 2) / ${1:-1} ))
+  echo "--extra=--loader_processes=true,--loader_workers=$(( workers < 1 ? 1 : workers ))"
+}
 # A pretrained backbone (tools/pretrain.py) unless its output file already exists:
 #   pretrain_backbone <default timeout s>
 # With no PRETRAIN_* set: the crack-domain backbone of the recipe (crack mode, uavcrack + deepcrack

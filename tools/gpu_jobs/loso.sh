@@ -33,11 +33,13 @@ echo "backbones ready at ${SECONDS}s"
 budget=$(( ${JOB_S:-520} - SECONDS - 25 ))  # what is left for training, packing included
 if [ "${REPEAT:-1}" != 0 ]; then
   timeout -k 10 --signal=TERM "$budget" python3 tools/ablate.py --flagfile=$grid --seeds=0 --folds=no_uav75 \
-      ${ONLY:+--only=$ONLY} --output_dir=runs/ablation_loso_repeat > runs/pretrain_logs/repeat.log 2>&1 &
+      ${ONLY:+--only=$ONLY} "$(loader_extra $(( parallel + 1 )))" --output_dir=runs/ablation_loso_repeat \
+      > runs/pretrain_logs/repeat.log 2>&1 &
   repeat=$!
 fi
 timeout -k 10 --signal=TERM "$budget" python3 tools/ablate.py --flagfile=$grid --seeds="${SEEDS:-0,1,2}" \
-    --folds="$folds" --parallel="$parallel" ${ONLY:+--only=$ONLY} --output_dir=runs/ablation_loso
+    --folds="$folds" --parallel="$parallel" ${ONLY:+--only=$ONLY} "$(loader_extra $(( parallel + 1 )))" \
+    --output_dir=runs/ablation_loso
 grid_rc=$?  # 0: every run of the grid finished
 [ -n "${repeat:-}" ] && wait "$repeat"
 for d in runs/ablation_loso runs/ablation_loso_repeat; do

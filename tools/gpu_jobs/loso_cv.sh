@@ -7,6 +7,7 @@
 # same command is called again on the warm machine until it prints "loso_cv.sh: done".
 #   bash tools/gpu_jobs/stage_data.sh uav75 uavcrack deepcrack     # here, once: .data/ travels
 #   ONLY='^synthpre_robustaug$' JOB_S=570 bash tools/gpu_jobs/loso_cv.sh     # there
+#   FOLDS=no_uavcrack,no_deepcrack REPEAT=0: a later session's call, for the folds still missing
 # Files back (<= 8): machine.txt, loso.log, runs.tgz, uav75_cv.log, uav75_cv.tgz, agreement.json,
 # agreement.log (the grids' results.md are inside the .tgz files).
 SECONDS=0
@@ -14,7 +15,9 @@ job_s=${JOB_S:-570}
 only=${ONLY:?ONLY=<the candidate row regex of configs/ablation_loso.cfg>}
 source tools/gpu_jobs/common.sh
 export SKIP_WHEELS=1  # installed once by common.sh above
-folds=all,no_uav75,no_uavcrack,no_deepcrack
+folds=${FOLDS:-all,no_uav75,no_uavcrack,no_deepcrack}  # a later session: only the folds still missing
+wanted=$(( 3 * $(echo "$folds" | tr ',' '\n' | grep -c .) ))  # seeds 0, 1, 2
+repeats=$(( ${REPEAT:-1} != 0 ))
 finished() { find "$1" -mindepth 2 -maxdepth 2 -name run.json 2>/dev/null | wc -l; }  # runs of a grid folder
 repack() {  # $OUT is emptied before every call: each call returns everything finished so far
   pack_runs runs runs/ablation_loso runs/ablation_loso_repeat runs/pretrain_logs runs/few_shot
@@ -24,18 +27,23 @@ repack() {  # $OUT is emptied before every call: each call returns everything fi
 left() { echo $(( job_s - SECONDS )); }
 gpu_memory() { nvidia-smi --query-gpu=memory.used,memory.total,utilization.gpu --format=csv,noheader 2>/dev/null; }
 
-# 1. the candidate's grid: 4 folds x 3 seeds, and the repeat of (no_uav75, seed 0)
-if [ "$(finished runs/ablation_loso)" -lt 12 ] || [ "$(finished runs/ablation_loso_repeat)" -lt 1 ] ||
+# 0. every backbone this job needs, side by side (the CV's is the no_uav75 fold's)
+fold_backbones synth_crack "$folds$([[ ,$folds, == *,no_uav75,* ]] || echo ,no_uav75)" > /dev/null || exit 1
+echo "loso_cv.sh: backbones ready at ${SECONDS}s"
+
+# 1. the candidate's grid: folds x 3 seeds, and the repeat of (no_uav75, seed 0) unless REPEAT=0
+if [ "$(finished runs/ablation_loso)" -lt "$wanted" ] || [ "$(finished runs/ablation_loso_repeat)" -lt "$repeats" ] ||
    [ ! -f runs/few_shot/few_shot.csv ]; then  # (the grid's few-shot curve runs once it is complete)
-  ( while sleep 60; do echo "gpu memory used / total, utilisation at ${SECONDS}s: $(gpu_memory)"; done ) &
+  ( trap 'kill $nap 2>/dev/null; exit 0' TERM  # the sleep too: else it holds the job's output open
+    while :; do sleep 60 & nap=$!; wait $nap; echo "gpu memory used / total, utilisation at ${SECONDS}s: $(gpu_memory)"; done ) &
   watch=$!
-  BACKBONE=synth_crack FOLDS=$folds ONLY=$only JOB_S=$(left) bash tools/gpu_jobs/loso.sh > /dev/null
+  BACKBONE=synth_crack FOLDS=$folds ONLY=$only REPEAT=$repeats JOB_S=$(left) bash tools/gpu_jobs/loso.sh > /dev/null
   kill $watch 2>/dev/null
   tail -4 "$OUT/loso.log"
 fi
-echo "loso_cv.sh: candidate grid $(finished runs/ablation_loso) of 12 runs (+ repeat $(finished \
-runs/ablation_loso_repeat) of 1) at ${SECONDS}s"
-[ "$(finished runs/ablation_loso)" -ge 12 ] || { repack; echo "loso_cv.sh: call again"; exit 0; }
+echo "loso_cv.sh: candidate grid $(finished runs/ablation_loso) of $wanted runs (+ repeat $(finished \
+runs/ablation_loso_repeat) of $repeats) at ${SECONDS}s"
+[ "$(finished runs/ablation_loso)" -ge "$wanted" ] || { repack; echo "loso_cv.sh: call again"; exit 0; }
 
 # 2. the UAV75 5-fold estimate (15 runs)
 if [ "$(finished runs/ablation_uav75_cv)" -lt 15 ] && [ "$(left)" -gt 120 ]; then

@@ -20,9 +20,10 @@ pack() {
 start_packer pack
 fold_backbones synth_crack no_uav75 || exit 1
 echo "backbone ready at ${SECONDS}s"
+parallel=${PARALLEL:-$(( RUNS_FIT < 15 ? RUNS_FIT : 15 ))}
 budget=$(( ${JOB_S:-565} - SECONDS - 25 ))  # what is left for training, packing included
 timeout -k 10 --signal=TERM "$budget" python3 tools/ablate.py --flagfile=$grid --seeds="$seeds" \
-    --parallel="${PARALLEL:-$(( RUNS_FIT < 15 ? RUNS_FIT : 15 ))}" --output_dir=runs/ablation_uav75_cv
+    --parallel="$parallel" "$(loader_extra "$parallel")" --output_dir=runs/ablation_uav75_cv
 python3 tools/ablate.py --flagfile=$grid --seeds="$seeds" --output_dir=runs/ablation_uav75_cv --report_only >/dev/null 2>&1
 kill $PACKER 2>/dev/null
 pack
