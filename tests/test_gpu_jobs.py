@@ -278,3 +278,13 @@ def test_slice_job_for_the_folds_still_missing(job_tree):
     assert "--folds=no_uavcrack" in loso
     # runs side by side render crops in worker processes, the cores shared among them
     assert any(x.startswith("--extra=--loader_processes=true,--loader_workers=") for x in loso)
+
+
+def test_slice_job_cv_and_agreement_can_be_skipped(job_tree):
+    repo, env, calls = job_tree
+    _slice_recorder(repo, finish_runs=True)
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, ONLY="^synthpre_epochs48$", JOB_S="300", CV="0", AGREE="0"), timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "CV=0, no UAV75 5-fold" in done.stdout and "loso_cv.sh: done" in done.stdout
+    assert "ablation_uav75_cv" not in calls.read_text() and "dense_agreement" not in calls.read_text()

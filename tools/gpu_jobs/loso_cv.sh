@@ -7,7 +7,8 @@
 # same command is called again on the warm machine until it prints "loso_cv.sh: done".
 #   bash tools/gpu_jobs/stage_data.sh uav75 uavcrack deepcrack     # here, once: .data/ travels
 #   ONLY='^synthpre_robustaug$' JOB_S=570 bash tools/gpu_jobs/loso_cv.sh     # there
-#   FOLDS=no_uavcrack,no_deepcrack REPEAT=0: a later session's call, for the folds still missing
+#   FOLDS=no_uavcrack,no_deepcrack REPEAT=0: a later session's call, for the folds still missing;
+#   CV=0 skips the UAV75 5-fold, AGREE=0 the agreement (once they have run)
 # Files back (<= 8): machine.txt, loso.log, runs.tgz, uav75_cv.log, uav75_cv.tgz, agreement.json,
 # agreement.log (the grids' results.md are inside the .tgz files).
 SECONDS=0
@@ -46,15 +47,17 @@ runs/ablation_loso_repeat) of $repeats) at ${SECONDS}s"
 [ "$(finished runs/ablation_loso)" -ge "$wanted" ] || { repack; echo "loso_cv.sh: call again"; exit 0; }
 
 # 2. the UAV75 5-fold estimate (15 runs)
-if [ "$(finished runs/ablation_uav75_cv)" -lt 15 ] && [ "$(left)" -gt 120 ]; then
+if [ "${CV:-1}" = 0 ]; then
+  echo "loso_cv.sh: CV=0, no UAV75 5-fold"
+elif [ "$(finished runs/ablation_uav75_cv)" -lt 15 ] && [ "$(left)" -gt 120 ]; then
   JOB_S=$(left) bash tools/gpu_jobs/uav75_cv.sh > /dev/null
   tail -2 "$OUT/uav75_cv.log"
 fi
-[ "$(finished runs/ablation_uav75_cv)" -ge 15 ] || { repack; echo "loso_cv.sh: call again"; exit 0; }
+[ "${CV:-1}" = 0 ] || [ "$(finished runs/ablation_uav75_cv)" -ge 15 ] || { repack; echo "loso_cv.sh: call again"; exit 0; }
 
 # 3. dense vs windows on a trained 224-px model (refine bands included), while time is left
 model=$(ls runs/ablation_loso/*_all_s0/final.keras 2>/dev/null | head -1)
-if [ ! -f runs/agreement.json ] && [ -n "$model" ] && [ "$(left)" -gt 90 ]; then
+if [ "${AGREE:-1}" != 0 ] && [ ! -f runs/agreement.json ] && [ -n "$model" ] && [ "$(left)" -gt 90 ]; then
   MODEL=$model TTA=${AGREE_TTA:-none} timeout $(( $(left) - 10 )) bash tools/gpu_jobs/dense_agreement.sh > /dev/null
   cp "$OUT/agreement.json" runs/ 2>/dev/null
   tail -3 "$OUT/agreement.log" 2>/dev/null
