@@ -12,7 +12,7 @@ mkdir -p "$OUT" ../shared
 # 2026-12-04 grids ran with), as a fraction of this GPU's memory, and how many such runs fit (leaving
 # room for the CUDA contexts). An H100 (80 GB) fits 7, an H200 13. RUN_GB overrides the 9.3.
 gpu_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1 | tr -dc 0-9)
-RUN_FRACTION=$(awk -v m="${gpu_mib:-143771}" -v g="${RUN_GB:-9.3}" 'BEGIN {f = g * 1024 / (m > 0 ? m : 143771);
+RUN_FRACTION=$(awk -v m="${gpu_mib:-143771}" -v g="${RUN_GB:-9.3}" 'BEGIN {f = g * 1024 / m;
     printf "%.3f", (f > 0.9 ? 0.9 : f)}')
 RUNS_FIT=$(awk -v f="$RUN_FRACTION" 'BEGIN {n = int(0.86 / f); print (n < 1 ? 1 : n)}')
 export RUN_FRACTION RUNS_FIT
@@ -88,11 +88,16 @@ pack_runs() {
       --exclude='features.npz' \
       "$@" 2>/dev/null; mv -f "$OUT/.$name.tgz" "$OUT/$name.tgz"
 }
+# Runs <command...> every <s> seconds in the background until killed (kill $!):  every <s> <command...>
+every() {
+  local s=$1; shift
+  ( trap 'kill $nap 2>/dev/null; exit 0' TERM  # the sleep too: else it holds the job's output open
+    while :; do sleep "$s" & nap=$!; wait $nap; "$@"; done ) &
+}
 # Runs <command...> every 30 s until the job exits (e.g. a pack_runs), so a call cut short still
 # returns what had finished:  start_packer <command...>
 start_packer() {
-  ( trap 'kill $nap 2>/dev/null; exit 0' TERM  # the sleep too: else it holds the job's output open
-    while :; do sleep 30 & nap=$!; wait $nap; "$@"; done ) &
+  every 30 "$@"
   PACKER=$!
   trap 'kill $PACKER 2>/dev/null' EXIT  # also when a step fails
 }

@@ -18,8 +18,10 @@ case ${BACKBONE:-crack} in crack|synth_crack) ;; *) echo "BACKBONE=${BACKBONE}: 
 source tools/gpu_jobs/common.sh
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-$RUN_FRACTION}
 # 12 runs side by side (and the repeated run) where they fit the GPU's memory (common.sh: RUNS_FIT)
-parallel=${PARALLEL:-$(( RUNS_FIT - (${REPEAT:-1} != 0) < 12 ? RUNS_FIT - (${REPEAT:-1} != 0) : 12 ))}
+slots=$(( RUNS_FIT - (${REPEAT:-1} != 0) ))
+parallel=${PARALLEL:-$(( slots < 12 ? slots : 12 ))}
 [ "$parallel" -ge 1 ] || parallel=1
+loader=$(loader_extra $(( parallel + 1 )))
 exec > >(tee -a "$OUT/loso.log") 2>&1
 grid=configs/ablation_loso.cfg
 pack() {  # what has finished so far, in one archive
@@ -33,12 +35,12 @@ echo "backbones ready at ${SECONDS}s"
 budget=$(( ${JOB_S:-520} - SECONDS - 25 ))  # what is left for training, packing included
 if [ "${REPEAT:-1}" != 0 ]; then
   timeout -k 10 --signal=TERM "$budget" python3 tools/ablate.py --flagfile=$grid --seeds=0 --folds=no_uav75 \
-      ${ONLY:+--only=$ONLY} "$(loader_extra $(( parallel + 1 )))" --output_dir=runs/ablation_loso_repeat \
+      ${ONLY:+--only=$ONLY} "$loader" --output_dir=runs/ablation_loso_repeat \
       > runs/pretrain_logs/repeat.log 2>&1 &
   repeat=$!
 fi
 timeout -k 10 --signal=TERM "$budget" python3 tools/ablate.py --flagfile=$grid --seeds="${SEEDS:-0,1,2}" \
-    --folds="$folds" --parallel="$parallel" ${ONLY:+--only=$ONLY} "$(loader_extra $(( parallel + 1 )))" \
+    --folds="$folds" --parallel="$parallel" ${ONLY:+--only=$ONLY} "$loader" \
     --output_dir=runs/ablation_loso
 grid_rc=$?  # 0: every run of the grid finished
 [ -n "${repeat:-}" ] && wait "$repeat"
@@ -48,7 +50,8 @@ done
 # Once the grid is complete, the few-shot curve of every left-out run here, where its features.npz is
 # (--save_eval_features): threshold re-pick (plain / prior 50) and the last layer re-fitted at three
 # pulls (calibrate --l2), in the time left.
-curve_s=$(( ${JOB_S:-520} - SECONDS - 20 < ${CURVE_S:-240} ? ${JOB_S:-520} - SECONDS - 20 : ${CURVE_S:-240} ))
+curve_s=$(( ${JOB_S:-520} - SECONDS - 20 ))
+[ "$curve_s" -le "${CURVE_S:-240}" ] || curve_s=${CURVE_S:-240}
 [ "$grid_rc" = 0 ] && [ "$curve_s" -ge 30 ] && timeout "$curve_s" python3 tools/few_shot_curve.py --runs='runs/ablation_loso/*_no_*_s*' --out=runs/few_shot \
     --fit=threshold,last_layer --prior_tiles=0,50 --l2=1,0.1,0.01 2>&1 | tail -3
 kill $PACKER 2>/dev/null

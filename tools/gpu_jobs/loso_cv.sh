@@ -26,7 +26,8 @@ repack() {  # $OUT is emptied before every call: each call returns everything fi
   rm -f "$OUT/loso_results.md" "$OUT/uav75_cv_results.md"
 }
 left() { echo $(( job_s - SECONDS )); }
-gpu_memory() { nvidia-smi --query-gpu=memory.used,memory.total,utilization.gpu --format=csv,noheader 2>/dev/null; }
+gpu_memory() { echo "gpu memory used / total, utilisation at ${SECONDS}s: $(nvidia-smi \
+    --query-gpu=memory.used,memory.total,utilization.gpu --format=csv,noheader 2>/dev/null)"; }
 
 # 0. every backbone this job needs, side by side (the CV's is the no_uav75 fold's)
 fold_backbones synth_crack "$folds$([[ ,$folds, == *,no_uav75,* ]] || echo ,no_uav75)" > /dev/null || exit 1
@@ -35,8 +36,7 @@ echo "loso_cv.sh: backbones ready at ${SECONDS}s"
 # 1. the candidate's grid: folds x 3 seeds, and the repeat of (no_uav75, seed 0) unless REPEAT=0
 if [ "$(finished runs/ablation_loso)" -lt "$wanted" ] || [ "$(finished runs/ablation_loso_repeat)" -lt "$repeats" ] ||
    [ ! -f runs/few_shot/few_shot.csv ]; then  # (the grid's few-shot curve runs once it is complete)
-  ( trap 'kill $nap 2>/dev/null; exit 0' TERM  # the sleep too: else it holds the job's output open
-    while :; do sleep 60 & nap=$!; wait $nap; echo "gpu memory used / total, utilisation at ${SECONDS}s: $(gpu_memory)"; done ) &
+  every 60 gpu_memory
   watch=$!
   BACKBONE=synth_crack FOLDS=$folds ONLY=$only REPEAT=$repeats JOB_S=$(left) bash tools/gpu_jobs/loso.sh > /dev/null
   kill $watch 2>/dev/null
@@ -49,11 +49,13 @@ runs/ablation_loso_repeat) of $repeats) at ${SECONDS}s"
 # 2. the UAV75 5-fold estimate (15 runs)
 if [ "${CV:-1}" = 0 ]; then
   echo "loso_cv.sh: CV=0, no UAV75 5-fold"
-elif [ "$(finished runs/ablation_uav75_cv)" -lt 15 ] && [ "$(left)" -gt 120 ]; then
-  JOB_S=$(left) bash tools/gpu_jobs/uav75_cv.sh > /dev/null
-  tail -2 "$OUT/uav75_cv.log"
+else
+  if [ "$(finished runs/ablation_uav75_cv)" -lt 15 ] && [ "$(left)" -gt 120 ]; then
+    JOB_S=$(left) bash tools/gpu_jobs/uav75_cv.sh > /dev/null
+    tail -2 "$OUT/uav75_cv.log"
+  fi
+  [ "$(finished runs/ablation_uav75_cv)" -ge 15 ] || { repack; echo "loso_cv.sh: call again"; exit 0; }
 fi
-[ "${CV:-1}" = 0 ] || [ "$(finished runs/ablation_uav75_cv)" -ge 15 ] || { repack; echo "loso_cv.sh: call again"; exit 0; }
 
 # 3. dense vs windows on a trained 224-px model (refine bands included), while time is left
 model=$(ls runs/ablation_loso/*_all_s0/final.keras 2>/dev/null | head -1)
