@@ -220,7 +220,8 @@ def _slice_recorder(repo, finish_runs: bool):
   out=$(printf '%s\\n' "$@" | sed -n 's/^--output_dir=//p' | tail -1)
   seeds=$(printf '%s\\n' "$@" | sed -n 's/^--seeds=//p' | tr , ' ')
   folds=$(printf '%s\\n' "$@" | sed -n 's/^--folds=//p' | tr , ' ')
-  for s in $seeds; do for f in ${folds:-cv0 cv1 cv2 cv3 cv4}; do mkdir -p "$out/r_${f}_s$s"; echo {} > "$out/r_${f}_s$s/run.json"; done; done;;
+  for s in $seeds; do for f in ${folds:-cv0 cv1 cv2 cv3 cv4}; do mkdir -p "$out/r_${f}_s$s"; echo {} > "$out/r_${f}_s$s/run.json"; touch "$out/r_${f}_s$s/final.keras"; done; done;;
+*tools/dense_agreement.py*) echo '{}' > "$(printf '%s\\n' "$@" | sed -n 's/^--json_out=//p')";;
 *tools/few_shot_curve.py*) mkdir -p runs/few_shot; touch runs/few_shot/few_shot.csv;; esac
 """
     (repo.parent / "bin" / "python3").write_text(script)
@@ -241,7 +242,7 @@ def test_slice_job_runs_the_candidate_grid_then_the_uav75_cv_and_resumes(job_tre
     pre = [next(x for x in a if x.startswith("--output=")) for a in lines if a[0] == "tools/pretrain.py"]
     assert pre[0] == "--output=runs/pretrain/synthetic.weights.h5" and len(pre) == 5  # synthetic + 4 folds
     calls.write_text("")
-    _slice_recorder(repo, finish_runs=True)  # the next call: both grids finish, the agreement has no model
+    _slice_recorder(repo, finish_runs=True)  # the next call: both grids finish, then the agreement
     done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
                           env=env, timeout=90)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -278,6 +279,9 @@ def test_slice_job_for_the_folds_still_missing(job_tree):
     assert "--folds=no_uavcrack" in loso
     # runs side by side render crops in worker processes, the cores shared among them
     assert any(x.startswith("--extra=--loader_processes=true,--loader_workers=") for x in loso)
+    # no `all` fold in this call: the agreement (issue 24) runs on the fold's seed-0 model
+    agree = next(a for a in lines if a[0] == "tools/dense_agreement.py")
+    assert "--model=runs/ablation_loso/r_no_uavcrack_s0/final.keras" in agree
 
 
 def test_slice_job_cv_and_agreement_can_be_skipped(job_tree):

@@ -57,8 +57,9 @@ else
   [ "$(finished runs/ablation_uav75_cv)" -ge 15 ] || { repack; echo "loso_cv.sh: call again"; exit 0; }
 fi
 
-# 3. dense vs windows on a trained 224-px model (refine bands included), while time is left
-model=$(ls runs/ablation_loso/*_all_s0/final.keras 2>/dev/null | head -1)
+# 3. dense vs windows on a trained 224-px model (refine bands included), while time is left: the
+# candidate's `all` model, else (a call for the folds still missing) any of its seed-0 models
+model=$(ls runs/ablation_loso/*_all_s0/final.keras runs/ablation_loso/*_s0/final.keras 2>/dev/null | head -1)
 if [ "${AGREE:-1}" != 0 ] && [ ! -f runs/agreement.json ] && [ -n "$model" ] && [ "$(left)" -gt 90 ]; then
   MODEL=$model TTA=${AGREE_TTA:-none} timeout $(( $(left) - 10 )) bash tools/gpu_jobs/dense_agreement.sh > /dev/null
   cp "$OUT/agreement.json" runs/ 2>/dev/null
