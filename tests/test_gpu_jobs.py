@@ -129,6 +129,12 @@ def test_uav75_cv_job_pretrains_without_uav75_then_runs_the_cv_grid(job_tree):
     cfg = open(os.path.join(REPO, "configs", "ablation_uav75_cv.cfg")).read()
     assert "--weights=runs/pretrain/loso_synth_no_uav75.weights.h5" in cfg
     assert "uav75_cv.sh: 0 of 10 runs finished" in done.stdout and "call again" in done.stdout
+    calls.write_text("")  # a fresh machine's call for the one run still missing: ROWS x SEEDS
+    done = subprocess.run(["bash", "tools/gpu_jobs/uav75_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, JOB_S="200", SEEDS="2", ROWS="^fold4$"), timeout=90)
+    grids = [a.split() for a in calls.read_text().splitlines() if a.startswith("tools/ablate.py")]
+    assert grids and all("--only=^fold4$" in a and "--seeds=2" in a for a in grids)
+    assert "uav75_cv.sh: 0 of 1 runs finished" in done.stdout
 
 
 PRETRAIN_RECORDER = """#!/usr/bin/env bash
@@ -282,6 +288,23 @@ def test_slice_job_for_the_folds_still_missing(job_tree):
     # no `all` fold in this call: the agreement (issue 24) runs on the fold's seed-0 model
     agree = next(a for a in lines if a[0] == "tools/dense_agreement.py")
     assert "--model=runs/ablation_loso/r_no_uavcrack_s0/final.keras" in agree
+
+
+def test_slice_job_trains_the_missing_cv_runs_beside_the_grid(job_tree):
+    """CV_ROWS / CV_SEEDS: the CV runs a fresh machine lacks start with the grid, in one slot of its own."""
+    repo, env, calls = job_tree
+    _slice_recorder(repo, finish_runs=True)
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, ONLY="^synthpre_robustaug_epochs48$", JOB_S="300", FOLDS="all,no_uav75",
+                                   REPEAT="0", CV_ROWS="^fold4$", CV_SEEDS="2", AGREE="0"), timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "loso_cv.sh: done" in done.stdout
+    grids = [a.split() for a in calls.read_text().splitlines() if a.startswith("tools/ablate.py")
+             and "--report_only" not in a]
+    cv = [a for a in grids if "--output_dir=runs/ablation_uav75_cv" in a]
+    loso = [a for a in grids if "--output_dir=runs/ablation_loso" in a]
+    assert len(cv) == 1 and "--only=^fold4$" in cv[0] and "--seeds=2" in cv[0] and "--parallel=1" in cv[0]
+    assert len(loso) == 1 and "--parallel=12" in loso[0]  # 13 fit the (default) H200: one left to the CV
 
 
 def test_slice_job_cv_and_agreement_can_be_skipped(job_tree):

@@ -8,7 +8,8 @@
 #   bash tools/gpu_jobs/stage_data.sh uav75 uavcrack deepcrack     # here, once: .data/ travels
 #   ONLY='^synthpre_robustaug$' JOB_S=570 bash tools/gpu_jobs/loso_cv.sh     # there
 #   FOLDS=no_uavcrack,no_deepcrack REPEAT=0: a later session's call, for the folds still missing;
-#   CV=0 skips the UAV75 5-fold, AGREE=0 the agreement (once they have run)
+#   CV=0 skips the UAV75 5-fold, AGREE=0 the agreement (once they have run); CV_ROWS='^fold4$'
+#   CV_SEEDS=2: only the CV runs still missing, trained beside the candidate's grid (one slot)
 # Files back (<= 8): machine.txt, loso.log, runs.tgz, uav75_cv.log, uav75_cv.tgz, agreement.json,
 # agreement.log (the grids' results.md are inside the .tgz files).
 SECONDS=0
@@ -33,28 +34,43 @@ gpu_memory() { echo "gpu memory used / total, utilisation at ${SECONDS}s: $(nvid
 fold_backbones synth_crack "$folds$([[ ,$folds, == *,no_uav75,* ]] || echo ,no_uav75)" > /dev/null || exit 1
 echo "loso_cv.sh: backbones ready at ${SECONDS}s"
 
+# (the few CV runs a fresh machine lacks, CV_ROWS / CV_SEEDS, run beside the grid in one slot)
+cv_env=(ROWS="${CV_ROWS:-}" SEEDS="${CV_SEEDS:-0,1,2}")
+cv_wanted=$(( $(sed -n 's/^--row=\([^:]*\):.*/\1/p' configs/ablation_uav75_cv.cfg | grep -cE "${CV_ROWS:-.}") * \
+    $(echo "${CV_SEEDS:-0,1,2}" | tr ',' '\n' | grep -c .) ))
+cv_pid=""
+if [ "${CV:-1}" != 0 ] && [ -n "${CV_ROWS:-}" ] && [ "$(finished runs/ablation_uav75_cv)" -lt "$cv_wanted" ]; then
+  env "${cv_env[@]}" PARALLEL=1 LOADER_RUNS="$RUNS_FIT" JOB_S=$(( $(left) - 5 )) bash tools/gpu_jobs/uav75_cv.sh > /dev/null &
+  cv_pid=$!
+fi
+grid_parallel=""  # loso.sh's own count, less the CV's slot
+[ -n "$cv_pid" ] && grid_parallel=$(( RUNS_FIT - repeats - 1 < 12 ? RUNS_FIT - repeats - 1 : 12 ))
+[ -n "$grid_parallel" ] && [ "$grid_parallel" -lt 1 ] && grid_parallel=1
+
 # 1. the candidate's grid: folds x 3 seeds, and the repeat of (no_uav75, seed 0) unless REPEAT=0
 if [ "$(finished runs/ablation_loso)" -lt "$wanted" ] || [ "$(finished runs/ablation_loso_repeat)" -lt "$repeats" ] ||
    [ ! -f runs/few_shot/few_shot.csv ]; then  # (the grid's few-shot curve runs once it is complete)
   every 60 gpu_memory
   watch=$!
-  BACKBONE=synth_crack FOLDS=$folds ONLY=$only REPEAT=$repeats JOB_S=$(left) bash tools/gpu_jobs/loso.sh > /dev/null
+  BACKBONE=synth_crack FOLDS=$folds ONLY=$only REPEAT=$repeats PARALLEL=$grid_parallel JOB_S=$(left) \
+      bash tools/gpu_jobs/loso.sh > /dev/null
   kill $watch 2>/dev/null
   tail -4 "$OUT/loso.log"
 fi
 echo "loso_cv.sh: candidate grid $(finished runs/ablation_loso) of $wanted runs (+ repeat $(finished \
 runs/ablation_loso_repeat) of $repeats) at ${SECONDS}s"
+[ -n "$cv_pid" ] && { wait "$cv_pid"; tail -2 "$OUT/uav75_cv.log"; }
 [ "$(finished runs/ablation_loso)" -ge "$wanted" ] || { repack; echo "loso_cv.sh: call again"; exit 0; }
 
-# 2. the UAV75 5-fold estimate (15 runs)
+# 2. the UAV75 5-fold estimate (15 runs, or CV_ROWS x CV_SEEDS)
 if [ "${CV:-1}" = 0 ]; then
   echo "loso_cv.sh: CV=0, no UAV75 5-fold"
 else
-  if [ "$(finished runs/ablation_uav75_cv)" -lt 15 ] && [ "$(left)" -gt 120 ]; then
-    JOB_S=$(left) bash tools/gpu_jobs/uav75_cv.sh > /dev/null
+  if [ "$(finished runs/ablation_uav75_cv)" -lt "$cv_wanted" ] && [ "$(left)" -gt 120 ]; then
+    env "${cv_env[@]}" JOB_S=$(left) bash tools/gpu_jobs/uav75_cv.sh > /dev/null
     tail -2 "$OUT/uav75_cv.log"
   fi
-  [ "$(finished runs/ablation_uav75_cv)" -ge 15 ] || { repack; echo "loso_cv.sh: call again"; exit 0; }
+  [ "$(finished runs/ablation_uav75_cv)" -ge "$cv_wanted" ] || { repack; echo "loso_cv.sh: call again"; exit 0; }
 fi
 
 # 3. dense vs windows on a trained 224-px model (refine bands included), while time is left: the

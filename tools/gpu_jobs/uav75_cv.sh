@@ -7,6 +7,7 @@
 # uav75_cv.tgz (run.json, margins.npz, histories, logs; no models).
 #   bash tools/gpu_jobs/stage_data.sh uav75 uavcrack deepcrack     # here, once: .data/ travels
 #   JOB_S=565 bash tools/gpu_jobs/uav75_cv.sh                       # there; SEEDS=0,1,2, PARALLEL=15 (or what fits)
+#   ROWS='^fold4$' SEEDS=2: only the runs a fresh machine still lacks (ablate's --only row regex)
 SECONDS=0
 source tools/gpu_jobs/common.sh
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-$RUN_FRACTION}
@@ -22,12 +23,14 @@ fold_backbones synth_crack no_uav75 || exit 1
 echo "backbone ready at ${SECONDS}s"
 parallel=${PARALLEL:-$(( RUNS_FIT < 15 ? RUNS_FIT : 15 ))}
 budget=$(( ${JOB_S:-565} - SECONDS - 25 ))  # what is left for training, packing included
-timeout -k 10 --signal=TERM "$budget" python3 tools/ablate.py --flagfile=$grid --seeds="$seeds" \
-    --parallel="$parallel" "$(loader_extra "$parallel")" --output_dir=runs/ablation_uav75_cv
-python3 tools/ablate.py --flagfile=$grid --seeds="$seeds" --output_dir=runs/ablation_uav75_cv --report_only >/dev/null 2>&1
+timeout -k 10 --signal=TERM "$budget" python3 tools/ablate.py --flagfile=$grid --seeds="$seeds" ${ROWS:+--only=$ROWS} \
+    --parallel="$parallel" "$(loader_extra "${LOADER_RUNS:-$parallel}")" --output_dir=runs/ablation_uav75_cv
+python3 tools/ablate.py --flagfile=$grid --seeds="$seeds" ${ROWS:+--only=$ROWS} --output_dir=runs/ablation_uav75_cv \
+    --report_only >/dev/null 2>&1
 kill $PACKER 2>/dev/null
 pack
-wanted=$(( $(grep -c '^--row=' $grid) * $(echo "$seeds" | tr ',' '\n' | grep -c .) ))
+rows=$(sed -n 's/^--row=\([^:]*\):.*/\1/p' $grid | grep -cE "${ROWS:-.}")
+wanted=$(( rows * $(echo "$seeds" | tr ',' '\n' | grep -c .) ))
 finished=$(find runs/ablation_uav75_cv -name run.json 2>/dev/null | wc -l)
 echo "uav75_cv.sh: $finished of $wanted runs finished at ${SECONDS}s"
 [ "$finished" -ge "$wanted" ] && echo "uav75_cv.sh: done" || echo "uav75_cv.sh: call again"
