@@ -83,6 +83,27 @@ def test_every_shipped_grid_run_is_a_valid_trainer_command(path, monkeypatch):
     train_flags.FLAGS.unparse_flags()
 
 
+def test_robustaug_rows_get_the_robust_augment_flagfile(monkeypatch):
+    """The three robustaug rows share configs/robust_augment.cfg; its values reach the trainer, the
+    row's own flags (epochs) too, and the plain rows keep the recipe's augmentation."""
+    from crack_tf.training import config as train_config
+    from crack_tf.training import flags as train_flags
+
+    monkeypatch.chdir(REPO)
+    lines = [ln.strip() for ln in open(os.path.join(REPO, "configs", "ablation_loso.cfg")) if ln.startswith("--row=")]
+    runs = ablate.build_runs("ours", "configs/crackmix.cfg", [ln.split("=", 1)[1] for ln in lines], [0], "runs/x",
+                             [], folds=ablate.loso_folds("uav75:0.5,uavcrack:0.3,deepcrack:0.2"))
+    parsed = {r.row: train_config.parse_args(r.args) for r in runs if r.fold == "all"}
+    train_flags.FLAGS.unparse_flags()
+    robust = [name for name in parsed if "robustaug" in name]
+    assert sorted(robust) == ["robustaug", "synthpre_robustaug", "synthpre_robustaug_epochs48"]
+    for name in robust:
+        cfg = parsed[name]
+        assert (cfg.gamma, cfg.grayscale, cfg.hue, cfg.noise, cfg.jpeg, cfg.contrast) == (0.3, 0.1, 0.03, 6, 0.3, 0.3)
+    assert parsed["synthpre_robustaug_epochs48"].epochs == 48 and parsed["synthpre_robustaug"].epochs == 16
+    assert parsed["synthpre"].gamma != 0.3 and parsed["synthpre"].jpeg != 0.3
+
+
 def _fake_run(model_dir, acc, seed, lr=0.01):
     os.makedirs(model_dir, exist_ok=True)
     m = {"accuracy": acc, "precision": 0.8, "recall": 0.6, "f1": 0.685, "missed_alarm_rate": 0.4,
