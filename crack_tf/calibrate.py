@@ -10,7 +10,8 @@ Example::
 (``--data=site_b --data_root=... --split=val``: their fixed grid tiles). The model's margins on
 the sample give a new threshold (``--fit=threshold``, the default), temperature and threshold
 (``temperature+threshold``) or first a re-fitted final Dense layer (``last_layer``,
-``crack_tf.evaluation.head_refit``). Samples under ``--min_examples`` tiles or with one class are
+``crack_tf.evaluation.head_refit``) or the top of the network fine-tuned on the sample
+(``finetune``: ``--finetune_from`` layers on, ``crack_tf.evaluation.site_finetune``). Samples under ``--min_examples`` tiles or with one class are
 refused (exit 2) with what to add. Prints the sample's accuracy / precision / recall with 95%
 bootstrap CIs before, after and cross-validated, and writes ``--out``: a copy of ``--model`` (never
 changed) whose stored operating point is the new one with its provenance
@@ -27,11 +28,13 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from absl import app, flags
 
 from crack_tf import cli
 from crack_tf.choices import TTA_MODES
 from crack_tf.evaluation import site_calibration as sc
+from crack_tf.evaluation import site_finetune as sf
 from crack_tf.evaluation.head_refit import DEFAULT_L2
 from crack_tf.model_precision import define_precision_flag
 
@@ -56,6 +59,11 @@ def _define_flags() -> None:
                        "the site: the fitted one is shrunk towards it, unless it is significantly better on the "
                        "sample (0 = a plain re-pick; docs/CALIBRATE.md).", lower_bound=0)
     flags.DEFINE_float("l2", DEFAULT_L2, "--fit=last_layer: strength of the pull toward the old layer.")
+    flags.DEFINE_string("finetune_from", sf.DEFAULT_START, "--fit=finetune: the first layer trained (a name prefix; "
+                        "conv5_ = ResNet50's last stage, conv5_block3 its last block, logits the head).")
+    flags.DEFINE_integer("finetune_steps", sf.DEFAULT_STEPS, "--fit=finetune: Adam steps (batches of the sample).",
+                         lower_bound=1)
+    flags.DEFINE_float("finetune_lr", sf.DEFAULT_LR, "--fit=finetune: learning rate.", lower_bound=0)
     flags.DEFINE_string("export", None, "Also export the new model as a SavedModel version under this folder.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing --out file.")
     flags.DEFINE_integer("image_size", None, "Tile size if neither the model nor its metadata fixes it.")
@@ -107,13 +115,17 @@ def list_sample(data: str, split: str | None, source: str, data_root: str = "") 
     return {"path": data, "split": split, "labels": None, "files": files}
 
 
-def _sample_margins(predictor, inp, fit: str, l2: float) -> dict[str, Any]:
-    """Margins [V, N] and labels of the sample; for ``last_layer`` also the re-fitted head."""
-    if fit != "last_layer":
+def _sample_margins(predictor, inp, fit: str, l2: float, finetune: dict | None = None) -> dict[str, Any]:
+    """Margins [V, N] and labels of the sample; for the model fits (``last_layer``, ``finetune``) also
+    the margins after the fit, ``fold_fit`` (re-fit on some tiles -> every tile's margins) and what
+    to write (``head`` or ``weights``)."""
+    if fit in sc.MARGIN_FITS:
         from crack_tf.training.finish import val_margins
 
         margins, labels, _ = val_margins(predictor.model, inp, predictor.tta)
         return {"margins": margins, "labels": labels}
+    if fit == "finetune":
+        return _finetune_margins(predictor, inp, **(finetune or {}))
     from crack_tf.evaluation import head_refit as hr
 
     features, labels = hr.sample_features(predictor.model, inp, predictor.tta)
@@ -128,8 +140,37 @@ def _sample_margins(predictor, inp, fit: str, l2: float) -> dict[str, Any]:
     }
 
 
-def _write(model: str, out: str, metadata: dict, head: tuple | None) -> None:
-    """``out`` = a copy of ``model`` (with the re-fitted head) holding ``metadata``, written atomically."""
+def _finetune_margins(predictor, inp, start: str = sf.DEFAULT_START, steps: int = sf.DEFAULT_STEPS,
+                      lr: float = sf.DEFAULT_LR) -> dict[str, Any]:
+    """``--fit=finetune``: the sample's margins before and after fine-tuning on all of it, and per
+    cross-validation fold a fine-tuning on the other folds' tiles (each from the model's own weights)."""
+    from crack_tf.data.input import padded_batches
+
+    images, labels = [], []
+    for batch, y, rows in padded_batches(inp.dataset):
+        images.append(np.asarray(batch, np.float32)[:rows])
+        labels.append(np.asarray(y).reshape(-1)[:rows])
+    images, labels = np.concatenate(images), np.concatenate(labels).astype(np.int64)
+    sc.check_sample(labels, 2)  # the fit needs both classes; the real check follows
+    model = predictor.model
+    margins = sf.array_margins(model, images, predictor.tta)
+    tuner = sf.SiteFinetuner(model, start, lr, steps, batch_size=min(sf.DEFAULT_BATCH, max(2, labels.size)))
+    tuner.fit(images, labels)
+    after, weights = sf.array_margins(model, images, predictor.tta), model.get_weights()
+
+    def fold_fit(idx: np.ndarray) -> np.ndarray:
+        tuner.fit(images[idx], labels[idx])
+        return sf.array_margins(model, images, predictor.tta)
+
+    return {"margins": margins, "labels": labels, "after_margins": after, "weights": weights,
+            "fold_fit": fold_fit, "folds": sf.FOLDS,
+            "provenance": {"finetune_from": start, "finetune_steps": steps, "finetune_lr": lr,
+                           "finetune_weights": tuner.trainable}}
+
+
+def _write(model: str, out: str, metadata: dict, head: tuple | None, weights: list | None = None) -> None:
+    """``out`` = a copy of ``model`` (with the re-fitted head, or all ``weights`` of the fine-tuned
+    one) holding ``metadata``, written atomically."""
     from crack_tf.evaluation.head_refit import save_with_head
     from crack_tf.model_meta import read_metadata, write_metadata
 
@@ -138,10 +179,13 @@ def _write(model: str, out: str, metadata: dict, head: tuple | None) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".calibrate-", suffix=".keras", dir=folder)
     os.close(fd)
     try:
-        if head is None:
+        if head is None and weights is None:
             shutil.copyfile(model, tmp)
         else:
-            save_with_head(model, tmp, *head)
+            if weights is not None:
+                sf.save_with_weights(model, tmp, weights)
+            else:
+                save_with_head(model, tmp, *head)
             metadata = {**read_metadata(model), **metadata}
         write_metadata(tmp, metadata)
         os.replace(tmp, out)
@@ -170,9 +214,11 @@ def calibrate(
     seed: int = 0,
     precision: str | None = None,
     prior_tiles: float = sc.DEFAULT_PRIOR_TILES,
+    finetune: dict | None = None,
 ) -> dict[str, Any]:
     """Runs the calibration and writes ``out`` (and the export); returns ``point`` (the stored
-    operating point), ``out``, ``export`` (version folder or None) and ``skipped`` files."""
+    operating point), ``out``, ``export`` (version folder or None) and ``skipped`` files.
+    ``finetune``: ``start`` / ``steps`` / ``lr`` of ``fit="finetune"`` (defaults: site_finetune's)."""
     import crack_tf
     from crack_tf.data import DataConfig, make_input
     from crack_tf.inspection.scan import file_sha256
@@ -196,21 +242,21 @@ def calibrate(
                         data_root=data_root)
     inp = make_input(config, sample["split"], training=False, global_batch_size=batch_size, backend="numpy")
     sc.check_sample([y for _, y in inp.examples], min_examples)
-    got = _sample_margins(predictor, inp, fit, l2)
+    got = _sample_margins(predictor, inp, fit, l2, finetune)
     provenance = {
         "files_sha256": sc.files_sha256(sample["files"]), "files": len(sample["files"]),
         "data": data if source == "photos" else os.path.abspath(data), "split": sample["split"], "source": source,
         **({"data_root": os.path.abspath(data_root)} if source == "photos" and data_root else {}),
         "skipped": len(inp.skipped), "model": os.path.abspath(model), "model_sha256": file_sha256(model),
-        "crack_tf": crack_tf.__version__, **({"l2": l2} if fit == "last_layer" else {}),
+        "crack_tf": crack_tf.__version__, **({"l2": l2} if fit == "last_layer" else {}), **got.get("provenance", {}),
     }
     point = sc.calibrate_sample(
         got["margins"], got["labels"], predictor.metadata.get("operating_point"), rule, fit, predictor.tta,
-        got.get("after_margins"), got.get("fold_fit"), min_examples, n_resamples, seed, provenance=provenance,
-        prior_tiles=prior_tiles)
+        got.get("after_margins"), got.get("fold_fit"), min_examples, n_resamples, seed,
+        folds=got.get("folds", sc.DEFAULT_FOLDS), provenance=provenance, prior_tiles=prior_tiles)
     _write(model, out, {"operating_point": point, "tta": predictor.tta, "image_size": int(size),
                         "small_policy": predictor.small_policy, "class_names": list(predictor.class_names)},
-           got.get("head"))
+           got.get("head"), got.get("weights"))
     exported = None
     if export_dir:
         from crack_tf.export import export_model_file, read_run_json, verify_export
@@ -226,7 +272,8 @@ def main(argv: Sequence[str]) -> int:
     res = calibrate(FLAGS.model, FLAGS.data, FLAGS.out, FLAGS.split, FLAGS.source, FLAGS.data_root, FLAGS.rule,
                     FLAGS.tta, FLAGS.fit, FLAGS.min_examples, FLAGS.l2, FLAGS.export, FLAGS.overwrite,
                     FLAGS.image_size, FLAGS.batch_size, FLAGS.bootstrap, FLAGS.seed, FLAGS.precision,
-                    FLAGS.prior_tiles)
+                    FLAGS.prior_tiles, {"start": FLAGS.finetune_from, "steps": FLAGS.finetune_steps,
+                                        "lr": FLAGS.finetune_lr})
     for line in sc.summary(res["point"]):
         print(f"calibrate: {line}")
     rec = res["point"]["site_calibration"]

@@ -11,6 +11,8 @@ NumPy only: the inputs are the model's logit margins ``[V, N]`` on the sample (V
 * ``fit="last_layer"``: the command re-fits the final Dense layer first
   (:mod:`crack_tf.evaluation.head_refit`) and passes the new margins as ``after_margins``; the
   temperature and threshold are then fitted on those.
+* ``fit="finetune"``: the same with the top of the network fine-tuned on the sample
+  (:mod:`crack_tf.evaluation.site_finetune`).
 
 ``prior_tiles`` (k, default :data:`DEFAULT_PRIOR_TILES`) shrinks the fitted threshold towards the
 stored one: in margin space (threshold x temperature on the logit scale) the new decision margin is
@@ -19,8 +21,8 @@ k tiles of the site. Measured by leave-one-source-out (docs/CALIBRATE.md): a pla
 tiles costs 1-4 points where the stored threshold is already near the site's best; k = 50 keeps
 that loss within 1.2 points and most of the gain where there is one. When the fitted point decides the
 sample significantly better than the stored one (:func:`clearly_better`) the stored point is wrong
-for the site and the prior is dropped. ``0`` = the plain re-pick; the last-layer fit is never
-shrunk (its margins are not the stored point's).
+for the site and the prior is dropped. ``0`` = the plain re-pick; the last-layer and fine-tuning
+fits are never shrunk (their margins are not the stored point's).
 
 The returned point is stored like the trainer's (``rule``, ``threshold``, ``temperature``,
 ``tta``) plus ``site_calibration``: sample size and class counts, the files' hash, the UTC date,
@@ -41,8 +43,9 @@ import numpy as np
 from crack_tf.choices import CLASS_NAMES
 from crack_tf.evaluation import calibration, stats
 
-FITS = ("threshold", "temperature+threshold", "last_layer")
+FITS = ("threshold", "temperature+threshold", "last_layer", "finetune")
 MARGIN_FITS = FITS[:2]  # the fits that need only the margins (no features)
+MODEL_FITS = FITS[2:]  # the fits that change the model: temperature and threshold fitted on its new margins
 REPORTED = ("accuracy", "precision", "recall", "f1")
 DEFAULT_MIN_EXAMPLES = 20
 DEFAULT_FOLDS = 10
@@ -104,13 +107,13 @@ def fit_point(margins: np.ndarray, labels: np.ndarray, rule: str, fit: str = "th
         temperature = float((base_point or {}).get("temperature", 1.0))
         picked = stats.pick_threshold(calibration.calibrated_probability(margins, temperature), labels, rule)
         point = {"rule": rule, "threshold": picked["threshold"], "temperature": temperature}
-    elif fit in ("temperature+threshold", "last_layer"):
+    elif fit == "temperature+threshold" or fit in MODEL_FITS:
         fitted = calibration.operating_point(margins, labels, rule)
         keep = ("rule", "threshold", "temperature", "ece_before", "ece_after", "nll_before", "nll_after")
         point = {k: fitted[k] for k in keep}
     else:
         raise ValueError(f"--fit={fit!r}; choose one of {FITS}")
-    if prior_tiles and base_point and fit != "last_layer":
+    if prior_tiles and base_point and fit not in MODEL_FITS:
         point["prior_tiles"] = float(prior_tiles)
         if clearly_better(margins, labels, point, base_point):
             point["prior"] = "not applied: the fitted point is significantly better on the sample"

@@ -1,0 +1,126 @@
+"""``calibrate --fit=finetune``: the top of the network fine-tuned on a site's sample.
+
+The tiny model (nested like the ResNet backbone: ``backbone`` = stem -> feats -> feats_bn, then
+pooling and the head) sees gray (feature 1 = ``200 - mean gray``) and redness (``relu(R - G)``);
+the head's margin is ``0.1 * feature 1 - 10``. The "site" has blue cracks: crack tiles (R, G, B) =
+(50, 70, 90), background (70, 70, 70), the same gray and no redness, so every tile gets the same
+margin: no threshold and no re-fitted head can tell them apart, while fine-tuning ``feats`` can.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from crack_tf.calibrate import calibrate
+from crack_tf.evaluation import site_finetune as sf
+from crack_tf.model_meta import write_metadata
+from crack_tf.predictor import load_model
+
+SIZE = 16
+CRACK, BACKGROUND = (50, 70, 90), (70, 70, 70)
+
+
+def tiny_model() -> keras.Model:
+    image = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Conv2D(3, 1, use_bias=False, name="stem")(image)
+    x = keras.layers.Conv2D(2, 1, activation="relu", name="feats")(x)
+    x = keras.layers.BatchNormalization(name="feats_bn")(x)
+    backbone = keras.Model(image, x, name="backbone")
+    outer = keras.Input((SIZE, SIZE, 3))
+    y = keras.layers.GlobalAveragePooling2D(name="avg_pool")(backbone(outer))
+    logits = keras.layers.Dense(2, dtype="float32", name="logits")(y)
+    model = keras.Model(outer, logits)
+    model.get_layer("backbone").get_layer("stem").set_weights([np.eye(3, dtype=np.float32)[None, None]])
+    kernel = np.zeros((1, 1, 3, 2), np.float32)
+    kernel[0, 0, :, 0] = -1 / 3
+    kernel[0, 0, :, 1] = [1.0, -1.0, 0.0]
+    model.get_layer("backbone").get_layer("feats").set_weights([kernel, np.array([200.0, 0.0], np.float32)])
+    model.get_layer("logits").set_weights([np.array([[0.0, 0.1], [0.0, 0.0]], np.float32),
+                                           np.array([0.0, -10.0], np.float32)])
+    return model
+
+
+def site_arrays(n_crack: int = 12, n_background: int = 18) -> tuple[np.ndarray, np.ndarray]:
+    images = np.stack([np.broadcast_to(np.array(c, np.float32), (SIZE, SIZE, 3)) for c in
+                       [CRACK] * n_crack + [BACKGROUND] * n_background])
+    return images, np.array([1] * n_crack + [0] * n_background)
+
+
+def test_trainable_from_opens_nested_models_and_keeps_batchnorm_frozen():
+    model = tiny_model()
+    assert [layer.name for layer in sf.leaf_layers(model)][-5:] == ["stem", "feats", "feats_bn", "avg_pool", "logits"]
+    count = sf.set_trainable_from(model, "feats")
+    assert sorted(w.path for w in model.trainable_weights) == ["feats/bias", "feats/kernel", "logits/bias",
+                                                               "logits/kernel"]
+    assert count == 3 * 2 + 2 + 2 * 2 + 2
+    assert sf.set_trainable_from(model, "logits") == 6
+    with pytest.raises(ValueError, match="names no layer.*'feats'.*'logits'.*'stem'"):
+        sf.set_trainable_from(model, "conv5_")
+
+
+def test_finetuning_learns_what_the_features_miss_and_starts_again_from_the_model():
+    model = tiny_model()
+    images, labels = site_arrays()
+    before = sf.array_margins(model, images, "d4", batch_size=8)
+    assert before.shape == (8, 30) and np.ptp(before) < 1e-4  # every tile alike: nothing to threshold
+    frozen = {name: [w.copy() for w in model.get_layer("backbone").get_layer(name).get_weights()]
+              for name in ("stem", "feats_bn")}
+    tuner = sf.SiteFinetuner(model, "feats", lr=0.05, steps=60, batch_size=8)
+    losses = tuner.fit(images, labels, seed=1)
+    after = sf.array_margins(model, images, "d4", batch_size=8).mean(axis=0)
+    assert losses[-1] < 0.2 * losses[0]
+    assert after[labels == 1].min() > after[labels == 0].max()  # now separable
+    for name, weights in frozen.items():  # the stem (before --finetune_from) and BatchNorm are kept
+        for old, new in zip(weights, model.get_layer("backbone").get_layer(name).get_weights()):
+            np.testing.assert_array_equal(old, new)
+    again = tuner.fit(images, labels, seed=1)  # from the model's own weights and a fresh optimizer
+    np.testing.assert_allclose(again, losses, rtol=1e-5)
+    tuner.restore()
+    np.testing.assert_allclose(sf.array_margins(model, images, "none", batch_size=8), before[:1], atol=1e-5)
+
+
+def test_refusals_name_what_is_wrong():
+    images, labels = site_arrays()
+    tuner = sf.SiteFinetuner(tiny_model(), "feats", steps=1, batch_size=4)
+    with pytest.raises(ValueError, match="both classes"):
+        tuner.fit(images[:12], labels[:12])
+    soft = tiny_model()
+    head = keras.layers.Dense(2, activation="softmax", name="probs")(soft.layers[-2].output)
+    with pytest.raises(ValueError, match="linear Dense layer of 2 logits"):
+        sf.SiteFinetuner(keras.Model(soft.inputs, head), "feats")
+    with pytest.raises(ValueError, match="steps >= 1"):
+        sf.SiteFinetuner(tiny_model(), "feats", steps=0)
+
+
+def test_calibrate_finetune_writes_the_finetuned_model_that_predict_then_uses(tmp_path):
+    model_file = tmp_path / "final.keras"
+    tiny_model().save(model_file)
+    write_metadata(str(model_file), {"operating_point": {"threshold": 0.5, "temperature": 1.0, "rule": "f1"},
+                                     "tta": "none", "image_size": SIZE, "small_policy": "resize"})
+    images, labels = site_arrays(15, 25)
+    for name in ("crack", "background"):
+        (tmp_path / "site" / name).mkdir(parents=True)
+    for i, (image, y) in enumerate(zip(images, labels)):
+        Image.fromarray(image.astype(np.uint8)).save(tmp_path / "site" / ("crack" if y else "background") / f"{i}.png")
+    site = str(tmp_path / "site")
+    thr = calibrate(str(model_file), site, str(tmp_path / "t.keras"), n_resamples=0)["point"]["site_calibration"]
+    out = tmp_path / "tuned.keras"
+    res = calibrate(str(model_file), site, str(out), fit="finetune", n_resamples=0,
+                    finetune={"start": "feats", "steps": 60, "lr": 0.05})["point"]
+    rec = res["site_calibration"]
+    assert thr["cross_validated"]["accuracy"] <= 25 / 40  # a threshold cannot separate them
+    assert rec["after"]["accuracy"] == 1.0 and rec["cross_validated"]["accuracy"] >= 0.9
+    assert rec["cross_validated"]["folds"] == sf.FOLDS and rec["verdict"].startswith("recalibrate")
+    assert (rec["fit"], rec["finetune_from"], rec["finetune_steps"], rec["finetune_lr"]) == ("finetune", "feats", 60, 0.05)
+    loaded = load_model(str(out))
+    assert loaded.threshold == pytest.approx(res["threshold"])
+    picks = np.concatenate([images[:2], images[-2:]]).astype(np.uint8)
+    assert loaded.is_crack(loaded.predict(picks)).tolist() == [True, True, False, False]
+    original = keras.saving.load_model(model_file, compile=False)
+    np.testing.assert_array_equal(loaded.model.get_layer("backbone").get_layer("stem").get_weights()[0],
+                                  original.get_layer("backbone").get_layer("stem").get_weights()[0])
+    assert not np.allclose(loaded.model.get_layer("backbone").get_layer("feats").get_weights()[0],
+                           original.get_layer("backbone").get_layer("feats").get_weights()[0])
