@@ -89,6 +89,13 @@ def test_loso_job_pretrains_each_fold_without_its_left_out_source(job_tree):
     assert "--folds=no_uav75" in repeat and "--seeds=0" in repeat
     curve = next(args for args in lines if args[0] == "tools/few_shot_curve.py")  # on the machine: features stay
     assert "--runs=runs/ablation_loso/*_no_*_s*" in curve and "--fit=threshold,last_layer" in curve
+    # then the fine-tuning curve on each fold's seed-0 model (the models are only on the machine)
+    tuned = next(args for args in lines if args[0] == "tools/few_shot_finetune.py")
+    assert {"--runs=runs/ablation_loso/*_no_*_s0", "--tta=none", "--starts=conv5_,conv5_block3"} <= set(tuned)
+    calls.write_text("")
+    subprocess.run(["bash", "tools/gpu_jobs/loso.sh"], cwd=repo, capture_output=True, text=True,
+                   env=dict(env, ONLY="^pretrained$", JOB_S="200", FINETUNE_CURVE="0"), timeout=60)
+    assert "few_shot_finetune" not in calls.read_text()
     out = repo.parent / "out"
     assert sorted(p.name for p in out.iterdir()) == ["loso.log", "machine.txt", "runs.tgz"]  # <= 8 files back
 
@@ -228,7 +235,8 @@ def _slice_recorder(repo, finish_runs: bool):
   folds=$(printf '%s\\n' "$@" | sed -n 's/^--folds=//p' | tr , ' ')
   for s in $seeds; do for f in ${folds:-cv0 cv1 cv2 cv3 cv4}; do mkdir -p "$out/r_${f}_s$s"; echo {} > "$out/r_${f}_s$s/run.json"; touch "$out/r_${f}_s$s/final.keras"; done; done;;
 *tools/dense_agreement.py*) echo '{}' > "$(printf '%s\\n' "$@" | sed -n 's/^--json_out=//p')";;
-*tools/few_shot_curve.py*) mkdir -p runs/few_shot; touch runs/few_shot/few_shot.csv;; esac
+*tools/few_shot_curve.py*) mkdir -p runs/few_shot; touch runs/few_shot/few_shot.csv;;
+*tools/few_shot_finetune.py*) mkdir -p runs/few_shot_finetune; touch runs/few_shot_finetune/few_shot.csv;; esac
 """
     (repo.parent / "bin" / "python3").write_text(script)
 

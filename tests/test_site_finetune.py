@@ -124,3 +124,53 @@ def test_calibrate_finetune_writes_the_finetuned_model_that_predict_then_uses(tm
                                   original.get_layer("backbone").get_layer("stem").get_weights()[0])
     assert not np.allclose(loaded.model.get_layer("backbone").get_layer("feats").get_weights()[0],
                            original.get_layer("backbone").get_layer("feats").get_weights()[0])
+
+
+def _finetune_run(folder, root, flip: bool = False):
+    """A leave-one-source-out run of the tiny model whose left-out source is the photos at ``root/site``."""
+    import json
+
+    from tests.tool_loader import load_tool
+
+    tool = load_tool("few_shot_finetune")
+    config = {"eval_sources": "site", "data_root": str(root), "val_split": "val", "val_tile": 32, "image_size": SIZE,
+              "small_policy": "resize", "max_padding": 0.1, "eval_max_tiles": None, "val_fraction": 0.2, "seed": 0}
+    images, labels, groups = tool.left_out_images(config)
+    folder.mkdir(parents=True)
+    model = tiny_model()
+    model.save(folder / "final.keras")
+    point = {"threshold": 0.5, "temperature": 1.0, "rule": "f1", "tta": "none"}
+    write_metadata(str(folder / "final.keras"), {"operating_point": point, "tta": "none", "image_size": SIZE,
+                                                 "small_policy": "resize"})
+    (folder / "run.json").write_text(json.dumps({"config": config, "operating_point": point}))
+    margins = sf.array_margins(model, images, "none")
+    np.savez(folder / "margins.npz", margins=margins.astype(np.float32), labels=(1 - labels) if flip else labels,
+             sources=np.array(["site"] * labels.size), split=np.array(["eval"] * labels.size), tta=np.array("none"))
+    return tool, labels, groups
+
+
+def test_few_shot_finetune_tool_fine_tunes_each_draw_from_the_runs_weights(tmp_path, monkeypatch, capsys):
+    import hashlib
+
+    from tests.photo_data import write_source
+
+    root = tmp_path / "data"
+    write_source(root / "site", {"train": 1, "val": 4}, seed=5)
+    tool, labels, groups = _finetune_run(tmp_path / "runs" / "m_no_site_s0", root)
+    assert len(set(groups.tolist())) == 4 and 0 < labels.sum() < labels.size
+    _finetune_run(tmp_path / "runs" / "m_no_site_s1", root, flip=True)  # another data version: skipped, named
+    digest = hashlib.sha256((tmp_path / "runs" / "m_no_site_s0" / "final.keras").read_bytes()).hexdigest()
+    fits = []
+    real_fit = sf.SiteFinetuner.fit
+    monkeypatch.setattr(sf.SiteFinetuner, "fit", lambda self, x, y, seed=0: fits.append((len(x), seed)) or
+                        real_fit(self, x, y, seed))
+    rows = tool.main_args([f"--runs={tmp_path / 'runs' / 'm_no_site_s*'}", f"--out={tmp_path / 'curve'}",
+                           "--starts=feats,logits", "--ns=0,3", "--draws=2", "--steps=3", "--lr=0.01"])
+    assert "skipped" in capsys.readouterr().err and {r["run"] for r in rows} == {"m_no_site_s0"}
+    assert [(r["fit"], r["n"], r["draws"]) for r in rows] == [
+        ("finetune from feats", 0, 1), ("finetune from feats", 3, 2), ("finetune from logits", 0, 1),
+        ("finetune from logits", 3, 2)]
+    assert rows[1]["rest"] < labels.size - 3  # drawn by photo: the sample's photos are not scored
+    assert fits == [(3, 0), (3, 1), (3, 0), (3, 1)]  # a fine-tuning per draw, a new seed each
+    assert (tmp_path / "curve" / "few_shot_by_source.md").read_text().count("finetune from") == 2
+    assert hashlib.sha256((tmp_path / "runs" / "m_no_site_s0" / "final.keras").read_bytes()).hexdigest() == digest

@@ -17,7 +17,7 @@ with the new head. ``tools/few_shot_curve.py`` runs it on the ``margins.npz`` (a
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -84,6 +84,7 @@ def few_shot_curve(
     head: tuple[np.ndarray, np.ndarray] | None = None,
     l2: float = hr.DEFAULT_L2,
     groups: np.ndarray | None = None,
+    refit: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[dict]:
     """One row per ``n``: ``n``, ``draws``, ``fallbacks``, ``rest`` (tiles scored) and the mean / std
     (sample std over the draws; 0 for one draw) of accuracy, precision, recall and F1.
@@ -91,9 +92,15 @@ def few_shot_curve(
     ``fit="last_layer"`` needs ``features`` [V, N, D] and ``head`` = (kernel, bias) instead of
     ``margins`` (they are the head's margins of the features); ``l2`` as ``calibrate --l2``.
     ``groups`` [N] (each tile's photo / source image): samples are drawn by :func:`draw_grouped` and
-    scored on the other groups only; without, tiles are drawn independently (:func:`draw_sample`)."""
-    refit = None
-    if fit == "last_layer":
+    scored on the other groups only; without, tiles are drawn independently (:func:`draw_sample`).
+    ``fit="finetune"`` needs ``refit(sample indices)`` -> every tile's margins [V, N] after
+    fine-tuning on those tiles (``tools/few_shot_finetune.py``, :mod:`site_finetune`)."""
+    if fit == "finetune":
+        if refit is None or margins is None:
+            raise ValueError("fit='finetune' needs the tiles' margins and refit(sample) -> margins after fine-tuning")
+    elif refit is not None:
+        raise ValueError(f"refit is for fit='finetune', not {fit!r}")
+    elif fit == "last_layer":
         if features is None or head is None:
             raise ValueError("fit='last_layer' needs the tiles' features and the head's (kernel, bias)")
         features = np.asarray(features, np.float32)

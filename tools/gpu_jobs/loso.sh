@@ -8,11 +8,12 @@
 #   JOB_S=520 bash tools/gpu_jobs/loso.sh                           # there; ONLY=<row regex>, SEEDS=0,1,2
 #   FOLDS=no_uav75,no_uavcrack,no_deepcrack (default; add "all" for the whole mix),
 #   PRETRAIN_STEPS=1000 (per backbone), PARALLEL=12 (fewer where the GPU's memory fits fewer),
-#   REPEAT=0 skips the repeated run.
+#   REPEAT=0 skips the repeated run; FINETUNE_CURVE=0 skips the fine-tuning few-shot curve.
 #   BACKBONE=synth_crack: every fold's backbone starts from one pretrained on synthetic cracks
 #   (SYNTH_STEPS=1000; runs/pretrain/loso_synth_<fold>.weights.h5, the grid's `synthpre` row).
 # At most 8 files come back from $OUT, so $OUT gets only: machine.txt, loso.log (this job's output),
-# the results of both grids and runs.tgz (run.json, margins.npz, history, logs, runs/few_shot; no models).
+# the results of both grids and runs.tgz (run.json, margins.npz, history, logs, runs/few_shot and
+# runs/few_shot_finetune; no models).
 SECONDS=0
 case ${BACKBONE:-crack} in crack|synth_crack) ;; *) echo "BACKBONE=${BACKBONE}: choose crack (default) or synth_crack"; exit 2;; esac
 source tools/gpu_jobs/common.sh
@@ -26,7 +27,7 @@ exec > >(tee -a "$OUT/loso.log") 2>&1
 grid=configs/ablation_loso.cfg
 pack() {  # what has finished so far, in one archive
   cp runs/ablation_loso/results.md "$OUT/loso_results.md" 2>/dev/null
-  pack_runs runs runs/ablation_loso runs/ablation_loso_repeat runs/pretrain_logs runs/few_shot
+  pack_runs runs runs/ablation_loso runs/ablation_loso_repeat runs/pretrain_logs runs/few_shot runs/few_shot_finetune
 }
 start_packer pack
 folds=${FOLDS:-no_uav75,no_uavcrack,no_deepcrack}
@@ -54,6 +55,13 @@ curve_s=$(( ${JOB_S:-520} - SECONDS - 20 ))
 [ "$curve_s" -le "${CURVE_S:-240}" ] || curve_s=${CURVE_S:-240}
 [ "$grid_rc" = 0 ] && [ "$curve_s" -ge 30 ] && timeout "$curve_s" python3 tools/few_shot_curve.py --runs='runs/ablation_loso/*_no_*_s*' --out=runs/few_shot \
     --fit=threshold,last_layer --prior_tiles=0,50 --l2=1,0.1,0.01 2>&1 | tail -3
+# Then, with the models here, the curve of calibrate --fit=finetune on each fold's seed-0 run: the last
+# stage or its last block fine-tuned on n labelled tiles drawn by photo (one view: --tta=none).
+ft_s=$(( ${JOB_S:-520} - SECONDS - 20 ))
+[ "$grid_rc" = 0 ] && [ "${FINETUNE_CURVE:-1}" != 0 ] && [ ! -f runs/few_shot_finetune/few_shot.csv ] &&
+  [ "$ft_s" -ge 90 ] && timeout "$ft_s" python3 tools/few_shot_finetune.py --runs='runs/ablation_loso/*_no_*_s0' \
+    --out=runs/few_shot_finetune --starts="${FINETUNE_STARTS:-conv5_,conv5_block3}" --ns=0,10,25,50 \
+    --draws="${FINETUNE_DRAWS:-5}" --tta=none 2>&1 | grep "^few_shot_finetune" | tail -8
 kill $PACKER 2>/dev/null
 pack
 python3 - <<'PY'

@@ -22,7 +22,7 @@ wanted=$(( 3 * $(echo "$folds" | tr ',' '\n' | grep -c .) ))  # seeds 0, 1, 2
 repeats=$(( ${REPEAT:-1} != 0 ))
 finished() { find "$1" -mindepth 2 -maxdepth 2 -name run.json 2>/dev/null | wc -l; }  # runs of a grid folder
 repack() {  # $OUT is emptied before every call: each call returns everything finished so far
-  pack_runs runs runs/ablation_loso runs/ablation_loso_repeat runs/pretrain_logs runs/few_shot
+  pack_runs runs runs/ablation_loso runs/ablation_loso_repeat runs/pretrain_logs runs/few_shot runs/few_shot_finetune
   [ -d runs/ablation_uav75_cv ] && pack_runs uav75_cv runs/ablation_uav75_cv
   rm -f "$OUT/loso_results.md" "$OUT/uav75_cv_results.md"
 }
@@ -49,7 +49,8 @@ grid_parallel=""  # loso.sh's own count, less the CV's slot
 
 # 1. the candidate's grid: folds x 3 seeds, and the repeat of (no_uav75, seed 0) unless REPEAT=0
 if [ "$(finished runs/ablation_loso)" -lt "$wanted" ] || [ "$(finished runs/ablation_loso_repeat)" -lt "$repeats" ] ||
-   [ ! -f runs/few_shot/few_shot.csv ]; then  # (the grid's few-shot curve runs once it is complete)
+   [ ! -f runs/few_shot/few_shot.csv ] ||  # (the grid's few-shot curves run once it is complete)
+   { [ "${FINETUNE_CURVE:-1}" != 0 ] && [ ! -f runs/few_shot_finetune/few_shot.csv ]; }; then
   every 60 gpu_memory
   watch=$!
   BACKBONE=synth_crack FOLDS=$folds ONLY=$only REPEAT=$repeats PARALLEL=$grid_parallel JOB_S=$(left) \
