@@ -315,6 +315,17 @@ def test_slice_job_trains_the_missing_cv_runs_beside_the_grid(job_tree):
     assert len(loso) == 1 and "--parallel=12" in loso[0]  # 13 fit the (default) H200: one left to the CV
 
 
+def test_slice_job_with_one_seed_is_done_when_that_seed_is(job_tree):
+    repo, env, calls = job_tree
+    _slice_recorder(repo, finish_runs=True)
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, ONLY="^synthpre$", JOB_S="300", FOLDS="no_uavcrack,no_deepcrack", REPEAT="0",
+                                   SEEDS="0", CV="0", AGREE="0"), timeout=90)
+    assert "candidate grid 2 of 2 runs" in done.stdout and "loso_cv.sh: done" in done.stdout
+    grid = next(a.split() for a in calls.read_text().splitlines() if "--output_dir=runs/ablation_loso" in a)
+    assert "--seeds=0" in grid
+
+
 def test_slice_job_cv_and_agreement_can_be_skipped(job_tree):
     repo, env, calls = job_tree
     _slice_recorder(repo, finish_runs=True)

@@ -8,7 +8,7 @@
 #   bash tools/gpu_jobs/stage_data.sh uav75 uavcrack deepcrack     # here, once: .data/ travels
 #   ONLY='^synthpre_robustaug$' JOB_S=570 bash tools/gpu_jobs/loso_cv.sh     # there
 #   FOLDS=no_uavcrack,no_deepcrack REPEAT=0: a later session's call, for the folds still missing;
-#   CV=0 skips the UAV75 5-fold, AGREE=0 the agreement (once they have run); CV_ROWS='^fold4$'
+#   CV=0 skips the UAV75 5-fold, AGREE=0 the agreement (once they have run); SEEDS=0 (default 0,1,2); CV_ROWS='^fold4$'
 #   CV_SEEDS=2: only the CV runs still missing, trained beside the candidate's grid (one slot)
 # Files back (<= 8): machine.txt, loso.log, runs.tgz, uav75_cv.log, uav75_cv.tgz, agreement.json,
 # agreement.log (the grids' results.md are inside the .tgz files).
@@ -18,7 +18,7 @@ only=${ONLY:?ONLY=<the candidate row regex of configs/ablation_loso.cfg>}
 source tools/gpu_jobs/common.sh
 export SKIP_WHEELS=1  # installed once by common.sh above
 folds=${FOLDS:-all,no_uav75,no_uavcrack,no_deepcrack}  # a later session: only the folds still missing
-wanted=$(( 3 * $(echo "$folds" | tr ',' '\n' | grep -c .) ))  # seeds 0, 1, 2
+wanted=$(( $(echo "${SEEDS:-0,1,2}" | tr ',' '\n' | grep -c .) * $(echo "$folds" | tr ',' '\n' | grep -c .) ))
 repeats=$(( ${REPEAT:-1} != 0 ))
 finished() { find "$1" -mindepth 2 -maxdepth 2 -name run.json 2>/dev/null | wc -l; }  # runs of a grid folder
 repack() {  # $OUT is emptied before every call: each call returns everything finished so far
