@@ -84,7 +84,7 @@ def test_every_shipped_grid_run_is_a_valid_trainer_command(path, monkeypatch):
 
 
 def test_robustaug_rows_get_the_robust_augment_flagfile(monkeypatch):
-    """The three robustaug rows share configs/robust_augment.cfg; its values reach the trainer, the
+    """The three robustaug rows share configs/addons/robust_augment.cfg; its values reach the trainer, the
     row's own flags (epochs) too, and the plain rows keep the recipe's augmentation."""
     from crack_tf.training import config as train_config
     from crack_tf.training import flags as train_flags

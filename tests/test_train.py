@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -63,6 +64,16 @@ def test_every_shipped_config_parses():
     for name in names:
         cfg = train_config.parse_args([f"--flagfile={os.path.join(configs, name)}", "--data_dir=/some/where"])
         assert cfg.batch_size >= 1, name
+
+
+def test_every_addon_config_parses_after_the_recommended_recipe():
+    """configs/addons/*.cfg are added after a recipe (--flagfile=<recipe> --flagfile=<addon>)."""
+    addons = sorted(glob.glob(os.path.join(REPO, "configs", "addons", "*.cfg")))
+    assert addons
+    for path in addons:
+        cfg = train_config.parse_args([f"--flagfile={os.path.join(REPO, 'configs', 'crackmix_synthpre.cfg')}",
+                                       f"--flagfile={path}"])
+        assert cfg.data_source == "photos", path
 
 
 @pytest.mark.parametrize(
