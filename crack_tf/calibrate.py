@@ -115,7 +115,8 @@ def list_sample(data: str, split: str | None, source: str, data_root: str = "") 
     return {"path": data, "split": split, "labels": None, "files": files}
 
 
-def _sample_margins(predictor, inp, fit: str, l2: float, finetune: dict | None = None) -> dict[str, Any]:
+def _sample_margins(predictor, inp, fit: str, l2: float, finetune: dict | None = None, seed: int = 0
+                    ) -> dict[str, Any]:
     """Margins [V, N] and labels of the sample; for the model fits (``last_layer``, ``finetune``) also
     the margins after the fit, ``fold_fit`` (re-fit on some tiles -> every tile's margins) and what
     to write (``head`` or ``weights``)."""
@@ -125,7 +126,7 @@ def _sample_margins(predictor, inp, fit: str, l2: float, finetune: dict | None =
         margins, labels, _ = val_margins(predictor.model, inp, predictor.tta)
         return {"margins": margins, "labels": labels}
     if fit == "finetune":
-        return _finetune_margins(predictor, inp, **(finetune or {}))
+        return _finetune_margins(predictor, inp, **(finetune or {}), seed=seed)
     from crack_tf.evaluation import head_refit as hr
 
     features, labels = hr.sample_features(predictor.model, inp, predictor.tta)
@@ -141,9 +142,13 @@ def _sample_margins(predictor, inp, fit: str, l2: float, finetune: dict | None =
 
 
 def _finetune_margins(predictor, inp, start: str = sf.DEFAULT_START, steps: int = sf.DEFAULT_STEPS,
-                      lr: float = sf.DEFAULT_LR) -> dict[str, Any]:
-    """``--fit=finetune``: the sample's margins before and after fine-tuning on all of it, and per
-    cross-validation fold a fine-tuning on the other folds' tiles (each from the model's own weights)."""
+                      lr: float = sf.DEFAULT_LR, seed: int = 0) -> dict[str, Any]:
+    """``--fit=finetune``: the sample's margins before fine-tuning, and out of fold after it: each of
+    the cross-validation folds (``sc.stratified_folds``, as ``calibrate_sample`` draws them) scored by a
+    fine-tuning on the other folds, each from the model's own weights. The point is fitted on those
+    out-of-fold margins, because a network fine-tuned on the sample nearly separates the sample
+    itself (a temperature fitted there runs to its bound); the weights written are those of a
+    fine-tuning on the whole sample, which ``fold_fit`` does not repeat for the folds."""
     from crack_tf.data.input import padded_batches
 
     images, labels = [], []
@@ -152,20 +157,26 @@ def _finetune_margins(predictor, inp, start: str = sf.DEFAULT_START, steps: int 
         labels.append(np.asarray(y).reshape(-1)[:rows])
     images, labels = np.concatenate(images), np.concatenate(labels).astype(np.int64)
     sc.check_sample(labels, 2)  # the fit needs both classes; the real check follows
-    model = predictor.model
-    margins = sf.array_margins(model, images, predictor.tta)
+    model, views = predictor.model, predictor.tta
+    margins = sf.array_margins(model, images, views)
     tuner = sf.SiteFinetuner(model, start, lr, steps, batch_size=min(sf.DEFAULT_BATCH, max(2, labels.size)))
+    fold = sc.stratified_folds(labels, sf.FOLDS, seed)
+    out_of_fold, by_train = np.empty_like(margins), {}
+    for k in np.unique(fold):
+        train = np.flatnonzero(fold != k)
+        if len(np.unique(labels[train])) < 2:
+            continue  # calibrate_sample gives such a fold the stored point
+        tuner.fit(images[train], labels[train])
+        by_train[train.tobytes()] = fitted = sf.array_margins(model, images, views)
+        out_of_fold[:, fold == k] = fitted[:, fold == k]
+    if len(by_train) < len(np.unique(fold)):
+        raise ValueError("--fit=finetune: the sample is too small for its cross-validation folds to hold both "
+                         "classes; label more tiles of each class")
     tuner.fit(images, labels)
-    after, weights = sf.array_margins(model, images, predictor.tta), model.get_weights()
-
-    def fold_fit(idx: np.ndarray) -> np.ndarray:
-        tuner.fit(images[idx], labels[idx])
-        return sf.array_margins(model, images, predictor.tta)
-
-    return {"margins": margins, "labels": labels, "after_margins": after, "weights": weights,
-            "fold_fit": fold_fit, "folds": sf.FOLDS,
+    return {"margins": margins, "labels": labels, "after_margins": out_of_fold, "weights": model.get_weights(),
+            "fold_fit": lambda idx: by_train[np.asarray(idx, np.int64).tobytes()], "folds": sf.FOLDS,
             "provenance": {"finetune_from": start, "finetune_steps": steps, "finetune_lr": lr,
-                           "finetune_weights": tuner.trainable}}
+                           "finetune_weights": tuner.trainable, "point_fitted_on": "out-of-fold margins"}}
 
 
 def _write(model: str, out: str, metadata: dict, head: tuple | None, weights: list | None = None) -> None:
@@ -242,7 +253,7 @@ def calibrate(
                         data_root=data_root)
     inp = make_input(config, sample["split"], training=False, global_batch_size=batch_size, backend="numpy")
     sc.check_sample([y for _, y in inp.examples], min_examples)
-    got = _sample_margins(predictor, inp, fit, l2, finetune)
+    got = _sample_margins(predictor, inp, fit, l2, finetune, seed)
     provenance = {
         "files_sha256": sc.files_sha256(sample["files"]), "files": len(sample["files"]),
         "data": data if source == "photos" else os.path.abspath(data), "split": sample["split"], "source": source,

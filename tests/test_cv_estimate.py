@@ -14,7 +14,7 @@ from tests.tool_loader import load_tool
 cv = load_tool("cv_estimate")
 
 
-def _write_fold(folder, seed, fold, labels, margins, threshold, temperature=1.0):
+def _write_fold(folder, seed, fold, labels, margins, threshold, temperature=1.0, k=2):
     """A CV run: ``labels`` / ``margins`` are the source's val tiles (one view), plus 3 tiles of
     another source that must not count; the stored operating point as the trainer writes it."""
     folder.mkdir(parents=True)
@@ -23,7 +23,7 @@ def _write_fold(folder, seed, fold, labels, margins, threshold, temperature=1.0)
              sources=np.array(["uav75"] * len(labels) + ["other"] * 3), split=np.array(["val"] * (len(labels) + 3)),
              tta=np.array("none"))
     (folder / "run.json").write_text(json.dumps({
-        "config": {"seed": seed, "val_split": f"cv5_{fold}_val"},
+        "config": {"seed": seed, "val_split": f"cv{k}_{fold}_val"},
         "operating_point": {"threshold": threshold, "temperature": temperature}}))
 
 
@@ -48,9 +48,23 @@ def test_pooled_per_seed_at_each_folds_own_threshold(tmp_path):
     est = result["estimate"]["accuracy"]
     assert est["mean"] == pytest.approx(87.5) and est["std"] == pytest.approx(np.std([75, 100], ddof=1))
     assert est["ci95_half"] == pytest.approx(12.706 * est["std"] / np.sqrt(2))  # t with 1 d.o.f.
-    assert result["per_fold"]["cv5_1_val"] == [75.0, 100.0]
+    assert result["per_fold"]["cv2_1_val"] == [75.0, 100.0]
     md = cv.markdown(result, "uav75")
     assert "**Accuracy 87.5 ± 17.7" in md and "2 (incomplete: not in the estimate)" in md
+
+
+def test_a_fold_without_any_run_leaves_every_seed_incomplete(tmp_path):
+    # a 5-fold grid whose fold 4 has not run anywhere: 4 folds are not an estimate of 5
+    for fold in range(4):
+        _write_fold(tmp_path / f"fold{fold}_s0", 0, fold, np.array([1, 0]), np.array([3.0, -3.0]), 0.5, k=5)
+    result = cv.estimate([cv.fold_verdicts(str(p), "uav75") for p in sorted(tmp_path.iterdir())])
+    assert result["folds"][-1] == "cv5_4_val" and result["complete_seeds"] == []
+    assert result["estimate"]["accuracy"] is None and "No seed has every fold" in cv.markdown(result, "uav75")
+
+
+def test_a_tile_exactly_at_the_threshold_is_background_as_everywhere_in_the_project(tmp_path):
+    _write_fold(tmp_path / "fold0_s0", 0, 0, np.array([1, 0]), np.array([0.0, -3.0]), 0.5)  # p(crack) = 0.5
+    assert cv.fold_verdicts(str(tmp_path / "fold0_s0"), "uav75")["predicted"].tolist() == [0, 0]
 
 
 def test_the_temperature_of_the_point_is_applied(tmp_path):

@@ -233,7 +233,11 @@ def _slice_recorder(repo, finish_runs: bool):
   out=$(printf '%s\\n' "$@" | sed -n 's/^--output_dir=//p' | tail -1)
   seeds=$(printf '%s\\n' "$@" | sed -n 's/^--seeds=//p' | tr , ' ')
   folds=$(printf '%s\\n' "$@" | sed -n 's/^--folds=//p' | tr , ' ')
-  for s in $seeds; do for f in ${folds:-cv0 cv1 cv2 cv3 cv4}; do mkdir -p "$out/r_${f}_s$s"; echo {} > "$out/r_${f}_s$s/run.json"; touch "$out/r_${f}_s$s/final.keras"; done; done;;
+  row=$(printf '%s\\n' "$@" | sed -n 's/^--only=//p' | tr -d '^$'); row=${row:-r}
+  for s in $seeds; do for f in ${folds:-cv}; do
+    if [ -n "$folds" ]; then runs="${row}_${f}"; else runs="fold0 fold1 fold2 fold3 fold4"; fi
+    for r in $runs; do mkdir -p "$out/${r}_s$s"; echo {} > "$out/${r}_s$s/run.json"; touch "$out/${r}_s$s/final.keras"; done
+  done; done;;
 *tools/dense_agreement.py*) echo '{}' > "$(printf '%s\\n' "$@" | sed -n 's/^--json_out=//p')";;
 *tools/few_shot_curve.py*) mkdir -p runs/few_shot; touch runs/few_shot/few_shot.csv;;
 *tools/few_shot_finetune.py*) mkdir -p runs/few_shot_finetune; touch runs/few_shot_finetune/few_shot.csv;; esac
@@ -295,16 +299,19 @@ def test_slice_job_for_the_folds_still_missing(job_tree):
     assert any(x.startswith("--extra=--loader_processes=true,--loader_workers=") for x in loso)
     # no `all` fold in this call: the agreement (issue 24) runs on the fold's seed-0 model
     agree = next(a for a in lines if a[0] == "tools/dense_agreement.py")
-    assert "--model=runs/ablation_loso/r_no_uavcrack_s0/final.keras" in agree
+    assert "--model=runs/ablation_loso/synthpre_robustaug_no_uavcrack_s0/final.keras" in agree
 
 
 def test_slice_job_trains_the_missing_cv_runs_beside_the_grid(job_tree):
     """CV_ROWS / CV_SEEDS: the CV runs a fresh machine lacks start with the grid, in one slot of its own."""
     repo, env, calls = job_tree
     _slice_recorder(repo, finish_runs=True)
+    other = repo / "runs" / "ablation_uav75_cv" / "fold0_s0"  # another CV run on the warm machine: not fold 4, seed 2
+    other.mkdir(parents=True)
+    (other / "run.json").write_text("{}")
     done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
                           env=dict(env, ONLY="^synthpre_robustaug_epochs48$", JOB_S="300", FOLDS="all,no_uav75",
-                                   REPEAT="0", CV_ROWS="^fold4$", CV_SEEDS="2", AGREE="0"), timeout=90)
+                                   REPEAT="0", CV_ROWS="^fold4$", CV_SEEDS="2", AGREE="0", RUN_GB="20"), timeout=90)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "loso_cv.sh: done" in done.stdout
     grids = [a.split() for a in calls.read_text().splitlines() if a.startswith("tools/ablate.py")
@@ -312,7 +319,7 @@ def test_slice_job_trains_the_missing_cv_runs_beside_the_grid(job_tree):
     cv = [a for a in grids if "--output_dir=runs/ablation_uav75_cv" in a]
     loso = [a for a in grids if "--output_dir=runs/ablation_loso" in a]
     assert len(cv) == 1 and "--only=^fold4$" in cv[0] and "--seeds=2" in cv[0] and "--parallel=1" in cv[0]
-    assert len(loso) == 1 and "--parallel=12" in loso[0]  # 13 fit the (default) H200: one left to the CV
+    assert len(loso) == 1 and "--parallel=5" in loso[0]  # 6 runs of 20 GB fit: one left to the CV
 
 
 def test_slice_job_with_one_seed_is_done_when_that_seed_is(job_tree):
@@ -324,6 +331,20 @@ def test_slice_job_with_one_seed_is_done_when_that_seed_is(job_tree):
     assert "candidate grid 2 of 2 runs" in done.stdout and "loso_cv.sh: done" in done.stdout
     grid = next(a.split() for a in calls.read_text().splitlines() if "--output_dir=runs/ablation_loso" in a)
     assert "--seeds=0" in grid
+
+
+def test_count_runs_counts_only_the_wanted_row_folds_and_seeds(job_tree):
+    repo, env, _ = job_tree
+    grid = repo / "runs" / "g"
+    for name in ("a_all_s0", "a_no_x_s0", "a_no_x_s1", "a_no_x_s2", "ab_no_x_s0", "a_no_y_s0", "fold4_s2"):
+        (grid / name).mkdir(parents=True)
+        (grid / name / "run.json").write_text("{}")
+    (grid / "a_no_x_s3").mkdir()  # unfinished: no run.json
+    counts = subprocess.run(["bash", "-c", "source tools/gpu_jobs/common.sh; count_runs runs/g '^a$' 0,1,3 all,no_x; "
+                             "count_runs runs/g '^fold4$' 2; count_runs runs/g '^a' 0 no_x,no_y; "
+                             "grid_rows configs/ablation_uav75_cv.cfg '^fold[34]$'"],
+                            cwd=repo, capture_output=True, text=True, env=env, timeout=60)
+    assert counts.stdout.split()[-4:] == ["3", "1", "3", "2"], counts.stdout + counts.stderr
 
 
 def test_slice_job_cv_and_agreement_can_be_skipped(job_tree):

@@ -61,6 +61,23 @@ def test_trainable_from_opens_nested_models_and_keeps_batchnorm_frozen():
         sf.set_trainable_from(model, "conv5_")
 
 
+def test_batchnorm_inside_a_trained_layer_stays_frozen():
+    """The ASPP layer is one leaf with its own BatchNorms: training it must not train them."""
+    from crack_tf.models.aspp import ASPP
+
+    image = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Conv2D(4, 1, name="conv5_a")(image)
+    x = ASPP(filters=4, depth_multiplier=1, name="aspp_layer4")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(image, keras.layers.Dense(2, name="logits")(x))
+    sf.set_trainable_from(model, "conv5_")
+    paths = [w.path for w in model.trainable_weights]
+    assert any(p.startswith("aspp_layer4") for p in paths)  # the ASPP's convolutions train
+    assert not [p for p in paths if "gamma" in p or "beta" in p]  # its norms do not
+    norms = [layer for layer in model._flatten_layers(recursive=True) if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and not any(layer.trainable for layer in norms)
+
+
 def test_finetuning_learns_what_the_features_miss_and_starts_again_from_the_model():
     model = tiny_model()
     images, labels = site_arrays()
@@ -95,7 +112,7 @@ def test_refusals_name_what_is_wrong():
         sf.SiteFinetuner(tiny_model(), "feats", steps=0)
 
 
-def test_calibrate_finetune_writes_the_finetuned_model_that_predict_then_uses(tmp_path):
+def test_calibrate_finetune_writes_the_finetuned_model_that_predict_then_uses(tmp_path, monkeypatch):
     model_file = tmp_path / "final.keras"
     tiny_model().save(model_file)
     write_metadata(str(model_file), {"operating_point": {"threshold": 0.5, "temperature": 1.0, "rule": "f1"},
@@ -108,6 +125,15 @@ def test_calibrate_finetune_writes_the_finetuned_model_that_predict_then_uses(tm
     site = str(tmp_path / "site")
     thr = calibrate(str(model_file), site, str(tmp_path / "t.keras"), n_resamples=0)["point"]["site_calibration"]
     out = tmp_path / "tuned.keras"
+    fitted = []  # (sample size, feats kernel after the fit) of every fine-tuning
+    real_fit = sf.SiteFinetuner.fit
+
+    def recording_fit(self, x, y, seed=0):
+        losses = real_fit(self, x, y, seed)
+        fitted.append((len(x), self.model.get_layer("backbone").get_layer("feats").get_weights()[0].copy()))
+        return losses
+
+    monkeypatch.setattr(sf.SiteFinetuner, "fit", recording_fit)
     res = calibrate(str(model_file), site, str(out), fit="finetune", n_resamples=0,
                     finetune={"start": "feats", "steps": 60, "lr": 0.05})["point"]
     rec = res["site_calibration"]
@@ -122,8 +148,10 @@ def test_calibrate_finetune_writes_the_finetuned_model_that_predict_then_uses(tm
     original = keras.saving.load_model(model_file, compile=False)
     np.testing.assert_array_equal(loaded.model.get_layer("backbone").get_layer("stem").get_weights()[0],
                                   original.get_layer("backbone").get_layer("stem").get_weights()[0])
-    assert not np.allclose(loaded.model.get_layer("backbone").get_layer("feats").get_weights()[0],
-                           original.get_layer("backbone").get_layer("feats").get_weights()[0])
+    assert sorted(n for n, _ in fitted) == [32] * sf.FOLDS + [40]  # 5 folds (of 8 tiles each held out), then all
+    whole = next(k for n, k in fitted if n == 40)
+    np.testing.assert_array_equal(loaded.model.get_layer("backbone").get_layer("feats").get_weights()[0], whole)
+    assert not np.allclose(whole, original.get_layer("backbone").get_layer("feats").get_weights()[0])
 
 
 def _finetune_run(folder, root, flip: bool = False):

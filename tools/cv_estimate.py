@@ -3,13 +3,19 @@
   python tools/cv_estimate.py --runs='docs/results/x/ablation_uav75_cv/fold*_s*' --source=uav75 \\
       --out=docs/results/x/uav75_cv_estimate.md
 
-Each run of a CV grid (``configs/ablation_uav75_cv.cfg``: ``--val_split=cv5_<i>_val``) scored its val
-fold at its own stored operating point (temperature, threshold; ``margins.npz``). Per seed, the
+Each run of a CV grid (``configs/ablation_uav75_cv.cfg``: ``--val_split=cv<k>_<i>_val``) scored its
+val fold at its own stored operating point (temperature, threshold; ``margins.npz``). Per seed, the
 source's val tiles of all k folds are pooled -- every labelled photo is scored exactly once, by a
-model that did not train on it -- and accuracy / precision / recall / F1 are counted over the pool.
-The estimate is the mean ± sample std over the seeds that have every fold, with the 95% t interval;
+model that did not train on it -- and accuracy / precision / recall / F1 are counted over the pool
+(as the project counts them: ``p > float32(threshold)``). The estimate is the mean ± sample std over
+the seeds that have every one of the k folds (k read from the split names), with the 95% t interval;
 seeds with folds missing are listed apart (their fold accuracies still appear in the per-fold table).
 Nothing is re-run: the margins are the models'.
+
+What it does not remove: each fold's operating point was picked on that fold's val (all sources'
+val tiles, these included), as every shipped point is picked on val, so the estimate is optimistic by
+that one choice; and the interval is over seeds (training noise), not over the photos (60 photos'
+sampling error is larger).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -26,7 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ablate_report import mean_std_ci  # noqa: E402  (tools/ is not a package)
 
-from crack_tf.evaluation import calibration, run_margins  # noqa: E402
+from crack_tf.evaluation import run_margins, stats  # noqa: E402
+from crack_tf.evaluation import site_calibration as sc  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -47,34 +55,39 @@ def fold_verdicts(folder: str, source: str) -> dict | None:
     keep = (a["split"] == "val") & (a["sources"] == source)
     if not keep.any():
         raise ValueError(f"{folder}: no val tiles of source {source!r} (sources: {sorted(set(a['sources']))})")
-    probs = calibration.calibrated_probability(a["margins"][:, keep], float(point.get("temperature", 1.0)))
+    decided = sc.predictions(a["margins"][:, keep], point) > np.float32(point["threshold"])
     fold = run["config"].get("val_split") or run["name"].split("_s")[0]
     return {"seed": int(run["config"].get("seed", 0)), "fold": str(fold), "labels": a["labels"][keep].astype(int),
-            "predicted": (probs >= float(point["threshold"])).astype(int), "threshold": float(point["threshold"])}
+            "predicted": decided.astype(int), "threshold": float(point["threshold"])}
 
 
 def pooled_metrics(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    """Accuracy, precision, recall and F1 (fractions) counted over the pooled tiles."""
-    tp = int(np.sum((predicted == 1) & (labels == 1)))
-    fp = int(np.sum((predicted == 1) & (labels == 0)))
-    fn = int(np.sum((predicted == 0) & (labels == 1)))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"accuracy": float(np.mean(labels == predicted)), "precision": precision, "recall": recall, "f1": f1,
-            "tiles": int(labels.size)}
+    """Accuracy, precision, recall and F1 (fractions) of 0 / 1 decisions, counted over the pooled tiles."""
+    values = stats.all_metrics(np.asarray(predicted, np.float64), labels, 0.5)
+    return {k: float(values[k]) for k in ("accuracy", "precision", "recall", "f1")} | {"tiles": int(labels.size)}
+
+
+def expected_folds(folds: list[str]) -> list[str]:
+    """Every fold of the grid: ``cv<k>_0_val`` .. ``cv<k>_<k-1>_val`` when the split names say k (so a
+    fold with no run yet still counts as missing), else the folds found."""
+    ks = {m.group(1) for m in (re.fullmatch(r"cv(\d+)_\d+_val", f) for f in folds) if m}
+    if len(ks) == 1:
+        k = int(ks.pop())
+        return [f"cv{k}_{i}_val" for i in range(k)]
+    return sorted(set(folds))
 
 
 def estimate(verdicts: list[dict]) -> dict:
-    """Per-seed pooled metrics, which seeds are complete (every fold of the grid), and the estimate."""
-    folds = sorted({v["fold"] for v in verdicts})
+    """Per-seed pooled metrics, which seeds are complete (each fold of the grid exactly once), and the estimate."""
+    folds = expected_folds([v["fold"] for v in verdicts])
     by_seed: dict[int, list[dict]] = {}
     for v in verdicts:
         by_seed.setdefault(v["seed"], []).append(v)
     seeds = {}
     for seed, runs in sorted(by_seed.items()):
         pooled = pooled_metrics(np.concatenate([r["labels"] for r in runs]), np.concatenate([r["predicted"] for r in runs]))
-        seeds[seed] = dict(pooled, folds=sorted(r["fold"] for r in runs), complete=len(runs) == len(folds))
+        have = sorted(r["fold"] for r in runs)
+        seeds[seed] = dict(pooled, folds=have, complete=have == folds)
     complete = [s for s, m in seeds.items() if m["complete"]]
     summary = {}
     for key in ("accuracy", "precision", "recall", "f1"):

@@ -52,7 +52,12 @@ def set_trainable_from(model: Any, start: str) -> int:
     for layer in model.layers:  # containers trainable, so that their layers' own flags count
         layer.trainable = True
     for i, layer in enumerate(leaves):
-        layer.trainable = i >= first and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = i >= first
+    # every BatchNormalization frozen, also those inside a leaf (the ASPP's branch norms), which
+    # setting the leaf trainable above made trainable again
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
 
@@ -124,22 +129,15 @@ class SiteFinetuner:
 
 
 def array_margins(model: Any, images: np.ndarray, tta: str = "none", batch_size: int = 64) -> np.ndarray:
-    """Logit margins [V, N] (V test-time views) of ``images`` [N, H, W, C]; every call has one batch
-    shape (the last batch padded), so the model compiles once."""
-    import keras
+    """Logit margins [V, N] (V test-time views) of ``images`` [N, H, W, C], scored as the trainer
+    scores val (``finish.val_margins``: one batch shape, so one compile)."""
+    import types
 
-    from crack_tf.evaluation.calibration import logit_margin
-    from crack_tf.predictor import tta_views
+    from crack_tf.training.finish import val_margins
 
-    out = []
-    for start in range(0, len(images), batch_size):
-        chunk = np.asarray(images[start:start + batch_size], np.float32)
-        rows = len(chunk)
-        if rows < batch_size:
-            chunk = np.concatenate([chunk, np.zeros((batch_size - rows, *chunk.shape[1:]), np.float32)])
-        out.append(np.stack([logit_margin(keras.ops.convert_to_numpy(model.predict_on_batch(v)))[:rows]
-                             for v in tta_views(chunk, tta)]))
-    return np.concatenate(out, axis=1)
+    batches = [(images[i:i + batch_size], np.zeros(len(images[i:i + batch_size]), np.int64))
+               for i in range(0, len(images), batch_size)]
+    return val_margins(model, types.SimpleNamespace(by_source=None, dataset=batches), tta)[0]
 
 
 def save_with_weights(source: str, target: str, weights: list[np.ndarray]) -> None:

@@ -101,3 +101,26 @@ start_packer() {
   PACKER=$!
   trap 'kill $PACKER 2>/dev/null' EXIT  # also when a step fails
 }
+
+# Finished runs of a grid folder among the wanted ones (other rows, folds or seeds on a warm machine
+# do not count): count_runs <grid dir> <row regex (ablate's --only)> <seeds,csv> [<folds,csv>]
+# A run folder is <row>_<fold>_s<seed> (folds given) or <row>_s<seed>, finished when it has run.json.
+count_runs() {
+  local dir=$1 rows=$2 seeds=",$3," folds=${4:-} n=0 path name seed rest fold row
+  for path in "$dir"/*/run.json; do
+    [ -f "$path" ] || continue
+    name=$(basename "$(dirname "$path")"); seed=${name##*_s}; rest=${name%_s*}
+    [[ $seeds == *",$seed,"* ]] || continue
+    row=$rest
+    if [ -n "$folds" ]; then
+      row=""
+      for fold in ${folds//,/ }; do [[ $rest == *"_$fold" ]] && { row=${rest%_"$fold"}; break; }; done
+      [ -n "$row" ] || continue
+    fi
+    grep -qE -- "$rows" <<< "$row" && n=$((n + 1))
+  done
+  echo "$n"
+}
+# How many rows of an ablate grid flagfile match a row regex: grid_rows <cfg> <regex>
+grid_rows() { sed -n 's/^--row=\([^:]*\):.*/\1/p' "$1" | grep -cE -- "${2:-.}"; }
+

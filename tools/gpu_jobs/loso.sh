@@ -53,15 +53,21 @@ done
 # pulls (calibrate --l2), in the time left.
 curve_s=$(( ${JOB_S:-520} - SECONDS - 20 ))
 [ "$curve_s" -le "${CURVE_S:-240}" ] || curve_s=${CURVE_S:-240}
-[ "$grid_rc" = 0 ] && [ "$curve_s" -ge 30 ] && timeout "$curve_s" python3 tools/few_shot_curve.py --runs='runs/ablation_loso/*_no_*_s*' --out=runs/few_shot \
+[ "$grid_rc" = 0 ] && [ "$curve_s" -ge 30 ] && [ ! -f runs/few_shot/few_shot.csv ] && timeout "$curve_s" \
+    python3 tools/few_shot_curve.py --runs='runs/ablation_loso/*_no_*_s*' --out=runs/few_shot \
     --fit=threshold,last_layer --prior_tiles=0,50 --l2=1,0.1,0.01 2>&1 | tail -3
 # Then, with the models here, the curve of calibrate --fit=finetune on each fold's seed-0 run: the last
 # stage or its last block fine-tuned on n labelled tiles drawn by photo (one view: --tta=none).
+# It writes its files after each run; runs/few_shot_finetune/done marks the whole curve (a call cut
+# off in the middle draws it again at the next call).
 ft_s=$(( ${JOB_S:-520} - SECONDS - 20 ))
-[ "$grid_rc" = 0 ] && [ "${FINETUNE_CURVE:-1}" != 0 ] && [ ! -f runs/few_shot_finetune/few_shot.csv ] &&
-  [ "$ft_s" -ge 90 ] && timeout "$ft_s" python3 tools/few_shot_finetune.py --runs='runs/ablation_loso/*_no_*_s0' \
-    --out=runs/few_shot_finetune --starts="${FINETUNE_STARTS:-conv5_,conv5_block3}" --ns=0,10,25,50 \
-    --draws="${FINETUNE_DRAWS:-5}" --tta=none 2>&1 | grep "^few_shot_finetune" | tail -8
+if [ "$grid_rc" = 0 ] && [ "${FINETUNE_CURVE:-1}" != 0 ] && [ ! -f runs/few_shot_finetune/done ] && [ "$ft_s" -ge 90 ]; then
+  mkdir -p runs/few_shot_finetune
+  timeout "$ft_s" python3 tools/few_shot_finetune.py --runs='runs/ablation_loso/*_no_*_s0' \
+      --out=runs/few_shot_finetune --starts="${FINETUNE_STARTS:-conv5_,conv5_block3}" --ns=0,10,25,50 \
+      --draws="${FINETUNE_DRAWS:-5}" --tta=none > runs/few_shot_finetune/log.txt 2>&1 && touch runs/few_shot_finetune/done
+  grep "^few_shot_finetune" runs/few_shot_finetune/log.txt | tail -8
+fi
 kill $PACKER 2>/dev/null
 pack
 python3 - <<'PY'

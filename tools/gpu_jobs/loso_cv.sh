@@ -20,7 +20,10 @@ export SKIP_WHEELS=1  # installed once by common.sh above
 folds=${FOLDS:-all,no_uav75,no_uavcrack,no_deepcrack}  # a later session: only the folds still missing
 wanted=$(( $(echo "${SEEDS:-0,1,2}" | tr ',' '\n' | grep -c .) * $(echo "$folds" | tr ',' '\n' | grep -c .) ))
 repeats=$(( ${REPEAT:-1} != 0 ))
-finished() { find "$1" -mindepth 2 -maxdepth 2 -name run.json 2>/dev/null | wc -l; }  # runs of a grid folder
+seeds=${SEEDS:-0,1,2}
+grid_done() { count_runs runs/ablation_loso "$only" "$seeds" "$folds"; }  # the wanted runs only
+repeat_done() { count_runs runs/ablation_loso_repeat "$only" 0 no_uav75; }
+cv_done() { count_runs runs/ablation_uav75_cv "${CV_ROWS:-.}" "${CV_SEEDS:-0,1,2}"; }
 repack() {  # $OUT is emptied before every call: each call returns everything finished so far
   pack_runs runs runs/ablation_loso runs/ablation_loso_repeat runs/pretrain_logs runs/few_shot runs/few_shot_finetune
   [ -d runs/ablation_uav75_cv ] && pack_runs uav75_cv runs/ablation_uav75_cv
@@ -36,21 +39,21 @@ echo "loso_cv.sh: backbones ready at ${SECONDS}s"
 
 # (the few CV runs a fresh machine lacks, CV_ROWS / CV_SEEDS, run beside the grid in one slot)
 cv_env=(ROWS="${CV_ROWS:-}" SEEDS="${CV_SEEDS:-0,1,2}")
-cv_wanted=$(( $(sed -n 's/^--row=\([^:]*\):.*/\1/p' configs/ablation_uav75_cv.cfg | grep -cE "${CV_ROWS:-.}") * \
-    $(echo "${CV_SEEDS:-0,1,2}" | tr ',' '\n' | grep -c .) ))
+cv_wanted=$(( $(grid_rows configs/ablation_uav75_cv.cfg "${CV_ROWS:-.}") * $(echo "${CV_SEEDS:-0,1,2}" | tr ',' '\n' | grep -c .) ))
 cv_pid=""
-if [ "${CV:-1}" != 0 ] && [ -n "${CV_ROWS:-}" ] && [ "$(finished runs/ablation_uav75_cv)" -lt "$cv_wanted" ]; then
+if [ "${CV:-1}" != 0 ] && [ -n "${CV_ROWS:-}" ] && [ "$(cv_done)" -lt "$cv_wanted" ] && [ $(( RUNS_FIT - repeats )) -ge 2 ]; then
   env "${cv_env[@]}" PARALLEL=1 LOADER_RUNS="$RUNS_FIT" JOB_S=$(( $(left) - 5 )) bash tools/gpu_jobs/uav75_cv.sh > /dev/null &
   cv_pid=$!
 fi
-grid_parallel=""  # loso.sh's own count, less the CV's slot
-[ -n "$cv_pid" ] && grid_parallel=$(( RUNS_FIT - repeats - 1 < 12 ? RUNS_FIT - repeats - 1 : 12 ))
-[ -n "$grid_parallel" ] && [ "$grid_parallel" -lt 1 ] && grid_parallel=1
+grid_parallel=${PARALLEL:-}  # loso.sh's own count, less the CV's slot (started only where two fit)
+if [ -n "$cv_pid" ]; then
+  grid_parallel=$(( ${PARALLEL:-$(( RUNS_FIT - repeats < 13 ? RUNS_FIT - repeats : 13 ))} - 1 ))
+fi
 
 # 1. the candidate's grid: folds x 3 seeds, and the repeat of (no_uav75, seed 0) unless REPEAT=0
-if [ "$(finished runs/ablation_loso)" -lt "$wanted" ] || [ "$(finished runs/ablation_loso_repeat)" -lt "$repeats" ] ||
+if [ "$(grid_done)" -lt "$wanted" ] || [ "$(repeat_done)" -lt "$repeats" ] ||
    [ ! -f runs/few_shot/few_shot.csv ] ||  # (the grid's few-shot curves run once it is complete)
-   { [ "${FINETUNE_CURVE:-1}" != 0 ] && [ ! -f runs/few_shot_finetune/few_shot.csv ]; }; then
+   { [ "${FINETUNE_CURVE:-1}" != 0 ] && [ ! -f runs/few_shot_finetune/done ]; }; then
   every 60 gpu_memory
   watch=$!
   BACKBONE=synth_crack FOLDS=$folds ONLY=$only REPEAT=$repeats PARALLEL=$grid_parallel JOB_S=$(left) \
@@ -58,20 +61,19 @@ if [ "$(finished runs/ablation_loso)" -lt "$wanted" ] || [ "$(finished runs/abla
   kill $watch 2>/dev/null
   tail -4 "$OUT/loso.log"
 fi
-echo "loso_cv.sh: candidate grid $(finished runs/ablation_loso) of $wanted runs (+ repeat $(finished \
-runs/ablation_loso_repeat) of $repeats) at ${SECONDS}s"
+echo "loso_cv.sh: candidate grid $(grid_done) of $wanted runs (+ repeat $(repeat_done) of $repeats) at ${SECONDS}s"
 [ -n "$cv_pid" ] && { wait "$cv_pid"; tail -2 "$OUT/uav75_cv.log"; }
-[ "$(finished runs/ablation_loso)" -ge "$wanted" ] || { repack; echo "loso_cv.sh: call again"; exit 0; }
+[ "$(grid_done)" -ge "$wanted" ] || { repack; echo "loso_cv.sh: call again"; exit 0; }
 
 # 2. the UAV75 5-fold estimate (15 runs, or CV_ROWS x CV_SEEDS)
 if [ "${CV:-1}" = 0 ]; then
   echo "loso_cv.sh: CV=0, no UAV75 5-fold"
 else
-  if [ "$(finished runs/ablation_uav75_cv)" -lt "$cv_wanted" ] && [ "$(left)" -gt 120 ]; then
+  if [ "$(cv_done)" -lt "$cv_wanted" ] && [ "$(left)" -gt 120 ]; then
     env "${cv_env[@]}" JOB_S=$(left) bash tools/gpu_jobs/uav75_cv.sh > /dev/null
     tail -2 "$OUT/uav75_cv.log"
   fi
-  [ "$(finished runs/ablation_uav75_cv)" -ge "$cv_wanted" ] || { repack; echo "loso_cv.sh: call again"; exit 0; }
+  [ "$(cv_done)" -ge "$cv_wanted" ] || { repack; echo "loso_cv.sh: call again"; exit 0; }
 fi
 
 # 3. dense vs windows on a trained 224-px model (refine bands included), while time is left: the
