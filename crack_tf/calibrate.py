@@ -190,13 +190,13 @@ def _write(model: str, out: str, metadata: dict, head: tuple | None, weights: li
     fd, tmp = tempfile.mkstemp(prefix=".calibrate-", suffix=".keras", dir=folder)
     os.close(fd)
     try:
-        if head is None and weights is None:
-            shutil.copyfile(model, tmp)
+        if weights is not None:
+            sf.save_with_weights(model, tmp, weights)
+        elif head is not None:
+            save_with_head(model, tmp, *head)
         else:
-            if weights is not None:
-                sf.save_with_weights(model, tmp, weights)
-            else:
-                save_with_head(model, tmp, *head)
+            shutil.copyfile(model, tmp)
+        if weights is not None or head is not None:  # a saved copy: the source's metadata under the new
             metadata = {**read_metadata(model), **metadata}
         write_metadata(tmp, metadata)
         os.replace(tmp, out)

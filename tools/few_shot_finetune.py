@@ -29,6 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from few_shot_curve import read_run, write_outputs  # noqa: E402  (tools/ is not a package)
+from tile_groups import check_labels, left_out_tile_sets, tile_photos  # noqa: E402
 
 from crack_tf.evaluation import few_shot  # noqa: E402
 from crack_tf.evaluation import site_calibration as sc  # noqa: E402
@@ -37,18 +38,9 @@ from crack_tf.evaluation import site_finetune as sf  # noqa: E402
 
 def left_out_images(config: dict, data_root: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images [N, S, S, 3] at the model's input size, labels [N], groups [N] "<source>/<photo>") of a
-    run's left-out tiles, in its margins' order (the trainer's ``eval_tiles``)."""
-    from crack_tf.data.config import DataConfig
-    from crack_tf.data.photo_input import eval_tiles
-
-    tile = config.get("val_tile", 128)
-    data = DataConfig(source="photos", path=config["eval_sources"], data_root=data_root or config.get("data_root", ""),
-                      image_size=config.get("image_size", tile), val_tile=tile,
-                      small_policy=config.get("small_policy", "resize"), max_padding=config.get("max_padding", 0.1),
-                      eval_max_tiles=config.get("eval_max_tiles") or 0, val_fraction=config.get("val_fraction", 0.2))
-    _, tiles = eval_tiles(data, config.get("val_split") or "val")
-    return (np.concatenate([t.images for t in tiles]), np.concatenate([t.labels for t in tiles]),
-            np.asarray([f"{t.name}/{g}" for t in tiles for g in t.groups]))
+    run's left-out tiles, in its margins' order (``tools/tile_groups.py``: the trainer's ``eval_tiles``)."""
+    tiles = left_out_tile_sets(config, data_root, config.get("image_size"))
+    return np.concatenate([t.images for t in tiles]), np.concatenate([t.labels for t in tiles]), tile_photos(tiles)
 
 
 def run_curves(folder: str, starts: list[str], ns: list[int], draws: int, steps: int, lr: float, tta: str | None,
@@ -60,9 +52,7 @@ def run_curves(folder: str, starts: list[str], ns: list[int], draws: int, steps:
     with open(os.path.join(folder, "run.json"), encoding="utf-8") as f:
         config = json.load(f)["config"]
     images, tile_labels, groups = left_out_images(config, data_root)
-    if not np.array_equal(tile_labels.astype(np.int64), labels.astype(np.int64)):
-        raise ValueError(f"{folder}: the {tile_labels.size} tiles cut again do not match the {labels.size} "
-                         "left-out tiles of margins.npz (the data or the tiling changed since the run)")
+    check_labels(folder, tile_labels, labels)
     predictor = load_model(os.path.join(folder, "final.keras"))
     model, views = predictor.model, tta or predictor.tta
     if views != point.get("tta", predictor.tta):

@@ -25,19 +25,37 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def left_out_tiles(config: dict, data_root: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(labels [N], groups [N] "<source>/<source image>", tile names) of a run's eval tiles, in margins
-    order: the trainer's own ``eval_tiles``, kept at the tile size (nothing is resized)."""
+def left_out_tile_sets(config: dict, data_root: str | None = None, image_size: int | None = None) -> list:
+    """The trainer's own ``eval_tiles`` of a run's left-out sources (one ``Tiles`` per source, in
+    margins order): at the tile size (nothing resized), or at ``image_size`` as the trainer scored them."""
     from crack_tf.data.config import DataConfig
     from crack_tf.data.photo_input import eval_tiles
 
     tile = config.get("val_tile", 128)
     data = DataConfig(source="photos", path=config["eval_sources"], data_root=data_root or config.get("data_root", ""),
-                      image_size=tile, val_tile=tile, max_padding=config.get("max_padding", 0.1),
-                      eval_max_tiles=config.get("eval_max_tiles") or 0, val_fraction=config.get("val_fraction", 0.2))
-    _, tiles = eval_tiles(data, config.get("val_split") or "val")
-    return (np.concatenate([t.labels for t in tiles]), np.asarray([f"{t.name}/{g}" for t in tiles for g in t.groups]),
-            [n for t in tiles for n in t.names])
+                      image_size=image_size or tile, val_tile=tile, small_policy=config.get("small_policy", "resize"),
+                      max_padding=config.get("max_padding", 0.1), eval_max_tiles=config.get("eval_max_tiles") or 0,
+                      val_fraction=config.get("val_fraction", 0.2))
+    return eval_tiles(data, config.get("val_split") or "val")[1]
+
+
+def tile_photos(tiles: list) -> np.ndarray:
+    """Each tile's group "<source>/<source image>" [N] of :func:`left_out_tile_sets`' tiles."""
+    return np.asarray([f"{t.name}/{g}" for t in tiles for g in t.groups])
+
+
+def check_labels(folder: str, labels: np.ndarray, expected: np.ndarray) -> None:
+    """ValueError unless the tiles cut again have the labels of the run's left-out margins."""
+    if not np.array_equal(np.asarray(labels, np.int64), np.asarray(expected, np.int64)):
+        raise ValueError(f"{folder}: the {np.size(labels)} tiles cut again do not match the {np.size(expected)} "
+                         "left-out tiles of margins.npz (the data or the tiling changed since the run)")
+
+
+def left_out_tiles(config: dict, data_root: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(labels [N], groups [N] "<source>/<source image>", tile names) of a run's eval tiles, in margins
+    order, kept at the tile size (nothing is resized)."""
+    tiles = left_out_tile_sets(config, data_root)
+    return np.concatenate([t.labels for t in tiles]), tile_photos(tiles), [n for t in tiles for n in t.names]
 
 
 def write_groups(folder: str, data_root: str | None = None) -> str:
@@ -49,9 +67,7 @@ def write_groups(folder: str, data_root: str | None = None) -> str:
     with np.load(os.path.join(folder, "margins.npz")) as arrays:
         expected = arrays["labels"][arrays["split"] == "eval"]
     labels, groups, names = left_out_tiles(config, data_root)
-    if not np.array_equal(labels.astype(np.int64), expected.astype(np.int64)):
-        raise ValueError(f"{folder}: the {labels.size} tiles cut again do not match the {expected.size} left-out "
-                         "tiles of margins.npz (the data or the tiling changed since the run)")
+    check_labels(folder, labels, expected)
     np.savez_compressed(os.path.join(folder, "groups.npz"), groups=groups, labels=labels.astype(np.int8),
                         names=np.asarray(names))
     return f"{folder}: {labels.size} tiles of {len(set(groups.tolist()))} photos"

@@ -62,12 +62,12 @@ def set_trainable_from(model: Any, start: str) -> int:
 
 
 def random_d4(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Each image [H, W, C] under one of the 8 rotations / flips, drawn at random."""
-    out = np.empty_like(images)
-    for i, image in enumerate(images):
-        turned = np.rot90(image, int(rng.integers(4)), axes=(0, 1))
-        out[i] = turned[:, ::-1] if rng.integers(2) else turned
-    return out
+    """Each square image [H, W, C] under one of the 8 rotations / flips (the D4 test-time views of
+    ``crack_tf.predictor``), drawn at random."""
+    from crack_tf.predictor import TTA_OPS, apply_view
+
+    views = TTA_OPS["d4"]
+    return np.stack([apply_view(image[None], views[int(rng.integers(len(views)))], np)[0] for image in images])
 
 
 def balanced_batch(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:

@@ -121,6 +121,8 @@ count_runs() {
   done
   echo "$n"
 }
+# How many entries a comma-separated list has (seeds, folds): csv_len <a,b,c>
+csv_len() { tr ',' '\n' <<< "$1" | grep -c .; }
 # How many rows of an ablate grid flagfile match a row regex: grid_rows <cfg> <regex>
 grid_rows() { sed -n 's/^--row=\([^:]*\):.*/\1/p' "$1" | grep -cE -- "${2:-.}"; }
 

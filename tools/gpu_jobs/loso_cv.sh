@@ -18,12 +18,12 @@ only=${ONLY:?ONLY=<the candidate row regex of configs/ablation_loso.cfg>}
 source tools/gpu_jobs/common.sh
 export SKIP_WHEELS=1  # installed once by common.sh above
 folds=${FOLDS:-all,no_uav75,no_uavcrack,no_deepcrack}  # a later session: only the folds still missing
-wanted=$(( $(echo "${SEEDS:-0,1,2}" | tr ',' '\n' | grep -c .) * $(echo "$folds" | tr ',' '\n' | grep -c .) ))
+seeds=${SEEDS:-0,1,2} cv_seeds=${CV_SEEDS:-0,1,2}
+wanted=$(( $(csv_len "$seeds") * $(csv_len "$folds") ))
 repeats=$(( ${REPEAT:-1} != 0 ))
-seeds=${SEEDS:-0,1,2}
 grid_done() { count_runs runs/ablation_loso "$only" "$seeds" "$folds"; }  # the wanted runs only
 repeat_done() { count_runs runs/ablation_loso_repeat "$only" 0 no_uav75; }
-cv_done() { count_runs runs/ablation_uav75_cv "${CV_ROWS:-.}" "${CV_SEEDS:-0,1,2}"; }
+cv_done() { count_runs runs/ablation_uav75_cv "${CV_ROWS:-.}" "$cv_seeds"; }
 repack() {  # $OUT is emptied before every call: each call returns everything finished so far
   pack_runs runs runs/ablation_loso runs/ablation_loso_repeat runs/pretrain_logs runs/few_shot runs/few_shot_finetune
   [ -d runs/ablation_uav75_cv ] && pack_runs uav75_cv runs/ablation_uav75_cv
@@ -38,8 +38,8 @@ fold_backbones synth_crack "$folds$([[ ,$folds, == *,no_uav75,* ]] || echo ,no_u
 echo "loso_cv.sh: backbones ready at ${SECONDS}s"
 
 # (the few CV runs a fresh machine lacks, CV_ROWS / CV_SEEDS, run beside the grid in one slot)
-cv_env=(ROWS="${CV_ROWS:-}" SEEDS="${CV_SEEDS:-0,1,2}")
-cv_wanted=$(( $(grid_rows configs/ablation_uav75_cv.cfg "${CV_ROWS:-.}") * $(echo "${CV_SEEDS:-0,1,2}" | tr ',' '\n' | grep -c .) ))
+cv_env=(ROWS="${CV_ROWS:-}" SEEDS="$cv_seeds")
+cv_wanted=$(( $(grid_rows configs/ablation_uav75_cv.cfg "${CV_ROWS:-.}") * $(csv_len "$cv_seeds") ))
 cv_pid=""
 if [ "${CV:-1}" != 0 ] && [ -n "${CV_ROWS:-}" ] && [ "$(cv_done)" -lt "$cv_wanted" ] && [ $(( RUNS_FIT - repeats )) -ge 2 ]; then
   env "${cv_env[@]}" PARALLEL=1 LOADER_RUNS="$RUNS_FIT" JOB_S=$(( $(left) - 5 )) bash tools/gpu_jobs/uav75_cv.sh > /dev/null &

@@ -29,7 +29,7 @@ python3 tools/ablate.py --flagfile=$grid --seeds="$seeds" ${ROWS:+--only=$ROWS} 
     --report_only >/dev/null 2>&1
 kill $PACKER 2>/dev/null
 pack
-wanted=$(( $(grid_rows $grid "${ROWS:-.}") * $(echo "$seeds" | tr ',' '\n' | grep -c .) ))
+wanted=$(( $(grid_rows $grid "${ROWS:-.}") * $(csv_len "$seeds") ))
 finished=$(count_runs runs/ablation_uav75_cv "${ROWS:-.}" "$seeds")
 echo "uav75_cv.sh: $finished of $wanted runs finished at ${SECONDS}s"
 [ "$finished" -ge "$wanted" ] && echo "uav75_cv.sh: done" || echo "uav75_cv.sh: call again"
