@@ -160,18 +160,10 @@ def _finetune_margins(predictor, inp, start: str = sf.DEFAULT_START, steps: int 
     model, views = predictor.model, predictor.tta
     margins = sf.array_margins(model, images, views)
     tuner = sf.SiteFinetuner(model, start, lr, steps, batch_size=min(sf.DEFAULT_BATCH, max(2, labels.size)))
-    fold = sc.stratified_folds(labels, sf.FOLDS, seed)
-    out_of_fold, by_train = np.empty_like(margins), {}
-    for k in np.unique(fold):
-        train = np.flatnonzero(fold != k)
-        if len(np.unique(labels[train])) < 2:
-            continue  # calibrate_sample gives such a fold the stored point
-        tuner.fit(images[train], labels[train])
-        by_train[train.tobytes()] = fitted = sf.array_margins(model, images, views)
-        out_of_fold[:, fold == k] = fitted[:, fold == k]
-    if len(by_train) < len(np.unique(fold)):
-        raise ValueError("--fit=finetune: the sample is too small for its cross-validation folds to hold both "
-                         "classes; label more tiles of each class")
+    try:
+        out_of_fold, by_train = sf.cross_fitted_margins(tuner, images, labels, views, sf.FOLDS, seed)
+    except sf.SampleTooSmall as err:
+        raise ValueError(f"--fit=finetune: {err}") from None
     tuner.fit(images, labels)
     return {"margins": margins, "labels": labels, "after_margins": out_of_fold, "weights": model.get_weights(),
             "fold_fit": lambda idx: by_train[np.asarray(idx, np.int64).tobytes()], "folds": sf.FOLDS,

@@ -193,12 +193,47 @@ def test_few_shot_finetune_tool_fine_tunes_each_draw_from_the_runs_weights(tmp_p
     monkeypatch.setattr(sf.SiteFinetuner, "fit", lambda self, x, y, seed=0: fits.append((len(x), seed)) or
                         real_fit(self, x, y, seed))
     rows = tool.main_args([f"--runs={tmp_path / 'runs' / 'm_no_site_s*'}", f"--out={tmp_path / 'curve'}",
-                           "--starts=feats,logits", "--ns=0,3", "--draws=2", "--steps=3", "--lr=0.01"])
+                           "--starts=feats,logits", "--ns=0,3,10", "--draws=2", "--steps=3", "--lr=0.01"])
     assert "skipped" in capsys.readouterr().err and {r["run"] for r in rows} == {"m_no_site_s0"}
-    assert [(r["fit"], r["n"], r["draws"]) for r in rows] == [
-        ("finetune from feats", 0, 1), ("finetune from feats", 3, 2), ("finetune from logits", 0, 1),
-        ("finetune from logits", 3, 2)]
-    assert rows[1]["rest"] < labels.size - 3  # drawn by photo: the sample's photos are not scored
-    assert fits == [(3, 0), (3, 1), (3, 0), (3, 1)]  # a fine-tuning per draw, a new seed each
+    # n = 3 cannot be cross-validated (3 folds of 1 tile: some fold trains on one class): fallbacks, no fine-tuning
+    assert [(r["fit"], r["n"], r["draws"], r["fallbacks"]) for r in rows] == [
+        (f"finetune from {start}", n, draws, fallbacks) for start in ("feats", "logits")
+        for n, draws, fallbacks in ((0, 1, 0), (3, 2, 2), (10, 2, 0))]
+    assert rows[2]["rest"] == 18  # drawn by photo: the 2 photos of the sample (9 tiles each) are not scored
+    assert all(0 <= r["roc_auc_mean"] <= 1 for r in rows)
+    # each n = 10 draw: calibrate's 5 folds (8 tiles each) then the whole sample, one seed, a new one a draw
+    groups_of_six = [fits[i:i + 6] for i in range(0, len(fits), 6)]
+    assert len(fits) == 4 * 6 and all(g == [(8, g[0][1])] * 5 + [(10, g[0][1])] for g in groups_of_six)
+    assert groups_of_six[0][0][1] != groups_of_six[1][0][1]
     assert (tmp_path / "curve" / "few_shot_by_source.md").read_text().count("finetune from") == 2
     assert hashlib.sha256((tmp_path / "runs" / "m_no_site_s0" / "final.keras").read_bytes()).hexdigest() == digest
+
+
+def test_finetune_curve_fits_its_point_on_the_out_of_fold_margins(monkeypatch):
+    from crack_tf.evaluation import few_shot
+    from crack_tf.evaluation import site_calibration as sc
+
+    rng = np.random.default_rng(0)
+    labels = np.array([1] * 20 + [0] * 40)
+    margins = rng.normal(size=(1, 60))  # the model before: no ranking
+    separated = np.where(labels == 1, 3.0, -3.0)[None] + rng.normal(0, 0.3, (1, 60))  # after fine-tuning
+    given, seen = [], []
+
+    def refit(picked):  # out-of-fold margins unlike the sample's own (shifted): the point must come from them
+        given.append(separated[:, picked] + 100.0)
+        return separated, given[-1]
+
+    real_fit_point = sc.fit_point
+    monkeypatch.setattr(sc, "fit_point", lambda m, *a, **k: seen.append(np.array(m)) or real_fit_point(m, *a, **k))
+    rows = few_shot.few_shot_curve(margins, labels, ns=(0, 20), draws=3, base_point={"threshold": 0.5},
+                                   fit="finetune", refit=refit)
+    assert len(seen) == len(given) == 3 and all(np.array_equal(s, g) for s, g in zip(seen, given))
+    row = rows[1]  # a threshold fitted 100 margins too high calls every crack of the rest background
+    assert row["recall_mean"] == 0 and row["roc_auc_mean"] == pytest.approx(1.0)
+
+    def too_small(picked):
+        raise sf.SampleTooSmall("folds without both classes")
+
+    fallback = few_shot.few_shot_curve(margins, labels, ns=(20,), draws=2, base_point={"threshold": 0.5},
+                                       fit="finetune", refit=too_small)[0]
+    assert fallback["fallbacks"] == 2 and fallback["roc_auc_mean"] < 0.8  # the model before, the stored point

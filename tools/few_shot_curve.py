@@ -111,8 +111,8 @@ def write_outputs(rows: list[dict], out: str) -> None:
         writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| run | left out | fit | n | accuracy | precision | recall | F1 | draws (fallbacks) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | left out | fit | n | accuracy | precision | recall | F1 | ROC AUC of the rest | draws (fallbacks) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = [f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_std']:.3f}" for m in few_shot.CURVE_METRICS]
         lines.append(f"| {r['run']} | {r['left_out']} | {r['fit']} | {r['n']} | " + " | ".join(cells)

@@ -1,7 +1,7 @@
 """Few-shot curve of ``calibrate --fit=finetune`` on leave-one-source-out runs (their models needed).
 
   python tools/few_shot_finetune.py --runs='runs/ablation_loso/*_no_*_s0' --out=runs/few_shot_finetune \\
-      --starts=conv5_,conv5_block3 --ns=10,25,50 --draws=5 --tta=none
+      --starts=conv5_ --ns=0,10,25,50 --draws=5 --tta=none
 
 For each run folder (``final.keras``, ``run.json``, ``margins.npz``; a GPU machine's grid, since the
 models do not come back) the left-out source's val tiles are cut again at the model's input size by
@@ -9,7 +9,9 @@ the trainer's own code (their labels must equal the margins', else the data chan
 skipped and named), and for each n and draw a sample of n tiles is drawn from whole photos
 (``few_shot.draw_grouped``), the model's top (from each ``--starts`` layer on) is fine-tuned on it
 (``crack_tf.evaluation.site_finetune``: BatchNorm frozen, balanced batches, random D4), temperature
-and threshold are fitted on the sample's new margins, and the other photos' tiles are scored.
+and threshold are fitted on the sample's out-of-fold margins (5 fine-tunings on 4/5 of it, as
+``calibrate --fit=finetune`` fits its point), and the other photos' tiles are scored by the
+fine-tuning on the whole sample: six fine-tunings a draw.
 Every draw starts from the run's own weights. Writes the files of ``tools/few_shot_curve.py``
 (``few_shot.csv``, ``.md``, ``.png``, ``few_shot_by_source.{md,png}``; fit "finetune from <start>"),
 so the curve sits beside the threshold and last-layer ones. ``--tta=none`` scores one view (8x less
@@ -72,12 +74,15 @@ def run_curves(folder: str, starts: list[str], ns: list[int], draws: int, steps:
 
 
 def _refit(tuner: sf.SiteFinetuner, images: np.ndarray, labels: np.ndarray, views: str, seed: int):
-    """refit(sample indices) -> every tile's margins after fine-tuning on the sample (a new seed a draw)."""
+    """refit(sample indices) -> (every tile's margins after fine-tuning on the whole sample, the sample's
+    out-of-fold margins from calibrate's cross-validation folds): calibrate --fit=finetune, a new seed a draw."""
     draws = iter(range(seed, seed + 10**9))
 
-    def refit(picked: np.ndarray) -> np.ndarray:
-        tuner.fit(images[picked], labels[picked], seed=next(draws))
-        return sf.array_margins(tuner.model, images, views)
+    def refit(picked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        draw = next(draws)
+        out_of_fold, _ = sf.cross_fitted_margins(tuner, images[picked], labels[picked], views, sf.FOLDS, draw, draw)
+        tuner.fit(images[picked], labels[picked], seed=draw)
+        return sf.array_margins(tuner.model, images, views), out_of_fold
 
     return refit
 

@@ -10,8 +10,13 @@ point (counted as ``fallbacks``). ``fit="last_layer"`` works on the tiles' penul
 instead (``features.npz`` of a run with ``--save_eval_features``): each draw re-fits the Dense head
 on the sample (:func:`crack_tf.evaluation.head_refit.refit_head`), then temperature and threshold
 on the sample's new margins, as ``crack_tf.calibrate --fit=last_layer`` does, and scores the rest
-with the new head. ``tools/few_shot_curve.py`` runs it on the ``margins.npz`` (and
-``features.npz``) of leave-one-source-out runs and writes the table and the plot.
+with the new head. ``fit="finetune"`` fine-tunes the network on each sample (``refit``) and fits
+temperature and threshold on the sample's out-of-fold margins, as ``crack_tf.calibrate
+--fit=finetune`` does (a draw whose folds cannot train on both classes keeps the stored point and
+the model: a fallback). Besides accuracy, precision, recall and F1 at the fitted point, the rest's
+ROC AUC (threshold-free) tells a better ranking from a better-placed threshold.
+``tools/few_shot_curve.py`` runs it on the ``margins.npz`` (and ``features.npz``) of
+leave-one-source-out runs and writes the table and the plot.
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ import numpy as np
 from crack_tf.evaluation import head_refit as hr
 from crack_tf.evaluation import site_calibration as sc
 from crack_tf.evaluation import stats
+from crack_tf.evaluation.site_finetune import SampleTooSmall
 
 DEFAULT_NS = (0, 10, 25, 50, 100)
 STRATIFY_FROM = 10
-CURVE_METRICS = ("accuracy", "precision", "recall", "f1")
+CURVE_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
 
 
 def draw_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -70,6 +76,21 @@ def _metrics(margins: np.ndarray, labels: np.ndarray, point: dict) -> dict[str, 
     return {k: float(values[k]) for k in CURVE_METRICS}
 
 
+def _fit_draw(margins: np.ndarray, labels: np.ndarray, picked: np.ndarray, rule: str, fit: str, base: dict,
+              prior_tiles: float, refit: Callable | None) -> tuple[np.ndarray, dict]:
+    """(every tile's margins, the point) after calibrating on the ``picked`` tiles; the model's margins
+    and ``base`` itself when the sample cannot be calibrated (one class; fine-tuning folds without both)."""
+    if len(np.unique(labels[picked])) < 2:
+        return margins, base
+    fitted, on = margins, margins[:, picked]
+    if refit is not None:
+        try:
+            fitted, on = refit(picked)
+        except SampleTooSmall:
+            return margins, base
+    return fitted, sc.fit_point(np.atleast_2d(on), labels[picked], rule, fit, base, prior_tiles)
+
+
 def few_shot_curve(
     margins: np.ndarray | None,
     labels: np.ndarray,
@@ -84,17 +105,18 @@ def few_shot_curve(
     head: tuple[np.ndarray, np.ndarray] | None = None,
     l2: float = hr.DEFAULT_L2,
     groups: np.ndarray | None = None,
-    refit: Callable[[np.ndarray], np.ndarray] | None = None,
+    refit: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> list[dict]:
     """One row per ``n``: ``n``, ``draws``, ``fallbacks``, ``rest`` (tiles scored) and the mean / std
-    (sample std over the draws; 0 for one draw) of accuracy, precision, recall and F1.
+    (sample std over the draws; 0 for one draw) of accuracy, precision, recall, F1 and ROC AUC.
     ``prior_tiles``: as :func:`crack_tf.evaluation.site_calibration.fit_point` (0 = plain re-pick).
     ``fit="last_layer"`` needs ``features`` [V, N, D] and ``head`` = (kernel, bias) instead of
     ``margins`` (they are the head's margins of the features); ``l2`` as ``calibrate --l2``.
     ``groups`` [N] (each tile's photo / source image): samples are drawn by :func:`draw_grouped` and
     scored on the other groups only; without, tiles are drawn independently (:func:`draw_sample`).
-    ``fit="finetune"`` needs ``refit(sample indices)`` -> every tile's margins [V, N] after
-    fine-tuning on those tiles (``tools/few_shot_finetune.py``, :mod:`site_finetune`)."""
+    ``fit="finetune"`` needs ``refit(sample indices)`` -> (every tile's margins [V, N] after
+    fine-tuning on the sample, the sample's out-of-fold margins [V, n]: the point is fitted on those;
+    ``site_finetune.SampleTooSmall`` = a fallback) (``tools/few_shot_finetune.py``, :mod:`site_finetune`)."""
     if fit == "finetune":
         if refit is None or margins is None:
             raise ValueError("fit='finetune' needs the tiles' margins and refit(sample) -> margins after fine-tuning")
@@ -105,8 +127,9 @@ def few_shot_curve(
             raise ValueError("fit='last_layer' needs the tiles' features and the head's (kernel, bias)")
         features = np.asarray(features, np.float32)
 
-        def refit(picked: np.ndarray) -> np.ndarray:
-            return hr.head_margins(features, *hr.refit_head(features[:, picked], labels[picked], *head, l2))
+        def refit(picked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # the point on the sample's own margins,
+            m = hr.head_margins(features, *hr.refit_head(features[:, picked], labels[picked], *head, l2))
+            return m, m[:, picked]  # as calibrate --fit=last_layer fits it
 
         margins = hr.head_margins(features, *head)
     elif fit not in sc.MARGIN_FITS:
@@ -140,12 +163,8 @@ def few_shot_curve(
                     except ValueError:
                         break  # too few groups for this n (every later draw would be, too)
                 rests.append(rest.size)
-                fitted = margins
-                if len(np.unique(labels[picked])) < 2:
-                    point, fallbacks = base, fallbacks + 1
-                else:
-                    fitted = refit(picked) if refit else margins
-                    point = sc.fit_point(fitted[:, picked], labels[picked], rule, fit, base, prior_tiles)
+                fitted, point = _fit_draw(margins, labels, picked, rule, fit, base, prior_tiles, refit)
+                fallbacks += point is base
                 results.append(_metrics(fitted[:, rest], labels[rest], point))
             if not results:
                 continue

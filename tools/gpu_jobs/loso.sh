@@ -64,7 +64,7 @@ ft_s=$(( ${JOB_S:-520} - SECONDS - 20 ))
 if [ "$grid_rc" = 0 ] && [ "${FINETUNE_CURVE:-1}" != 0 ] && [ ! -f runs/few_shot_finetune/done ] && [ "$ft_s" -ge 90 ]; then
   mkdir -p runs/few_shot_finetune
   timeout "$ft_s" python3 tools/few_shot_finetune.py --runs='runs/ablation_loso/*_no_*_s0' \
-      --out=runs/few_shot_finetune --starts="${FINETUNE_STARTS:-conv5_,conv5_block3}" --ns=0,10,25,50 \
+      --out=runs/few_shot_finetune --starts="${FINETUNE_STARTS:-conv5_}" --ns=0,10,25,50 \
       --draws="${FINETUNE_DRAWS:-5}" --tta=none > runs/few_shot_finetune/log.txt 2>&1 && touch runs/few_shot_finetune/done
   grep "^few_shot_finetune" runs/few_shot_finetune/log.txt | tail -8
 fi
