@@ -174,6 +174,20 @@ def test_gps_from_exif_and_boxes_in_centimetres_and_wgs84(model_path, folder, tm
     assert crack_x > 256 and np.mean(lons) > GPS["lon"]
 
 
+def test_report_files_do_not_depend_on_the_write_threads(model_path, folder, tmp_path):
+    outs = []
+    for threads in (0, 3):
+        out = tmp_path / f"rep{threads}"
+        proc = _cmd("crack_tf.report", [f"--model={model_path}", f"--out={out}", "--window=64", "--stride=32",
+                                        f"--write_threads={threads}", str(folder)])
+        assert proc.returncode == 1 and "7 photos (2 crack), 2 skipped" in proc.stderr, proc.stderr[-2000:]  # 2 bad files
+        outs.append({p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()})
+    assert len([k for k in outs[0] if k.startswith("img/")]) >= 2 and outs[0] == outs[1]
+    bad = _cmd("crack_tf.report", [f"--model={model_path}", f"--out={tmp_path / 'x'}", "--write_threads=-1",
+                                   str(folder)])
+    assert bad.returncode != 0 and "write_threads" in bad.stderr
+
+
 def _tile(crack: bool, seed: int, size: int = 48):
     rng = np.random.default_rng(seed)
     image = np.clip(rng.normal(150, 12, (size, size, 3)), 0, 255).astype(np.uint8)

@@ -52,6 +52,9 @@ def define_flags() -> None:
     flags.DEFINE_float("max_megapixels", 89.5, "Skip photos larger than this (raise it to process them).")
     flags.DEFINE_bool("explain", False, "Add a Grad-CAM view of each photo's highest window.")
     flags.DEFINE_bool("fail_fast", False, "Stop at the first unreadable file.")
+    flags.DEFINE_integer("write_threads", 2, "Threads writing each photo's files while the next photos are "
+                         "scored (0: inline; --explain always writes inline, its Grad-CAM runs the model).",
+                         lower_bound=0)
     define_scan_flags()
 
 
@@ -166,7 +169,8 @@ def main(argv: list[str]) -> int:
     for sub in ("img", "data", "photos"):
         os.makedirs(os.path.join(FLAGS.out, sub), exist_ok=True)
     failures = Failures(FLAGS.fail_fast)
-    writer = PhotoFilesWriter(FLAGS.out, workers=0 if cam is not None else 2, cam=cam, window=FLAGS.window,
+    threads = 0 if cam is not None else FLAGS.write_threads
+    writer = PhotoFilesWriter(FLAGS.out, workers=threads, ahead=max(4, 2 * threads), cam=cam, window=FLAGS.window,
                               image_size=scorer.size, gsd_cm=FLAGS.gsd_cm)
     with Progress(total, "report") as bar:
         for i, (path, image, error) in enumerate(read_ahead(iter_images(inputs, FLAGS.recursive),

@@ -126,3 +126,12 @@ csv_len() { tr ',' '\n' <<< "$1" | grep -c .; }
 # How many rows of an ablate grid flagfile match a row regex: grid_rows <cfg> <regex>
 grid_rows() { sed -n 's/^--row=\([^:]*\):.*/\1/p' "$1" | grep -cE -- "${2:-.}"; }
 
+# The inputs of the flight benchmarks, each made once per machine: <count> synthetic JPEGs of
+# <width> x <height> in <dir>/<name>, and the random-weight 224-px resnet50_aspp <dir>/m.keras
+# (weights=None: the speed does not depend on them).
+#   flight_inputs <dir> <name> <count> <width> <height>
+flight_inputs() {
+  [ -d "$1/$2" ] || python3 tools/bench_flight.py photos "$1/$2" "$3" "$4" "$5"
+  [ -f "$1/m.keras" ] || python3 -c "from crack_tf import models
+models.get('resnet50_aspp', input_shape=(224, 224, 3)).save('$1/m.keras')"
+}

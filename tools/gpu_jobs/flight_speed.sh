@@ -16,13 +16,12 @@ source tools/gpu_jobs/common.sh
 d=${FLIGHT_DIR:-/tmp/flight}; mkdir -p $d
 N=${N:-200}; NB=${NB:-10}
 J=$OUT/flight_speed.jsonl; : > "$J"
-[ -d $d/sq ] || python3 tools/bench_flight.py photos $d/sq "$N" ${SQ:-4096 4096}
-[ -d $d/wide ] || python3 tools/bench_flight.py photos $d/wide "$N" ${WIDE:-6000 4000}
+flight_inputs $d sq "$N" ${SQ:-4096 4096}
+flight_inputs $d wide "$N" ${WIDE:-6000 4000}
 for s in sq wide; do
   rm -rf $d/${s}_few; mkdir -p $d/${s}_few
   ls $d/$s | head -"$NB" | while read -r f; do ln -s $d/$s/$f $d/${s}_few/$f; done
 done
-[ -f $d/m.keras ] || python3 -c "from crack_tf import models; models.get('resnet50_aspp', input_shape=(224, 224, 3)).save('$d/m.keras')"
 echo "photos and model ready after ${SECONDS}s" | tee "$OUT/flight_speed.log"
 common=(--model=$d/m.keras --tta=none --window=128 --stride=64)
 cache=$d/jax_cache; rm -rf $cache
