@@ -52,7 +52,7 @@ def define_flags() -> None:
     flags.DEFINE_float("max_megapixels", 89.5, "Skip photos larger than this (raise it to process them).")
     flags.DEFINE_bool("explain", False, "Add a Grad-CAM view of each photo's highest window.")
     flags.DEFINE_bool("fail_fast", False, "Stop at the first unreadable file.")
-    flags.DEFINE_integer("write_threads", 2, "Threads writing each photo's files while the next photos are "
+    flags.DEFINE_integer("write_threads", 4, "Threads writing each photo's files while the next photos are "
                          "scored (0: inline; --explain always writes inline, its Grad-CAM runs the model).",
                          lower_bound=0)
     define_scan_flags()
