@@ -119,7 +119,8 @@ def few_shot_curve(
     ``site_finetune.SampleTooSmall`` = a fallback) (``tools/few_shot_finetune.py``, :mod:`site_finetune`)."""
     if fit == "finetune":
         if refit is None or margins is None:
-            raise ValueError("fit='finetune' needs the tiles' margins and refit(sample) -> margins after fine-tuning")
+            raise ValueError("fit='finetune' needs the tiles' margins and refit(sample) -> (margins after "
+                             "fine-tuning, the sample's out-of-fold margins)")
     elif refit is not None:
         raise ValueError(f"refit is for fit='finetune', not {fit!r}")
     elif fit == "last_layer":
@@ -127,9 +128,9 @@ def few_shot_curve(
             raise ValueError("fit='last_layer' needs the tiles' features and the head's (kernel, bias)")
         features = np.asarray(features, np.float32)
 
-        def refit(picked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # the point on the sample's own margins,
+        def refit(picked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             m = hr.head_margins(features, *hr.refit_head(features[:, picked], labels[picked], *head, l2))
-            return m, m[:, picked]  # as calibrate --fit=last_layer fits it
+            return m, m[:, picked]  # the point on the sample's new margins, as calibrate --fit=last_layer fits it
 
         margins = hr.head_margins(features, *head)
     elif fit not in sc.MARGIN_FITS:
