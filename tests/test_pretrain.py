@@ -156,10 +156,15 @@ def test_jax_pretraining_without_tensorflow_loads_as_backbone_weights(tmp_path, 
 
 
 @pytest.mark.slow
-def test_crack_pretraining_on_photo_sources_gives_loadable_backbone_weights(tmp_path):
+def test_crack_pretraining_on_photo_sources_gives_loadable_backbone_weights(tmp_path, monkeypatch):
     from crack_tf import models
     from crack_tf.data.crops import crop_label
     from tests.photo_data import write_source
+
+    # Eager steps: tracing ResNet50's AdamW step as a TF graph took 60 s a run on 2 CPU cores, for the
+    # 4 steps of the two runs below (the compiled path: test_jax_pretraining_without_tensorflow_...).
+    real_compile = keras.Model.compile
+    monkeypatch.setattr(keras.Model, "compile", lambda self, *a, **k: real_compile(self, *a, **{**k, "run_eagerly": True}))
 
     write_source(tmp_path / "src", {"train": 3, "val": 1})
     sampler = pt.crack_sampler("src", str(tmp_path), 32, (16, 48), 20, seed=0, crops=64)
