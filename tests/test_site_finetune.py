@@ -192,20 +192,26 @@ def test_few_shot_finetune_tool_fine_tunes_each_draw_from_the_runs_weights(tmp_p
     real_fit = sf.SiteFinetuner.fit
     monkeypatch.setattr(sf.SiteFinetuner, "fit", lambda self, x, y, seed=0: fits.append((len(x), seed)) or
                         real_fit(self, x, y, seed))
-    rows = tool.main_args([f"--runs={tmp_path / 'runs' / 'm_no_site_s*'}", f"--out={tmp_path / 'curve'}",
-                           "--starts=feats,logits", "--ns=0,3,10", "--draws=2", "--steps=3", "--lr=0.01"])
-    assert "skipped" in capsys.readouterr().err and {r["run"] for r in rows} == {"m_no_site_s0"}
+    common = [f"--runs={tmp_path / 'runs' / 'm_no_site_s*'}", f"--out={tmp_path / 'curve'}", "--ns=0,3,10", "--steps=3"]
+    first = tool.main_args(common + ["--starts=feats", "--lr=0.01", "--draws=2"])
+    assert "skipped" in capsys.readouterr().err and {r["run"] for r in first} == {"m_no_site_s0"}
+    assert len(fits) == 2 * 6
+    # called again with more curves (a call cut off, or a new learning rate): only the missing ones are drawn
+    rows = tool.main_args(common + ["--starts=feats,logits", "--lr=0.01,0.02", "--draws=2"])
+    assert len(fits) == 4 * 2 * 6 and rows[:3] == first
     # n = 3 cannot be cross-validated (3 folds of 1 tile: some fold trains on one class): fallbacks, no fine-tuning
     assert [(r["fit"], r["n"], r["draws"], r["fallbacks"]) for r in rows] == [
-        (f"finetune from {start}", n, draws, fallbacks) for start in ("feats", "logits")
-        for n, draws, fallbacks in ((0, 1, 0), (3, 2, 2), (10, 2, 0))]
+        (f"finetune from {start}, lr {lr}", n, draws, fallbacks) for start in ("feats", "logits")
+        for lr in ("0.01", "0.02") for n, draws, fallbacks in ((0, 1, 0), (3, 2, 2), (10, 2, 0))]
     assert rows[2]["rest"] == 18  # drawn by photo: the 2 photos of the sample (9 tiles each) are not scored
     assert all(0 <= r["roc_auc_mean"] <= 1 for r in rows)
     # each n = 10 draw: calibrate's 5 folds (8 tiles each) then the whole sample, one seed, a new one a draw
     groups_of_six = [fits[i:i + 6] for i in range(0, len(fits), 6)]
-    assert len(fits) == 4 * 6 and all(g == [(8, g[0][1])] * 5 + [(10, g[0][1])] for g in groups_of_six)
+    assert all(g == [(8, g[0][1])] * 5 + [(10, g[0][1])] for g in groups_of_six)
     assert groups_of_six[0][0][1] != groups_of_six[1][0][1]
-    assert (tmp_path / "curve" / "few_shot_by_source.md").read_text().count("finetune from") == 2
+    assert (tmp_path / "curve" / "few_shot_by_source.md").read_text().count("finetune from") == 4
+    with pytest.raises(ValueError, match="other settings .*draws"):  # not mixed with curves drawn otherwise
+        tool.main_args(common + ["--starts=feats", "--lr=0.01", "--draws=3"])
     assert hashlib.sha256((tmp_path / "runs" / "m_no_site_s0" / "final.keras").read_bytes()).hexdigest() == digest
 
 

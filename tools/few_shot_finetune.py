@@ -13,18 +13,23 @@ and threshold are fitted on the sample's out-of-fold margins (5 fine-tunings on 
 ``calibrate --fit=finetune`` fits its point), and the other photos' tiles are scored by the
 fine-tuning on the whole sample: six fine-tunings a draw.
 Every draw starts from the run's own weights. Writes the files of ``tools/few_shot_curve.py``
-(``few_shot.csv``, ``.md``, ``.png``, ``few_shot_by_source.{md,png}``; fit "finetune from <start>"),
-so the curve sits beside the threshold and last-layer ones. ``--tta=none`` scores one view (8x less
+(``few_shot.csv``, ``.md``, ``.png``, ``few_shot_by_source.{md,png}``; fit "finetune from <start>, lr <lr>"),
+so the curve sits beside the threshold and last-layer ones; ``--lr=1e-5,1e-4`` draws a curve per
+learning rate. The files are written after every curve, and a second call with the same ``--out``
+and settings goes on with the curves still missing (a GPU call cut off by its time limit).
+``--tta=none`` scores one view (8x less
 work than D4; the n = 0 row is then the stored point applied to that view's margins).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import glob
 import json
 import os
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -45,11 +50,14 @@ def left_out_images(config: dict, data_root: str | None = None) -> tuple[np.ndar
     return np.concatenate([t.images for t in tiles]), np.concatenate([t.labels for t in tiles]), tile_photos(tiles)
 
 
-def run_curves(folder: str, starts: list[str], ns: list[int], draws: int, steps: int, lr: float, tta: str | None,
-               seed: int, data_root: str | None) -> list[dict]:
-    """The rows of one run: one curve per start layer (n = 0 included when asked)."""
+def run_curves(folder: str, settings: list[tuple[str, str, float]], ns: list[int], draws: int, steps: int,
+               tta: str | None, seed: int, data_root: str | None) -> Iterator[list[dict]]:
+    """The rows of one run, one curve at a time: for each (fit label, start layer, learning rate) of
+    ``settings`` (n = 0 included when asked). Nothing is loaded when ``settings`` is empty."""
     from crack_tf.predictor import load_model
 
+    if not settings:
+        return
     margins, labels, left_out, point = read_run(folder)
     with open(os.path.join(folder, "run.json"), encoding="utf-8") as f:
         config = json.load(f)["config"]
@@ -59,17 +67,43 @@ def run_curves(folder: str, starts: list[str], ns: list[int], draws: int, steps:
     model, views = predictor.model, tta or predictor.tta
     if views != point.get("tta", predictor.tta):
         margins = sf.array_margins(model, images, views)
-    rows = []
-    for start in starts:
+    run = os.path.basename(os.path.normpath(folder))
+    for label, start, lr in settings:
         tuner = sf.SiteFinetuner(model, start, lr, steps)
-        for row in few_shot.few_shot_curve(margins, labels, ns, draws, sc.resolve_rule(None, point), seed, point,
-                                           "finetune", groups=groups,
-                                           refit=_refit(tuner, images, labels, views, seed)):
-            rows.append({"run": os.path.basename(os.path.normpath(folder)), "left_out": left_out,
-                         "fit": f"finetune from {start}", **row})
+        rows = [{"run": run, "left_out": left_out, "fit": label, **row} for row in few_shot.few_shot_curve(
+            margins, labels, ns, draws, sc.resolve_rule(None, point), seed, point, "finetune", groups=groups,
+            refit=_refit(tuner, images, labels, views, seed))]
         tuner.restore()
-        print(f"few_shot_finetune: {folder} from {start}: " + ", ".join(
-            f"n={r['n']} {r['accuracy_mean']:.3f}" for r in rows if r["fit"] == f"finetune from {start}"), flush=True)
+        print(f"few_shot_finetune: {folder}, {label}: " + ", ".join(
+            f"n={r['n']} {r['accuracy_mean']:.3f} (AUC {r['roc_auc_mean']:.3f})" for r in rows), flush=True)
+        yield rows
+
+
+def fit_settings(starts: list[str], lrs: list[float]) -> list[tuple[str, str, float]]:
+    """(fit label, start layer, learning rate) of every curve."""
+    return [(f"finetune from {start}, lr {lr:g}", start, lr) for start in starts for lr in lrs]
+
+
+def read_rows(out: str, settings: dict) -> list[dict]:
+    """The rows already in ``out`` (a call cut off, then called again) when they were drawn with the same
+    ``settings``; ValueError when ``out`` holds a curve of other settings."""
+    saved = os.path.join(out, "settings.json")
+    if not os.path.isfile(saved):
+        return []
+    with open(saved, encoding="utf-8") as f:
+        before = json.load(f)
+    if before != settings:
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        raise ValueError(f"--out={out} holds a curve drawn with other settings ({', '.join(changed)}): "
+                         "choose another --out, or delete it to draw again")
+    if not os.path.isfile(os.path.join(out, "few_shot.csv")):
+        return []  # cut off before its first curve
+    with open(os.path.join(out, "few_shot.csv"), newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key, value in row.items():
+            if key not in ("run", "left_out", "fit"):
+                row[key] = int(value) if key in ("n", "draws", "fallbacks", "rest") else float(value)
     return rows
 
 
@@ -90,12 +124,12 @@ def _refit(tuner: sf.SiteFinetuner, images: np.ndarray, labels: np.ndarray, view
 def main_args(argv: list[str]) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", required=True, help="Glob of leave-one-source-out run folders (quote it).")
-    parser.add_argument("--out", required=True, help="Output folder.")
+    parser.add_argument("--out", required=True, help="Output folder (called again, it goes on where it stopped).")
     parser.add_argument("--starts", default=sf.DEFAULT_START, help="Comma-separated first layers fine-tuned.")
     parser.add_argument("--ns", default="0,10,25,50", help="Sample sizes.")
     parser.add_argument("--draws", type=int, default=5, help="Random draws per sample size.")
     parser.add_argument("--steps", type=int, default=sf.DEFAULT_STEPS)
-    parser.add_argument("--lr", type=float, default=sf.DEFAULT_LR)
+    parser.add_argument("--lr", default=str(sf.DEFAULT_LR), help="Learning rate(s), comma-separated: a curve each.")
     parser.add_argument("--tta", default=None, help="Test-time views (default: the run's).")
     parser.add_argument("--data_root", default=None, help="Replaces the runs' --data_root.")
     parser.add_argument("--seed", type=int, default=0)
@@ -104,16 +138,22 @@ def main_args(argv: list[str]) -> list[dict]:
                      if os.path.isfile(os.path.join(d, "final.keras")) and os.path.isfile(os.path.join(d, "margins.npz")))
     if not folders:
         raise ValueError(f"--runs={args.runs!r} matches no run folder with final.keras and margins.npz")
-    starts = [s for s in args.starts.split(",") if s]
     ns = [int(n) for n in args.ns.split(",") if n]
-    rows = []
+    settings = fit_settings([s for s in args.starts.split(",") if s], [float(v) for v in args.lr.split(",") if v])
+    drawn_with = {"ns": ns, "draws": args.draws, "steps": args.steps, "tta": args.tta, "seed": args.seed}
+    rows = read_rows(args.out, drawn_with)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "settings.json"), "w", encoding="utf-8") as f:
+        json.dump(drawn_with, f)
     for folder in folders:
+        done = {r["fit"] for r in rows if r["run"] == os.path.basename(os.path.normpath(folder))}
         try:
-            rows += run_curves(folder, starts, ns, args.draws, args.steps, args.lr, args.tta, args.seed, args.data_root)
+            for curve in run_curves(folder, [s for s in settings if s[0] not in done], ns, args.draws, args.steps,
+                                    args.tta, args.seed, args.data_root):
+                rows += curve
+                write_outputs(rows, args.out)  # after every curve: a call cut off keeps what ran
         except ValueError as err:
             print(f"few_shot_finetune: skipped {folder}: {err}", file=sys.stderr, flush=True)
-        if rows:  # after every run: a call cut off keeps what ran
-            write_outputs(rows, args.out)
     if not rows:
         raise ValueError("no curve: every run was skipped (see above)")
     return rows

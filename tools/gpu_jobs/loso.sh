@@ -57,15 +57,16 @@ curve_s=$(( ${JOB_S:-520} - SECONDS - 20 ))
     python3 tools/few_shot_curve.py --runs='runs/ablation_loso/*_no_*_s*' --out=runs/few_shot \
     --fit=threshold,last_layer --prior_tiles=0,50 --l2=1,0.1,0.01 2>&1 | tail -3
 # Then, with the models here, the curve of calibrate --fit=finetune on each fold's seed-0 run: the last
-# stage or its last block fine-tuned on n labelled tiles drawn by photo (one view: --tta=none).
-# It writes its files after each run; runs/few_shot_finetune/done marks the whole curve (a call cut
-# off in the middle draws it again at the next call).
+# stage (FINETUNE_STARTS=conv5_) fine-tuned on n labelled tiles drawn by photo (one view: --tta=none).
+# It writes its files after each curve and a call cut off in the middle goes on at the next call
+# with the curves still missing; runs/few_shot_finetune/done marks the whole set. FINETUNE_LRS=1e-5,1e-4:
+# a curve per learning rate (default: calibrate's 1e-4).
 ft_s=$(( ${JOB_S:-520} - SECONDS - 20 ))
 if [ "$grid_rc" = 0 ] && [ "${FINETUNE_CURVE:-1}" != 0 ] && [ ! -f runs/few_shot_finetune/done ] && [ "$ft_s" -ge 90 ]; then
   mkdir -p runs/few_shot_finetune
   timeout "$ft_s" python3 tools/few_shot_finetune.py --runs='runs/ablation_loso/*_no_*_s0' \
       --out=runs/few_shot_finetune --starts="${FINETUNE_STARTS:-conv5_}" --ns=0,10,25,50 \
-      --draws="${FINETUNE_DRAWS:-5}" --tta=none > runs/few_shot_finetune/log.txt 2>&1 && touch runs/few_shot_finetune/done
+      --draws="${FINETUNE_DRAWS:-5}" --lr="${FINETUNE_LRS:-1e-4}" --tta=none >> runs/few_shot_finetune/log.txt 2>&1 && touch runs/few_shot_finetune/done
   grep "^few_shot_finetune" runs/few_shot_finetune/log.txt | tail -8
 fi
 kill $PACKER 2>/dev/null
