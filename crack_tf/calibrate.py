@@ -147,8 +147,10 @@ def _finetune_margins(predictor, inp, start: str = sf.DEFAULT_START, steps: int 
     the cross-validation folds (``sc.stratified_folds``, as ``calibrate_sample`` draws them) scored by a
     fine-tuning on the other folds, each from the model's own weights. The point is fitted on those
     out-of-fold margins, because a network fine-tuned on the sample nearly separates the sample
-    itself (a temperature fitted there runs to its bound); the weights written are those of a
-    fine-tuning on the whole sample, which ``fold_fit`` does not repeat for the folds."""
+    itself (a temperature fitted there runs to its bound), and ``calibrate_sample`` cross-validates
+    that fit on them (no ``fold_fit``: each fold's tiles scored at a point fitted on the other folds'
+    out-of-fold margins, which is what the written model does with new tiles); the weights written
+    are those of a sixth fine-tuning, on the whole sample."""
     from crack_tf.data.input import padded_batches
 
     images, labels = [], []
@@ -161,12 +163,12 @@ def _finetune_margins(predictor, inp, start: str = sf.DEFAULT_START, steps: int 
     margins = sf.array_margins(model, images, views)
     tuner = sf.SiteFinetuner(model, start, lr, steps, batch_size=min(sf.DEFAULT_BATCH, max(2, labels.size)))
     try:
-        out_of_fold, by_train = sf.cross_fitted_margins(tuner, images, labels, views, sf.FOLDS, seed)
+        out_of_fold = sf.cross_fitted_margins(tuner, images, labels, views, sf.FOLDS, seed)
     except sf.SampleTooSmall as err:
         raise ValueError(f"--fit=finetune: {err}") from None
     tuner.fit(images, labels)
     return {"margins": margins, "labels": labels, "after_margins": out_of_fold, "weights": model.get_weights(),
-            "fold_fit": lambda idx: by_train[np.asarray(idx, np.int64).tobytes()], "folds": sf.FOLDS,
+            "folds": sf.FOLDS,
             "provenance": {"finetune_from": start, "finetune_steps": steps, "finetune_lr": lr,
                            "finetune_weights": tuner.trainable, "point_fitted_on": "out-of-fold margins"}}
 

@@ -134,9 +134,23 @@ def test_calibrate_finetune_writes_the_finetuned_model_that_predict_then_uses(tm
         return losses
 
     monkeypatch.setattr(sf.SiteFinetuner, "fit", recording_fit)
+    from crack_tf.evaluation import site_calibration as sc
+
+    real_cross, out_of_fold = sf.cross_fitted_margins, []
+    monkeypatch.setattr(sf, "cross_fitted_margins", lambda *a, **k: out_of_fold.append(real_cross(*a, **k)) or
+                        out_of_fold[-1])
+    real_fit_point, fitted_on = sc.fit_point, []
+    monkeypatch.setattr(sc, "fit_point", lambda m, *a, **k: fitted_on.append(np.array(m)) or real_fit_point(m, *a, **k))
     res = calibrate(str(model_file), site, str(out), fit="finetune", n_resamples=0,
                     finetune={"start": "feats", "steps": 60, "lr": 0.05})["point"]
     rec = res["site_calibration"]
+    # the point, and the verdict's cross-validation, on the out-of-fold margins only: the whole sample's,
+    # then each fold's point on the other folds' (never on a fine-tuned model's margins of its own tiles)
+    oof, y = out_of_fold[0], np.sort(labels)  # the sample in file order: background/ then crack/
+    fold = sc.stratified_folds(y, sf.FOLDS, 0)
+    expected = [oof] + [oof[:, fold != k] for k in range(sf.FOLDS)]
+    assert len(fitted_on) == len(expected) and all(np.array_equal(a, np.atleast_2d(b))
+                                                   for a, b in zip(fitted_on, expected))
     assert thr["cross_validated"]["accuracy"] <= 25 / 40  # a threshold cannot separate them
     assert rec["after"]["accuracy"] == 1.0 and rec["cross_validated"]["accuracy"] >= 0.9
     assert rec["cross_validated"]["folds"] == sf.FOLDS and rec["verdict"].startswith("recalibrate")

@@ -114,7 +114,7 @@ def _refit(tuner: sf.SiteFinetuner, images: np.ndarray, labels: np.ndarray, view
 
     def refit(picked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         draw = next(draws)
-        out_of_fold, _ = sf.cross_fitted_margins(tuner, images[picked], labels[picked], views, sf.FOLDS, draw, draw)
+        out_of_fold = sf.cross_fitted_margins(tuner, images[picked], labels[picked], views, sf.FOLDS, draw, draw)
         tuner.fit(images[picked], labels[picked], seed=draw)
         return sf.array_margins(tuner.model, images, views), out_of_fold
 

@@ -133,13 +133,11 @@ class SampleTooSmall(ValueError):
 
 
 def cross_fitted_margins(tuner: SiteFinetuner, images: np.ndarray, labels: np.ndarray, views: str = "none",
-                         folds: int = FOLDS, seed: int = 0, fit_seed: int = 0
-                         ) -> tuple[np.ndarray, dict[bytes, np.ndarray]]:
-    """The sample's out-of-fold margins [V, N] (each fold of ``site_calibration.stratified_folds(labels,
-    folds, seed)`` scored by a fine-tuning on the other folds, ``fit_seed`` its batches' seed) and, per
-    fold, that fine-tuning's margins of every sample tile, keyed by its training indices' bytes.
-    The operating point of a fine-tuned model is fitted on these: a network fine-tuned on the sample
-    nearly separates the sample itself. :class:`SampleTooSmall` when a fold's training part lacks a class."""
+                         folds: int = FOLDS, seed: int = 0, fit_seed: int = 0) -> np.ndarray:
+    """The sample's out-of-fold margins [V, N]: each fold of ``site_calibration.stratified_folds(labels,
+    folds, seed)`` scored by a fine-tuning on the other folds (``fit_seed``: its batches' seed). The
+    operating point of a fine-tuned model is fitted on these: a network fine-tuned on the sample nearly
+    separates the sample itself. :class:`SampleTooSmall` when a fold's training part lacks a class."""
     from crack_tf.evaluation.site_calibration import stratified_folds
 
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
@@ -149,14 +147,14 @@ def cross_fitted_margins(tuner: SiteFinetuner, images: np.ndarray, labels: np.nd
         raise SampleTooSmall(f"a sample of {labels.size} tiles ({np.bincount(labels, minlength=2).tolist()} "
                              f"background / crack) is too small for {folds} cross-validation folds that each "
                              "train on both classes; label more tiles of each class")
-    by_train, out_of_fold = {}, None
+    out_of_fold = None
     for k, train in zip(np.unique(fold), trains):
         tuner.fit(images[train], labels[train], seed=fit_seed)
-        by_train[train.tobytes()] = fitted = array_margins(tuner.model, images, views)
+        fitted = array_margins(tuner.model, images, views)  # the whole sample: one batch shape for every fold
         if out_of_fold is None:
             out_of_fold = np.empty_like(fitted)
         out_of_fold[:, fold == k] = fitted[:, fold == k]
-    return out_of_fold, by_train
+    return out_of_fold
 
 
 def array_margins(model: Any, images: np.ndarray, tta: str = "none", batch_size: int = 64) -> np.ndarray:
