@@ -331,6 +331,8 @@ def test_slice_job_with_one_seed_is_done_when_that_seed_is(job_tree):
     assert "candidate grid 2 of 2 runs" in done.stdout and "loso_cv.sh: done" in done.stdout
     grid = next(a.split() for a in calls.read_text().splitlines() if "--output_dir=runs/ablation_loso" in a)
     assert "--seeds=0" in grid
+    backbones = [a for a in calls.read_text().splitlines() if a.startswith("tools/pretrain.py")]
+    assert len(backbones) == 3 and not any("no_uav75" in a for a in backbones)  # synthetic + 2 folds, none for the CV
 
 
 def test_count_runs_counts_only_the_wanted_row_folds_and_seeds(job_tree):

@@ -33,8 +33,9 @@ left() { echo $(( job_s - SECONDS )); }
 gpu_memory() { echo "gpu memory used / total, utilisation at ${SECONDS}s: $(nvidia-smi \
     --query-gpu=memory.used,memory.total,utilization.gpu --format=csv,noheader 2>/dev/null)"; }
 
-# 0. every backbone this job needs, side by side (the CV's is the no_uav75 fold's)
-fold_backbones synth_crack "$folds$([[ ,$folds, == *,no_uav75,* ]] || echo ,no_uav75)" > /dev/null || exit 1
+# 0. every backbone this job needs, side by side (the CV's is the no_uav75 fold's; none with CV=0)
+cv_fold=$([ "${CV:-1}" != 0 ] && [[ ,$folds, != *,no_uav75,* ]] && echo ,no_uav75)
+fold_backbones synth_crack "$folds$cv_fold" > /dev/null || exit 1
 echo "loso_cv.sh: backbones ready at ${SECONDS}s"
 
 # (the few CV runs a fresh machine lacks, CV_ROWS / CV_SEEDS, run beside the grid in one slot)
