@@ -117,9 +117,9 @@ def list_sample(data: str, split: str | None, source: str, data_root: str = "") 
 
 def _sample_margins(predictor, inp, fit: str, l2: float, finetune: dict | None = None, seed: int = 0
                     ) -> dict[str, Any]:
-    """Margins [V, N] and labels of the sample; for the model fits (``last_layer``, ``finetune``) also
-    the margins after the fit, ``fold_fit`` (re-fit on some tiles -> every tile's margins) and what
-    to write (``head`` or ``weights``)."""
+    """Margins [V, N] and labels of the sample; for the model fits also the margins after the fit and
+    what to write: ``last_layer`` its ``head`` and ``fold_fit`` (re-fit on some tiles -> every tile's
+    margins), ``finetune`` its ``weights`` and out-of-fold margins (:func:`_finetune_margins`)."""
     if fit in sc.MARGIN_FITS:
         from crack_tf.training.finish import val_margins
 

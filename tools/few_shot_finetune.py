@@ -96,9 +96,10 @@ def read_rows(out: str, settings: dict) -> list[dict]:
         changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
         raise ValueError(f"--out={out} holds a curve drawn with other settings ({', '.join(changed)}): "
                          "choose another --out, or delete it to draw again")
-    if not os.path.isfile(os.path.join(out, "few_shot.csv")):
+    table = os.path.join(out, "few_shot.csv")
+    if not os.path.isfile(table):
         return []  # cut off before its first curve
-    with open(os.path.join(out, "few_shot.csv"), newline="", encoding="utf-8") as f:
+    with open(table, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     for row in rows:
         for key, value in row.items():
