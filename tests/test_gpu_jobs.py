@@ -357,3 +357,33 @@ def test_slice_job_cv_and_agreement_can_be_skipped(job_tree):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "CV=0, no UAV75 5-fold" in done.stdout and "loso_cv.sh: done" in done.stdout
     assert "ablation_uav75_cv" not in calls.read_text() and "dense_agreement" not in calls.read_text()
+
+
+def test_slice_job_trains_another_row_beside_the_grid(job_tree):
+    """BESIDE_ONLY / BESIDE_FOLDS / BESIDE_SEEDS: another row's runs start with the grid, one slot each,
+    on backbones made once (a fold shared by both is pretrained once), and the job waits for them."""
+    repo, env, calls = job_tree
+    _slice_recorder(repo, finish_runs=True)
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, ONLY="^synthpre$", JOB_S="300", FOLDS="no_uavcrack,no_deepcrack", REPEAT="0",
+                                   SEEDS="0", CV="0", AGREE="0", BESIDE_ONLY="^synthpre_robustaug_epochs48$",
+                                   BESIDE_FOLDS="all,no_deepcrack", BESIDE_SEEDS="0,1,2"), timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "beside it (^synthpre_robustaug_epochs48$) 6 of 6 runs" in done.stdout and "loso_cv.sh: done" in done.stdout
+    lines = [line.split() for line in calls.read_text().splitlines()]
+    pre = [next(x for x in a if x.startswith("--output=")) for a in lines if a[0] == "tools/pretrain.py"]
+    assert sorted(pre) == sorted(["--output=runs/pretrain/synthetic.weights.h5"] + [
+        f"--output=runs/pretrain/loso_synth_{f}.weights.h5" for f in ("no_uavcrack", "no_deepcrack", "all")])
+    grids = [a for a in lines if a[0] == "tools/ablate.py" and "--report_only" not in a]
+    beside = [a for a in grids if "--only=^synthpre_robustaug_epochs48$" in a]
+    assert len(beside) == 1 and "--folds=all,no_deepcrack" in beside[0] and "--seeds=0,1,2" in beside[0]
+    assert "--parallel=6" in beside[0] and "--output_dir=runs/ablation_loso" in beside[0]
+    loso = next(a for a in grids if "--only=^synthpre$" in a)
+    assert "--parallel=7" in loso  # 13 runs fit (an H200 when nvidia-smi says nothing): 6 taken beside it
+    calls.write_text("")  # a second call: both finished, nothing trains again
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, ONLY="^synthpre$", JOB_S="300", FOLDS="no_uavcrack,no_deepcrack", REPEAT="0",
+                                   SEEDS="0", CV="0", AGREE="0", BESIDE_ONLY="^synthpre_robustaug_epochs48$",
+                                   BESIDE_FOLDS="all,no_deepcrack", BESIDE_SEEDS="0,1,2"), timeout=90)
+    assert "loso_cv.sh: done" in done.stdout
+    assert not any("--only=^synthpre_robustaug_epochs48$" in line for line in calls.read_text().splitlines())

@@ -10,6 +10,9 @@
 #   FOLDS=no_uavcrack,no_deepcrack REPEAT=0: a later session's call, for the folds still missing;
 #   CV=0 skips the UAV75 5-fold, AGREE=0 the agreement (once they have run); SEEDS=0 (default 0,1,2); CV_ROWS='^fold4$'
 #   CV_SEEDS=2: only the CV runs still missing, trained beside the candidate's grid (one slot)
+#   BESIDE_ONLY='^synthpre_robustaug_epochs48$' BESIDE_FOLDS=all BESIDE_SEEDS=0,1,2: another row's runs
+#   of the same grid, in slots of their own from the start (e.g. long runs while the grid's short runs
+#   and the fine-tuning curve leave the GPU half idle); the job is done once they are too
 # Files back (<= 8): machine.txt, loso.log, runs.tgz, uav75_cv.log, uav75_cv.tgz, agreement.json,
 # agreement.log (the grids' results.md are inside the .tgz files).
 SECONDS=0
@@ -24,6 +27,10 @@ repeats=$(( ${REPEAT:-1} != 0 ))
 grid_done() { count_runs runs/ablation_loso "$only" "$seeds" "$folds"; }  # the wanted runs only
 repeat_done() { count_runs runs/ablation_loso_repeat "$only" 0 no_uav75; }
 cv_done() { count_runs runs/ablation_uav75_cv "${CV_ROWS:-.}" "$cv_seeds"; }
+beside_folds=${BESIDE_FOLDS:-$folds} beside_seeds=${BESIDE_SEEDS:-0,1,2} beside_wanted=0
+[ -n "${BESIDE_ONLY:-}" ] && beside_wanted=$(( $(grid_rows configs/ablation_loso.cfg "$BESIDE_ONLY") \
+    * $(csv_len "$beside_seeds") * $(csv_len "$beside_folds") ))
+beside_done() { count_runs runs/ablation_loso "${BESIDE_ONLY:-.}" "$beside_seeds" "$beside_folds"; }
 repack() {  # $OUT is emptied before every call: each call returns everything finished so far
   pack_runs runs runs/ablation_loso runs/ablation_loso_repeat runs/pretrain_logs runs/few_shot runs/few_shot_finetune
   [ -d runs/ablation_uav75_cv ] && pack_runs uav75_cv runs/ablation_uav75_cv
@@ -35,7 +42,8 @@ gpu_memory() { echo "gpu memory used / total, utilisation at ${SECONDS}s: $(nvid
 
 # 0. every backbone this job needs, side by side (the CV's is the no_uav75 fold's; none with CV=0)
 cv_fold=$([ "${CV:-1}" != 0 ] && [[ ,$folds, != *,no_uav75,* ]] && echo ,no_uav75)
-fold_backbones synth_crack "$folds$cv_fold" > /dev/null || exit 1
+backbones=$(tr ',' '\n' <<< "$folds$cv_fold${BESIDE_ONLY:+,$beside_folds}" | awk 'NF && !seen[$0]++' | paste -sd,)
+fold_backbones synth_crack "$backbones" > /dev/null || exit 1
 echo "loso_cv.sh: backbones ready at ${SECONDS}s"
 
 # (the few CV runs a fresh machine lacks, CV_ROWS / CV_SEEDS, run beside the grid in one slot)
@@ -46,9 +54,21 @@ if [ "${CV:-1}" != 0 ] && [ -n "${CV_ROWS:-}" ] && [ "$(cv_done)" -lt "$cv_wante
   env "${cv_env[@]}" PARALLEL=1 LOADER_RUNS="$RUNS_FIT" JOB_S=$(( $(left) - 5 )) bash tools/gpu_jobs/uav75_cv.sh > /dev/null &
   cv_pid=$!
 fi
-grid_parallel=${PARALLEL:-}  # loso.sh's own count, less the CV's slot (started only where two fit)
-if [ -n "$cv_pid" ]; then
-  grid_parallel=$(( ${PARALLEL:-$(( RUNS_FIT - repeats < 13 ? RUNS_FIT - repeats : 13 ))} - 1 ))
+# (BESIDE_ONLY's runs, one slot each, in the background until the call's end)
+beside_pid="" beside_slots=0
+if [ "$beside_wanted" -gt 0 ] && [ "$(beside_done)" -lt "$beside_wanted" ]; then
+  beside_slots=$(( beside_wanted - $(beside_done) ))
+  XLA_PYTHON_CLIENT_MEM_FRACTION=$RUN_FRACTION timeout -k 10 --signal=TERM $(( $(left) - 25 )) python3 tools/ablate.py \
+      --flagfile=configs/ablation_loso.cfg --seeds="$beside_seeds" --folds="$beside_folds" --only="$BESIDE_ONLY" \
+      --parallel="$beside_slots" "$(loader_extra "$RUNS_FIT")" --output_dir=runs/ablation_loso \
+      >> runs/pretrain_logs/beside.log 2>&1 &
+  beside_pid=$!
+fi
+grid_parallel=${PARALLEL:-}  # loso.sh's own count, less the slots taken beside it (the CV's where two fit)
+taken=$(( beside_slots + (${#cv_pid} > 0) ))
+if [ "$taken" -gt 0 ]; then
+  grid_parallel=$(( ${PARALLEL:-$(( RUNS_FIT - repeats < 13 ? RUNS_FIT - repeats : 13 ))} - taken ))
+  [ "$grid_parallel" -ge 1 ] || grid_parallel=1
 fi
 
 # 1. the candidate's grid: folds x 3 seeds, and the repeat of (no_uav75, seed 0) unless REPEAT=0
@@ -64,7 +84,12 @@ if [ "$(grid_done)" -lt "$wanted" ] || [ "$(repeat_done)" -lt "$repeats" ] ||
 fi
 echo "loso_cv.sh: candidate grid $(grid_done) of $wanted runs (+ repeat $(repeat_done) of $repeats) at ${SECONDS}s"
 [ -n "$cv_pid" ] && { wait "$cv_pid"; tail -2 "$OUT/uav75_cv.log"; }
-[ "$(grid_done)" -ge "$wanted" ] || { repack; echo "loso_cv.sh: call again"; exit 0; }
+if [ "$beside_wanted" -gt 0 ]; then
+  [ -n "$beside_pid" ] && { wait "$beside_pid"; tail -2 runs/pretrain_logs/beside.log; }
+  echo "loso_cv.sh: beside it ($BESIDE_ONLY) $(beside_done) of $beside_wanted runs at ${SECONDS}s"
+fi
+{ [ "$(grid_done)" -ge "$wanted" ] && [ "$(beside_done)" -ge "$beside_wanted" ]; } ||
+    { repack; echo "loso_cv.sh: call again"; exit 0; }
 
 # 2. the UAV75 5-fold estimate (15 runs, or CV_ROWS x CV_SEEDS)
 if [ "${CV:-1}" = 0 ]; then
