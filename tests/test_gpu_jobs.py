@@ -333,6 +333,7 @@ def test_slice_job_with_one_seed_is_done_when_that_seed_is(job_tree):
     assert "--seeds=0" in grid
     backbones = [a for a in calls.read_text().splitlines() if a.startswith("tools/pretrain.py")]
     assert len(backbones) == 3 and not any("no_uav75" in a for a in backbones)  # synthetic + 2 folds, none for the CV
+    assert all("--deterministic" in a.split() for a in backbones)  # one seed, one backbone
 
 
 def test_count_runs_counts_only_the_wanted_row_folds_and_seeds(job_tree):

@@ -117,7 +117,7 @@ def _backbone_layers(model: keras.Model) -> dict[str, list[np.ndarray]]:
 def test_jax_pretraining_without_tensorflow_loads_as_backbone_weights(tmp_path, photos):
     out, full = tmp_path / "syn.weights.h5", tmp_path / "syn.keras"
     argv = ["pretrain.py", "--mode=synthetic", "--steps=2", "--log_every=1", "--batch_size=4", "--image_size=32",
-            "--num_tiles=8", f"--output={out}", f"--save_model={full}"]
+            "--num_tiles=8", f"--output={out}", f"--save_model={full}", "--deterministic"]
     code = ("import sys, runpy; sys.modules['tensorflow'] = None\n"
             "from absl import app\n"
             f"tool = runpy.run_path({os.path.join(REPO, 'tools', 'pretrain.py')!r}, run_name='pretrain_tool')\n"
@@ -137,6 +137,8 @@ def test_jax_pretraining_without_tensorflow_loads_as_backbone_weights(tmp_path, 
     assert "summary: synthetic pretraining, 2 steps" in done.stdout
     record = json.loads((tmp_path / "syn.weights.h5.json").read_text())
     assert record["backend"] == "jax" and len(record["history"]["loss"]) == 2
+    # --deterministic: XLA's deterministic GPU kernels, set before JAX started, and recorded
+    assert record["deterministic"] and "--xla_gpu_deterministic_ops=true" in record["xla_flags"]
     simclr = json.loads((tmp_path / "sim.weights.h5.json").read_text())
     assert (tmp_path / "sim.weights.h5").is_file() and np.isfinite(simclr["history"]["loss"][0])
 

@@ -66,6 +66,7 @@ from crack_tf.data.pipeline_photos import CropPyDataset  # noqa: E402
 from crack_tf.data.synthetic import make_tile  # noqa: E402
 from crack_tf.data.unlabelled import SIMCLR_AUGMENT, ViewSampler, from_sources, read_folders  # noqa: E402
 from crack_tf.models.resnet_aspp import CaffePreprocess  # noqa: E402
+from crack_tf.training.runtime import deterministic_ops  # noqa: E402
 
 MODES = ("crack", "synthetic", "rotation", "simclr")
 AUGMENT = ("brightness", "contrast", "saturation", "hue", "grayscale", "gamma", "blur", "jpeg", "noise")
@@ -96,6 +97,9 @@ def define_flags() -> None:
     flags.DEFINE_list("crop_side", ["96", "192"], "crack: crop side range in photo pixels (min,max).")
     flags.DEFINE_integer("min_crack_pixels", 40, "crack: crack pixels per 128^2 for a crack crop.")
     flags.DEFINE_enum("precision", "float32", ["float32", "bf16"], "Compute precision (bf16 on GPUs).")
+    flags.DEFINE_bool("deterministic", False, "Deterministic kernels (the trainer's --deterministic: XLA's on "
+                      "a GPU, TF's op determinism), so a seed gives one backbone; the batches are a function "
+                      "of seed and step either way.")
     for name in AUGMENT:  # the photos source's augmentation flags (crack_tf.data.crops.CropOptions)
         flags.DEFINE_float(name, None, f"crack / simclr: --{name} of the photos source (default: the mode's).")
     # synthetic
@@ -281,7 +285,8 @@ def pretrain(mode: str, output: str, image_size: int = 128, steps: int = 100, ba
              crop: int = 128, temperature: float = 0.2, bn_momentum: float = 0.9, precision: str = "float32",
              save_model: str | None = None, data_workers: int = 1, data_dir: str = "", data_root: str = "",
              crop_side: tuple[int, int] = (96, 192), min_crack_pixels: int = 40, data_processes: bool = False,
-             init: str = "", checkpoint_every: int = 0, augment: dict | None = None) -> dict:
+             init: str = "", checkpoint_every: int = 0, augment: dict | None = None,
+             deterministic: bool = False) -> dict:
     """Runs the pretraining and saves the backbone; returns the sidecar record."""
     if not output.endswith(".weights.h5"):
         raise ValueError(f"--output={output} must end in .weights.h5 (Keras' weights format)")
@@ -290,6 +295,7 @@ def pretrain(mode: str, output: str, image_size: int = 128, steps: int = 100, ba
     if init and not os.path.isfile(init):
         raise FileNotFoundError(f"--init={init}: no such file (a *.weights.h5 written by this tool)")
     started = time.time()
+    xla_flags = deterministic_ops(deterministic)
     keras.utils.set_random_seed(seed)
     if precision == "bf16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -354,7 +360,8 @@ def pretrain(mode: str, output: str, image_size: int = 128, steps: int = 100, ba
     if save_model:
         model.save(save_model)
     shutil.rmtree(folder, ignore_errors=True)
-    record.update(output=output, backend=keras.backend.backend(), seconds=time.time() - started,
+    record.update(output=output, backend=keras.backend.backend(), deterministic=deterministic,
+                  xla_flags=xla_flags or None, seconds=time.time() - started,
                   resumed_at_step=done or None, history=saver.state["history"])
     with open(output + ".json", "w") as f:
         json.dump(record, f, indent=2)
@@ -370,7 +377,7 @@ def main(argv: list[str]) -> int:
     names = ("mode", "output", "image_size", "steps", "batch_size", "lr", "weight_decay", "seed", "log_every",
              "tile_size", "num_tiles", "workers", "photos", "crop", "temperature", "bn_momentum", "precision",
              "save_model", "data_workers", "data_dir", "data_root", "min_crack_pixels", "data_processes", "init",
-             "checkpoint_every")
+             "checkpoint_every", "deterministic")
     try:
         pretrain(**{name: FLAGS[name].value for name in names}, crop_side=tuple(int(v) for v in FLAGS.crop_side),
                  augment={name: FLAGS[name].value for name in AUGMENT})

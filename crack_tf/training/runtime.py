@@ -131,6 +131,19 @@ def deterministic_xla(enabled: bool) -> str:
     return flags
 
 
+def deterministic_ops(enabled: bool) -> str:
+    """Deterministic kernels for this process's backend when ``enabled``: XLA's on JAX
+    (:func:`deterministic_xla`, before JAX starts), TensorFlow's op determinism on TF; nothing
+    on torch. Returns ``XLA_FLAGS`` as in effect (JAX) or ``""``."""
+    if keras.backend.backend() == "jax":
+        return deterministic_xla(enabled)
+    if enabled and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    return ""
+
+
 def _jax_runtime(cfg: RunOptions) -> Runtime:
     import jax
 
@@ -199,10 +212,8 @@ def set_precision(cfg: RunOptions, runtime: Runtime) -> str:
 def seed_everything(cfg: RunOptions) -> None:
     """Seeds Python, NumPy and the backend; deterministic TF ops when asked."""
     keras.utils.set_random_seed(cfg.seed)
-    if cfg.deterministic and keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
+    if keras.backend.backend() == "tensorflow":
+        deterministic_ops(cfg.deterministic)
 
 
 def jit_setting(cfg: RunOptions) -> bool | str:

@@ -31,8 +31,10 @@ loader_extra() {
 # PRETRAIN_STEPS (1000), PRETRAIN_MODE (crack | simclr | ...), PRETRAIN_DATA (uavcrack,deepcrack),
 # PRETRAIN_OUT (runs/pretrain/crack.weights.h5), PRETRAIN_INIT (start from these backbone weights),
 # PRETRAIN_EXTRA (more flags, e.g. "--checkpoint_every=500 --gamma=0.3"), PRETRAIN_WORKERS (14 loader
-# processes; fewer when backbones pretrain side by side), PRETRAIN_LOG ($OUT/pretrain.log). A run killed by the timeout
-# with --checkpoint_every continues from its checkpoint at the next call (same machine).
+# processes; fewer when backbones pretrain side by side), PRETRAIN_LOG ($OUT/pretrain.log). A run killed
+# by the timeout with --checkpoint_every continues from its checkpoint at the next call (same machine).
+# Deterministic kernels (--deterministic): without them two H100 calls on 2026-12-06 pretrained one
+# seed into two backbones (losses apart from the first 100 steps), so "one seed, one model" failed there.
 pretrain_backbone() {
   local out=${PRETRAIN_OUT:-runs/pretrain/crack.weights.h5}
   [ -f "$out" ] && return 0
@@ -42,7 +44,7 @@ pretrain_backbone() {
       --data_dir="${PRETRAIN_DATA:-uavcrack,deepcrack}" \
       --data_root=../shared/data --image_size=224 --crop_side=96,192 --steps="${PRETRAIN_STEPS:-1000}" \
       --batch_size=128 --precision=bf16 --lr=0.002 --data_workers="${PRETRAIN_WORKERS:-14}" --data_processes \
-      --log_every=100 ${PRETRAIN_INIT:+--init="$PRETRAIN_INIT"} ${PRETRAIN_EXTRA:-} \
+      --log_every=100 --deterministic ${PRETRAIN_INIT:+--init="$PRETRAIN_INIT"} ${PRETRAIN_EXTRA:-} \
       --output="$out" 2>&1 | tee -a "${PRETRAIN_LOG:-$OUT/pretrain.log}"
 }
 
