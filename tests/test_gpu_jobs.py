@@ -151,7 +151,7 @@ exit 0
 """
 RECIPE_PRETRAIN = ("tools/pretrain.py --mode=crack --data_dir=uavcrack,deepcrack --data_root=../shared/data "
                    "--image_size=224 --crop_side=96,192 --steps=1000 --batch_size=128 --precision=bf16 --lr=0.002 "
-                   "--data_workers=14 --data_processes --log_every=100 --output=runs/pretrain/crack.weights.h5")
+                   "--data_workers=14 --data_processes --log_every=100 --deterministic --output=runs/pretrain/crack.weights.h5")
 
 
 def _pretrain_calls(calls):
@@ -388,3 +388,30 @@ def test_slice_job_trains_another_row_beside_the_grid(job_tree):
                                    BESIDE_FOLDS="all,no_deepcrack", BESIDE_SEEDS="0,1,2"), timeout=90)
     assert "loso_cv.sh: done" in done.stdout
     assert not any("--only=^synthpre_robustaug_epochs48$" in line for line in calls.read_text().splitlines())
+
+
+def test_backbone_repeat_pretrains_the_synthetic_backbone_twice_and_compares(job_tree):
+    """BACKBONE_REPEAT=1: a second synthetic backbone beside the folds; same_backbone reads the sidecars."""
+    repo, env, calls = job_tree
+    sidecar = ('for a in "$@"; do case $a in --output=*) o="${a#--output=}"; touch "$o"; '
+               'printf \'{"mode": "synthetic", "seed": 0, "deterministic": true, "weights_sha256": "%s", '
+               '"history": {"loss": [0.5]}}\' "${DIGEST:-abc}" > "$o.json";; esac; done\n')
+    (repo.parent / "bin" / "python3").write_text(RECORDER + sidecar)
+    done = subprocess.run(["bash", "-c", "source tools/gpu_jobs/common.sh && BACKBONE_REPEAT=1 fold_backbones "
+                           "synth_crack no_uav75"], cwd=repo, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    outputs = [a.split() for a in calls.read_text().splitlines() if a.startswith("tools/pretrain.py")]
+    repeat = [a for a in outputs if "--output=runs/pretrain/synthetic_repeat.weights.h5" in a]
+    assert len(outputs) == 3 and len(repeat) == 1 and "--mode=synthetic" in repeat[0]
+    assert "--deterministic" in repeat[0] and not any("--init=" in x for x in repeat[0])
+    assert (repo / "runs" / "pretrain_logs" / "synthetic_repeat.pretrain.json").is_file()
+    # same_backbone runs on the real python (the recorder is first on PATH in env: use the system one)
+    real = dict(env, PATH=os.environ["PATH"])
+    first = repo / "runs" / "pretrain" / "synthetic.weights.h5.json"
+    other = repo / "runs" / "pretrain" / "other.json"
+    other.write_text(first.read_text().replace('"abc"', '"abd"'))
+    same = subprocess.run(["bash", "-c", f"source tools/gpu_jobs/common.sh; same_backbone {first} "
+                           f"runs/pretrain/synthetic_repeat.weights.h5.json; same_backbone {first} {other}"],
+                          cwd=repo, capture_output=True, text=True, env=dict(real, SKIP_WHEELS="1"), timeout=60)
+    lines = [line for line in same.stdout.splitlines() if line.startswith("backbone pretrained twice")]
+    assert len(lines) == 2 and "IDENTICAL" in lines[0] and "DIFFER" in lines[1], same.stdout + same.stderr

@@ -153,6 +153,12 @@ def test_jax_pretraining_without_tensorflow_loads_as_backbone_weights(tmp_path, 
         for a, b in zip(loaded[name], weights):
             np.testing.assert_array_equal(a, b, err_msg=name)
     assert not np.array_equal(fresh["conv1_conv"][0], trained["conv1_conv"][0])
+    # The sidecar's digest is that of the backbone weights in the file: two backbones compare by it.
+    from crack_tf.training.rundir import weights_digest
+
+    backbone = next(layer for layer in keras.saving.load_model(full, compile=False).layers
+                    if isinstance(layer, keras.Model))
+    assert record["weights_sha256"] == weights_digest(backbone) != simclr["weights_sha256"]
     # BatchNorm moving statistics were learned in pretraining and carried over too.
     assert not np.allclose(trained["conv1_bn"][3], 1.0) and np.array_equal(loaded["conv1_bn"][3], trained["conv1_bn"][3])
 

@@ -10,6 +10,10 @@
       --output=runs/pretrain/simclr.weights.h5
   KERAS_BACKEND=jax python tools/pretrain.py --mode=crack --init=runs/pretrain/simclr.weights.h5 ...  # then
 
+``--deterministic`` (the GPU jobs pass it): XLA's deterministic kernels, so one seed gives one backbone
+(the batches are a function of seed and step either way); the sidecar ``<output>.json`` records it
+and the backbone's ``weights_sha256``, by which two backbones compare.
+
 Modes:
 - ``crack``: supervised crack / background on random labelled crops of real photo + mask
   sources (the trainer's photos source: ``--data_dir=uavcrack,deepcrack --data_root=...``, their
@@ -66,6 +70,7 @@ from crack_tf.data.pipeline_photos import CropPyDataset  # noqa: E402
 from crack_tf.data.synthetic import make_tile  # noqa: E402
 from crack_tf.data.unlabelled import SIMCLR_AUGMENT, ViewSampler, from_sources, read_folders  # noqa: E402
 from crack_tf.models.resnet_aspp import CaffePreprocess  # noqa: E402
+from crack_tf.training.rundir import weights_digest  # noqa: E402
 from crack_tf.training.runtime import deterministic_ops  # noqa: E402
 
 MODES = ("crack", "synthetic", "rotation", "simclr")
@@ -361,7 +366,7 @@ def pretrain(mode: str, output: str, image_size: int = 128, steps: int = 100, ba
         model.save(save_model)
     shutil.rmtree(folder, ignore_errors=True)
     record.update(output=output, backend=keras.backend.backend(), deterministic=deterministic,
-                  xla_flags=xla_flags or None, seconds=time.time() - started,
+                  xla_flags=xla_flags or None, weights_sha256=weights_digest(backbone), seconds=time.time() - started,
                   resumed_at_step=done or None, history=saver.state["history"])
     with open(output + ".json", "w") as f:
         json.dump(record, f, indent=2)

@@ -52,7 +52,9 @@ pretrain_backbone() {
 #   fold_backbones <crack | synth_crack> <fold,fold,...>  -> runs/pretrain/<loso | loso_synth>_<fold>.weights.h5
 # Each fold's backbone is pretrained (crack mode) on that fold's sources only (FOLD_SOURCES); with
 # synth_crack all start from one backbone pretrained on synthetic cracks (SYNTH_STEPS=1000, no real
-# source seen). Logs and sidecars in runs/pretrain_logs/. Existing backbones are kept.
+# source seen). Logs and sidecars in runs/pretrain_logs/. Existing backbones are kept. BACKBONE_REPEAT=1
+# (synth_crack): the synthetic backbone pretrained a second time beside the folds, and whether the two
+# are identical (same_backbone), the check that --deterministic makes a seed one backbone.
 declare -A FOLD_SOURCES=([all]=uav75,uavcrack,deepcrack [no_uav75]=uavcrack,deepcrack
                          [no_uavcrack]=uav75,deepcrack [no_deepcrack]=uav75,uavcrack)
 fold_backbones() {
@@ -73,12 +75,34 @@ fold_backbones() {
         PRETRAIN_LOG="runs/pretrain_logs/${stem}_$fold.log" pretrain_backbone 300 > /dev/null &
     pids+=($!)
   done
+  if [ "$kind" = synth_crack ] && [ "${BACKBONE_REPEAT:-0}" != 0 ]; then  # the synthetic backbone again, beside
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.15 PRETRAIN_MODE=synthetic PRETRAIN_STEPS="${SYNTH_STEPS:-1000}" \
+        PRETRAIN_OUT=runs/pretrain/synthetic_repeat.weights.h5 PRETRAIN_WORKERS=2 \
+        PRETRAIN_LOG=runs/pretrain_logs/synthetic_repeat.log pretrain_backbone 300 > /dev/null &
+    pids+=($!)
+  fi
   [ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"
+  if [ -f runs/pretrain/synthetic_repeat.weights.h5.json ]; then
+    cp runs/pretrain/synthetic_repeat.weights.h5.json runs/pretrain_logs/synthetic_repeat.pretrain.json
+    same_backbone $init.json runs/pretrain/synthetic_repeat.weights.h5.json | tee runs/pretrain_logs/backbone_repeat.txt
+  fi
   for fold in ${folds//,/ }; do
     tail -1 "runs/pretrain_logs/${stem}_$fold.log" 2>/dev/null
     cp "runs/pretrain/${stem}_$fold.weights.h5.json" "runs/pretrain_logs/${stem}_$fold.pretrain.json" 2>/dev/null
     [ -f "runs/pretrain/${stem}_$fold.weights.h5" ] || { echo "pretraining $fold failed: no weights"; return 1; }
   done
+}
+
+# Whether two pretraining sidecars (tools/pretrain.py's <weights>.json) hold the same backbone weights
+# (their weights_sha256), printed as one line:  same_backbone <a.json> <b.json>
+same_backbone() {
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+same = a.get("weights_sha256") is not None and a.get("weights_sha256") == b.get("weights_sha256")
+print(f"backbone pretrained twice ({a.get('mode')}, seed {a.get('seed')}, deterministic {a.get('deterministic')}): "
+      f"weights {'IDENTICAL' if same else 'DIFFER'}; final loss {a['history']['loss'][-1]:.6f} / {b['history']['loss'][-1]:.6f}")
+PY
 }
 
 # Packs what has finished so far into $OUT/<name>.tgz (run.json, margins, histories, logs; no models and

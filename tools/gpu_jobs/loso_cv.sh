@@ -13,6 +13,7 @@
 #   BESIDE_ONLY='^synthpre_robustaug_epochs48$' BESIDE_FOLDS=all BESIDE_SEEDS=0,1,2: another row's runs
 #   of the same grid, in slots of their own from the start (e.g. long runs while the grid's short runs
 #   and the fine-tuning curve leave the GPU half idle); the job is done once they are too
+#   BACKBONE_REPEAT=1: the synthetic backbone pretrained twice, and whether the two are identical
 # Files back (<= 8): machine.txt, loso.log, runs.tgz, uav75_cv.log, uav75_cv.tgz, agreement.json,
 # agreement.log (the grids' results.md are inside the .tgz files).
 SECONDS=0
@@ -45,6 +46,7 @@ cv_fold=$([ "${CV:-1}" != 0 ] && [[ ,$folds, != *,no_uav75,* ]] && echo ,no_uav7
 backbones=$(tr ',' '\n' <<< "$folds$cv_fold${BESIDE_ONLY:+,$beside_folds}" | awk 'NF && !seen[$0]++' | paste -sd,)
 fold_backbones synth_crack "$backbones" > /dev/null || exit 1
 echo "loso_cv.sh: backbones ready at ${SECONDS}s"
+cat runs/pretrain_logs/backbone_repeat.txt 2>/dev/null  # BACKBONE_REPEAT=1: the synthetic backbone twice
 
 # (the few CV runs a fresh machine lacks, CV_ROWS / CV_SEEDS, run beside the grid in one slot)
 cv_env=(ROWS="${CV_ROWS:-}" SEEDS="$cv_seeds")
