@@ -76,6 +76,23 @@ def test_every_addon_config_parses_after_the_recommended_recipe():
         assert cfg.data_source == "photos", path
 
 
+def test_the_robust48_candidate_config_is_the_ablation_row_it_was_measured_as():
+    """configs/crackmix_synthpre_robust48.cfg = the recipe + robust_augment.cfg + 48 epochs: the row
+    `synthpre_robustaug_epochs48` of configs/ablation_loso.cfg (on the whole-mix backbone)."""
+    configs = os.path.join(REPO, "configs")
+    candidate = train_config.parse_args([f"--flagfile={os.path.join(configs, 'crackmix_synthpre_robust48.cfg')}"])
+    recipe = train_config.parse_args([f"--flagfile={os.path.join(configs, 'crackmix_synthpre.cfg')}"])
+    row = train_config.parse_args([f"--flagfile={os.path.join(configs, 'crackmix_synthpre.cfg')}",
+                                   f"--flagfile={os.path.join(configs, 'addons', 'robust_augment.cfg')}",
+                                   "--epochs=48"])
+    assert candidate.epochs == 48 != recipe.epochs
+    assert candidate.model_dir != recipe.model_dir
+    for name in ("gamma", "grayscale", "hue", "blur", "noise", "jpeg", "brightness", "contrast", "weights",
+                 "data_dir", "lr", "batch_size", "tta", "image_size"):
+        assert getattr(candidate, name) == getattr(row, name), name
+    assert candidate.gamma != recipe.gamma and candidate.weights == recipe.weights
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [
