@@ -17,7 +17,10 @@ that fit and named. Where ``features.npz`` (or ``groups.npz``, ``tools/tile_grou
 tile's photo (source image), every fit of
 that run draws its sample from whole photos and scores the other photos only
 (``few_shot.draw_grouped``: a new site labels a few photos); ``rest`` is then the mean number of
-tiles scored.
+tiles scored. ``--adabn``: the same margin fits on the left-out tiles' margins after AdaBN (runs
+trained with ``--adabn_eval_crops`` keep them as ``split == "eval_adabn"``: what ``crack_tf.adapt``
+then ``crack_tf.calibrate`` would do), and a policy a site can follow: AdaBN only where the labelled
+sample's ROC AUC says it ranks better.
 """
 
 from __future__ import annotations
@@ -63,6 +66,18 @@ def _left_out_npz(folder: str, name: str, labels: np.ndarray, keys: tuple[str, .
         return {k: data[k] if k in data.files else None for k in keys}
 
 
+def read_adabn(folder: str, labels: np.ndarray) -> np.ndarray | None:
+    """The left-out tiles' margins after AdaBN (``split == "eval_adabn"``: a run trained with
+    ``--adabn_eval_crops``; the same tiles in the same order), or None."""
+    arrays = run_margins.read_run(folder)["arrays"]
+    adapted = arrays["split"] == "eval_adabn"
+    if not adapted.any():
+        return None
+    if not np.array_equal(arrays["labels"][adapted], labels):
+        raise ValueError(f"{folder}/margins.npz: its eval_adabn tiles are not its eval tiles")
+    return arrays["margins"][:, adapted]
+
+
 def read_features(folder: str, labels: np.ndarray) -> dict | None:
     """``features.npz`` of a run (None without it): features [V, N, D] and head of the left-out tiles."""
     arrays = _left_out_npz(folder, "features.npz", labels, ("features", "kernel", "bias"))
@@ -79,15 +94,44 @@ def read_groups(folder: str, labels: np.ndarray) -> dict:
     return {}
 
 
+def adabn_variants(fits: list[str], priors: list[float], margins: np.ndarray, adapted: np.ndarray,
+                   labels: np.ndarray, point: dict, by: float) -> list[tuple[str, str, float, np.ndarray, dict]]:
+    """(label, fit, prior, margins, extra) of the AdaBN curves: every margin fit on the margins after
+    AdaBN (the stored point, picked before adaptation, at n = 0), and on whichever of the two ranks
+    each draw's sample better (``few_shot.choose_by_sample_auc``; n = 0: the model as it is)."""
+    choose = few_shot.choose_by_sample_auc(margins, adapted, labels, point, by)
+    out = []
+    for fit in (f for f in fits if f in sc.MARGIN_FITS):
+        for p in priors:
+            label = f"{fit}, prior {p:g}" if p else fit
+            out.append((f"AdaBN, {label}", fit, p, adapted, {}))
+            out.append((f"AdaBN where the sample ranks better (by > {by:g}), {label}", fit, p, margins,
+                        {"refit": choose}))
+    return out
+
+
 def curves(folders: list[str], ns: list[int], draws: int, fits: list[str], rule: str | None, seed: int,
-           priors: list[float] = (0,), l2s: list[float] = (hr.DEFAULT_L2,)) -> list[dict]:
+           priors: list[float] = (0,), l2s: list[float] = (hr.DEFAULT_L2,), adabn: bool = False,
+           adabn_by: float = 0.0) -> list[dict]:
     """Rows of every run x fit x prior (x l2 for ``last_layer``); ``fit`` reads "<fit>, prior <k>" for a
-    prior of k > 0 tiles and "last_layer, l2 <l2>" for more than one ``l2``."""
+    prior of k > 0 tiles and "last_layer, l2 <l2>" for more than one ``l2``. ``adabn``: also the margin
+    fits after AdaBN (:func:`adabn_variants`) for the runs whose margins hold them."""
     rows = []
     for folder in folders:
         margins, labels, left_out, point = read_run(folder)
         feats = read_features(folder, labels) if "last_layer" in fits else None
         groups = read_groups(folder, labels)  # photos known: draws by photo, all fits alike
+        name = os.path.basename(os.path.normpath(folder))
+        adapted = read_adabn(folder, labels) if adabn else None
+        if adabn and adapted is None:
+            print(f"few_shot_curve: {folder} has no AdaBN margins (train with --adabn_eval_crops): no AdaBN curve",
+                  file=sys.stderr)
+        if adapted is not None:
+            rule_ = sc.resolve_rule(rule, point)
+            for label, fit, prior, m, extra in adabn_variants(fits, priors, margins, adapted, labels, point, adabn_by):
+                for row in few_shot.few_shot_curve(m, labels, ns, draws, rule_, seed, point, fit, prior,
+                                                   **groups, **extra):
+                    rows.append({"run": name, "left_out": left_out, "fit": label, **row})
         for fit in fits:
             if fit == "last_layer" and feats is None:
                 print(f"few_shot_curve: {folder} has no features.npz (train with --save_eval_features): "
@@ -100,8 +144,7 @@ def curves(folders: list[str], ns: list[int], draws: int, fits: list[str], rule:
             for label, prior, extra in variants:
                 for row in few_shot.few_shot_curve(margins, labels, ns, draws, sc.resolve_rule(rule, point), seed,
                                                    point, fit, prior, **extra):
-                    rows.append({"run": os.path.basename(os.path.normpath(folder)), "left_out": left_out,
-                                 "fit": label, **row})
+                    rows.append({"run": name, "left_out": left_out, "fit": label, **row})
     return rows
 
 
@@ -160,6 +203,10 @@ def main_args(argv: list[str]) -> list[dict]:
     parser.add_argument("--rule", default=None, help="Threshold rule (default: each run's stored rule, else f1).")
     parser.add_argument("--prior_tiles", default=f"0,{sc.DEFAULT_PRIOR_TILES}",
                         help="Comma-separated priors (tiles' worth of the stored threshold; 0 = plain re-pick).")
+    parser.add_argument("--adabn", action="store_true",
+                        help="Also each margin fit after AdaBN (the runs' eval_adabn margins) and where the "
+                             "sample ranks the AdaBN margins better (ROC AUC larger by more than --adabn_by).")
+    parser.add_argument("--adabn_by", type=float, default=0.0, help="--adabn: the sample's ROC AUC margin.")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     folders = sorted(d for d in glob.glob(args.runs) if os.path.isdir(d))
@@ -172,7 +219,7 @@ def main_args(argv: list[str]) -> list[dict]:
     if unknown:
         raise ValueError(f"--fit={','.join(unknown)}: choose from {', '.join(sc.FITS)}")
     rows = curves(folders, ns, args.draws, fits, args.rule, args.seed, priors,
-                  [float(v) for v in args.l2.split(",") if v])
+                  [float(v) for v in args.l2.split(",") if v], args.adabn, args.adabn_by)
     if not rows:
         raise ValueError("no curve: every run lacked what its fits need (see above)")
     write_outputs(rows, args.out)

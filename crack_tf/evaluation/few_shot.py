@@ -71,6 +71,24 @@ def draw_grouped(labels: np.ndarray, groups: np.ndarray, n: int, rng: np.random.
     return picked, np.flatnonzero(~chosen)
 
 
+def choose_by_sample_auc(margins: np.ndarray, other: np.ndarray, labels: np.ndarray, point: dict,
+                         by: float = 0.0) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """A ``refit`` for :func:`few_shot_curve`: each draw uses ``other`` (e.g. the margins after AdaBN)
+    instead of ``margins`` only where ``other`` ranks the labelled sample better (its ROC AUC larger
+    by more than ``by``); the sample cannot see the rest, so this is what a site with n labels can do."""
+    margins, other = np.atleast_2d(margins), np.atleast_2d(other)
+    if margins.shape != other.shape:
+        raise ValueError(f"margins {margins.shape} and the alternative {other.shape} differ in shape")
+    scores = [sc.predictions(m, point) for m in (margins, other)]
+
+    def refit(picked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        auc_base, auc_other = (float(stats.roc_auc(s[picked], labels[picked])) for s in scores)
+        chosen = other if auc_other > auc_base + by else margins
+        return chosen, chosen[:, picked]
+
+    return refit
+
+
 def _metrics(margins: np.ndarray, labels: np.ndarray, point: dict) -> dict[str, float]:
     values = stats.all_metrics(sc.predictions(margins, point), labels, float(np.float32(point["threshold"])))
     return {k: float(values[k]) for k in CURVE_METRICS}
@@ -116,14 +134,16 @@ def few_shot_curve(
     scored on the other groups only; without, tiles are drawn independently (:func:`draw_sample`).
     ``fit="finetune"`` needs ``refit(sample indices)`` -> (every tile's margins [V, N] after
     fine-tuning on the sample, the sample's out-of-fold margins [V, n]: the point is fitted on those;
-    ``site_finetune.SampleTooSmall`` = a fallback) (``tools/few_shot_finetune.py``, :mod:`site_finetune`)."""
+    ``site_finetune.SampleTooSmall`` = a fallback) (``tools/few_shot_finetune.py``, :mod:`site_finetune`).
+    With a margin fit, ``refit`` (optional) decides from the sample which margins the draw uses (e.g.
+    :func:`choose_by_sample_auc`); the point is then fitted as ``fit`` and ``prior_tiles`` say."""
     if fit == "finetune":
         if refit is None or margins is None:
             raise ValueError("fit='finetune' needs the tiles' margins and refit(sample) -> (margins after "
                              "fine-tuning, the sample's out-of-fold margins)")
-    elif refit is not None:
-        raise ValueError(f"refit is for fit='finetune', not {fit!r}")
     elif fit == "last_layer":
+        if refit is not None:
+            raise ValueError("refit is for fit='finetune' or a margin fit, not 'last_layer' (it re-fits the head)")
         if features is None or head is None:
             raise ValueError("fit='last_layer' needs the tiles' features and the head's (kernel, bias)")
         features = np.asarray(features, np.float32)
