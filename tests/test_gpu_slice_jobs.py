@@ -1,0 +1,151 @@
+"""tools/gpu_jobs/loso_cv.sh, one GPU slice in one resumable job: the candidate's grid, the UAV75
+5-fold, the agreement, runs beside the grid, and what a later call skips (python3 a recorder)."""
+
+import subprocess
+
+from tests.gpu_job_tree import slice_recorder as _slice_recorder
+
+
+def test_slice_job_runs_the_candidate_grid_then_the_uav75_cv_and_resumes(job_tree):
+    repo, env, calls = job_tree
+    env = dict(env, ONLY="^synthpre_robustaug$", JOB_S="300")
+    _slice_recorder(repo, finish_runs=False)  # a call in which no run finishes: the job says so, packs, stops
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=env, timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "candidate grid 0 of 12 runs" in done.stdout and "call again" in done.stdout
+    lines = [line.split() for line in calls.read_text().splitlines()]
+    grid = next(a for a in lines if a[0] == "tools/ablate.py" and "--output_dir=runs/ablation_loso" in a)
+    assert "--folds=all,no_uav75,no_uavcrack,no_deepcrack" in grid and "--only=^synthpre_robustaug$" in grid
+    assert not any("ablation_uav75_cv" in " ".join(a) for a in lines)  # the CV waits for the candidate
+    pre = [next(x for x in a if x.startswith("--output=")) for a in lines if a[0] == "tools/pretrain.py"]
+    assert pre[0] == "--output=runs/pretrain/synthetic.weights.h5" and len(pre) == 5  # synthetic + 4 folds
+    calls.write_text("")
+    _slice_recorder(repo, finish_runs=True)  # the next call: both grids finish, then the agreement
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=env, timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "candidate grid 12 of 12 runs (+ repeat 1 of 1)" in done.stdout and "loso_cv.sh: done" in done.stdout
+    lines = [line.split() for line in calls.read_text().splitlines()]
+    assert not any(a[0] == "tools/pretrain.py" for a in lines)  # backbones kept from the first call
+    cv = next(a for a in lines if a[0] == "tools/ablate.py" and "--output_dir=runs/ablation_uav75_cv" in a)
+    assert "--flagfile=configs/ablation_uav75_cv.cfg" in cv
+    out = sorted(p.name for p in (repo.parent / "out").iterdir())
+    assert len(out) <= 8 and {"runs.tgz", "uav75_cv.tgz", "loso.log", "uav75_cv.log"} <= set(out)
+    calls.write_text("")  # a third call has nothing left to train
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=env, timeout=90)
+    assert "loso_cv.sh: done" in done.stdout
+    assert not any(line.startswith("tools/ablate.py") for line in calls.read_text().splitlines())
+
+
+def test_slice_job_for_the_folds_still_missing(job_tree):
+    """A later session's call: FOLDS names the folds left, REPEAT=0; the CV's backbone is made up front."""
+    repo, env, calls = job_tree
+    _slice_recorder(repo, finish_runs=True)
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, ONLY="^synthpre_robustaug$", JOB_S="300", FOLDS="no_uavcrack",
+                                   REPEAT="0"), timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "candidate grid 3 of 3 runs (+ repeat 0 of 0)" in done.stdout
+    lines = [line.split() for line in calls.read_text().splitlines()]
+    pre = {next(x for x in a if x.startswith("--output=")) for a in lines if a[0] == "tools/pretrain.py"}
+    assert pre == {"--output=runs/pretrain/synthetic.weights.h5", "--output=runs/pretrain/loso_synth_no_uavcrack.weights.h5",
+                   "--output=runs/pretrain/loso_synth_no_uav75.weights.h5"}
+    grids = [a for a in lines if a[0] == "tools/ablate.py" and "--report_only" not in a]
+    assert not any("--output_dir=runs/ablation_loso_repeat" in a for a in grids)
+    loso = next(a for a in grids if "--output_dir=runs/ablation_loso" in a)
+    assert "--folds=no_uavcrack" in loso
+    # runs side by side render crops in worker processes, the cores shared among them
+    assert any(x.startswith("--extra=--loader_processes=true,--loader_workers=") for x in loso)
+    # no `all` fold in this call: the agreement (issue 24) runs on the fold's seed-0 model
+    agree = next(a for a in lines if a[0] == "tools/dense_agreement.py")
+    assert "--model=runs/ablation_loso/synthpre_robustaug_no_uavcrack_s0/final.keras" in agree
+
+
+def test_slice_job_trains_the_missing_cv_runs_beside_the_grid(job_tree):
+    """CV_ROWS / CV_SEEDS: the CV runs a fresh machine lacks start with the grid, in one slot of its own."""
+    repo, env, calls = job_tree
+    _slice_recorder(repo, finish_runs=True)
+    other = repo / "runs" / "ablation_uav75_cv" / "fold0_s0"  # another CV run on the warm machine: not fold 4, seed 2
+    other.mkdir(parents=True)
+    (other / "run.json").write_text("{}")
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, ONLY="^synthpre_robustaug_epochs48$", JOB_S="300", FOLDS="all,no_uav75",
+                                   REPEAT="0", CV_ROWS="^fold4$", CV_SEEDS="2", AGREE="0", RUN_GB="20"), timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "loso_cv.sh: done" in done.stdout
+    grids = [a.split() for a in calls.read_text().splitlines() if a.startswith("tools/ablate.py")
+             and "--report_only" not in a]
+    cv = [a for a in grids if "--output_dir=runs/ablation_uav75_cv" in a]
+    loso = [a for a in grids if "--output_dir=runs/ablation_loso" in a]
+    assert len(cv) == 1 and "--only=^fold4$" in cv[0] and "--seeds=2" in cv[0] and "--parallel=1" in cv[0]
+    assert len(loso) == 1 and "--parallel=5" in loso[0]  # 6 runs of 20 GB fit: one left to the CV
+
+
+def test_slice_job_with_one_seed_is_done_when_that_seed_is(job_tree):
+    repo, env, calls = job_tree
+    _slice_recorder(repo, finish_runs=True)
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, ONLY="^synthpre$", JOB_S="300", FOLDS="no_uavcrack,no_deepcrack", REPEAT="0",
+                                   SEEDS="0", CV="0", AGREE="0"), timeout=90)
+    assert "candidate grid 2 of 2 runs" in done.stdout and "loso_cv.sh: done" in done.stdout
+    grid = next(a.split() for a in calls.read_text().splitlines() if "--output_dir=runs/ablation_loso" in a)
+    assert "--seeds=0" in grid
+    backbones = [a for a in calls.read_text().splitlines() if a.startswith("tools/pretrain.py")]
+    assert len(backbones) == 3 and not any("no_uav75" in a for a in backbones)  # synthetic + 2 folds, none for the CV
+    assert all("--deterministic" in a.split() for a in backbones)  # one seed, one backbone
+
+
+def test_count_runs_counts_only_the_wanted_row_folds_and_seeds(job_tree):
+    repo, env, _ = job_tree
+    grid = repo / "runs" / "g"
+    for name in ("a_all_s0", "a_no_x_s0", "a_no_x_s1", "a_no_x_s2", "ab_no_x_s0", "a_no_y_s0", "fold4_s2"):
+        (grid / name).mkdir(parents=True)
+        (grid / name / "run.json").write_text("{}")
+    (grid / "a_no_x_s3").mkdir()  # unfinished: no run.json
+    counts = subprocess.run(["bash", "-c", "source tools/gpu_jobs/common.sh; count_runs runs/g '^a$' 0,1,3 all,no_x; "
+                             "count_runs runs/g '^fold4$' 2; count_runs runs/g '^a' 0 no_x,no_y; "
+                             "grid_rows configs/ablation_uav75_cv.cfg '^fold[34]$'"],
+                            cwd=repo, capture_output=True, text=True, env=env, timeout=60)
+    assert counts.stdout.split()[-4:] == ["3", "1", "3", "2"], counts.stdout + counts.stderr
+
+
+def test_slice_job_cv_and_agreement_can_be_skipped(job_tree):
+    repo, env, calls = job_tree
+    _slice_recorder(repo, finish_runs=True)
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, ONLY="^synthpre_epochs48$", JOB_S="300", CV="0", AGREE="0"), timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "CV=0, no UAV75 5-fold" in done.stdout and "loso_cv.sh: done" in done.stdout
+    assert "ablation_uav75_cv" not in calls.read_text() and "dense_agreement" not in calls.read_text()
+
+
+def test_slice_job_trains_another_row_beside_the_grid(job_tree):
+    """BESIDE_ONLY / BESIDE_FOLDS / BESIDE_SEEDS: another row's runs start with the grid, one slot each,
+    on backbones made once (a fold shared by both is pretrained once), and the job waits for them."""
+    repo, env, calls = job_tree
+    _slice_recorder(repo, finish_runs=True)
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, ONLY="^synthpre$", JOB_S="300", FOLDS="no_uavcrack,no_deepcrack", REPEAT="0",
+                                   SEEDS="0", CV="0", AGREE="0", BESIDE_ONLY="^synthpre_robustaug_epochs48$",
+                                   BESIDE_FOLDS="all,no_deepcrack", BESIDE_SEEDS="0,1,2"), timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "beside it (^synthpre_robustaug_epochs48$) 6 of 6 runs" in done.stdout and "loso_cv.sh: done" in done.stdout
+    lines = [line.split() for line in calls.read_text().splitlines()]
+    pre = [next(x for x in a if x.startswith("--output=")) for a in lines if a[0] == "tools/pretrain.py"]
+    assert sorted(pre) == sorted(["--output=runs/pretrain/synthetic.weights.h5"] + [
+        f"--output=runs/pretrain/loso_synth_{f}.weights.h5" for f in ("no_uavcrack", "no_deepcrack", "all")])
+    grids = [a for a in lines if a[0] == "tools/ablate.py" and "--report_only" not in a]
+    beside = [a for a in grids if "--only=^synthpre_robustaug_epochs48$" in a]
+    assert len(beside) == 1 and "--folds=all,no_deepcrack" in beside[0] and "--seeds=0,1,2" in beside[0]
+    assert "--parallel=6" in beside[0] and "--output_dir=runs/ablation_loso" in beside[0]
+    loso = next(a for a in grids if "--only=^synthpre$" in a)
+    assert "--parallel=7" in loso  # 13 runs fit (an H200 when nvidia-smi says nothing): 6 taken beside it
+    calls.write_text("")  # a second call: both finished, nothing trains again
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, ONLY="^synthpre$", JOB_S="300", FOLDS="no_uavcrack,no_deepcrack", REPEAT="0",
+                                   SEEDS="0", CV="0", AGREE="0", BESIDE_ONLY="^synthpre_robustaug_epochs48$",
+                                   BESIDE_FOLDS="all,no_deepcrack", BESIDE_SEEDS="0,1,2"), timeout=90)
+    assert "loso_cv.sh: done" in done.stdout
+    assert not any("--only=^synthpre_robustaug_epochs48$" in line for line in calls.read_text().splitlines())
