@@ -207,7 +207,7 @@ def curve_png(curves: dict[str, list[dict]], path: str | os.PathLike, metric: st
     from crack_tf.evaluation.plots import _pyplot
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(6.4 if len(curves) <= 4 else 11.0, 4.2))
     for label, rows in curves.items():
         n = [r["n"] for r in rows]
         ax.errorbar(n, [r[f"{metric}_mean"] for r in rows], yerr=[r[f"{metric}_std"] for r in rows], marker="o",
@@ -216,7 +216,10 @@ def curve_png(curves: dict[str, list[dict]], path: str | os.PathLike, metric: st
     ax.set_ylabel(f"{metric} on the rest of the site")
     ax.set_title(title or f"few-shot site calibration: {metric} (mean +- std over draws)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if len(curves) <= 4:
+        ax.legend(fontsize=8)
+    else:  # many curves: the legend beside the axes, where it hides no line
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
