@@ -126,6 +126,9 @@ def test_jax_pretraining_without_tensorflow_loads_as_backbone_weights(tmp_path, 
             f"    app.run(tool['main'], argv={argv!r})\n"
             "except SystemExit as e:\n"
             "    assert not e.code, e.code\n"
+            # The same seed again: the same backbone (the batches are a function of seed and step).
+            f"tool['pretrain']('synthetic', {str(tmp_path / 'again.weights.h5')!r}, image_size=32, steps=2, "
+            "batch_size=4, log_every=1, num_tiles=8, deterministic=True)\n"
             # The self-supervised contrastive path (custom batch-wide loss inside fit) in the same process.
             f"tool['pretrain']('simclr', {str(tmp_path / 'sim.weights.h5')!r}, image_size=32, steps=1, "
             f"batch_size=3, log_every=1, photos={photos!r}, crop=48)\n"
@@ -139,6 +142,8 @@ def test_jax_pretraining_without_tensorflow_loads_as_backbone_weights(tmp_path, 
     assert record["backend"] == "jax" and len(record["history"]["loss"]) == 2
     # --deterministic: XLA's deterministic GPU kernels, set before JAX started, and recorded
     assert record["deterministic"] and "--xla_gpu_deterministic_ops=true" in record["xla_flags"]
+    again = json.loads((tmp_path / "again.weights.h5.json").read_text())
+    assert again["weights_sha256"] == record["weights_sha256"]  # one seed, one backbone
     simclr = json.loads((tmp_path / "sim.weights.h5.json").read_text())
     assert (tmp_path / "sim.weights.h5").is_file() and np.isfinite(simclr["history"]["loss"][0])
 
@@ -237,3 +242,4 @@ def test_crack_mode_over_the_three_shared_sources_reads_train_splits_and_joints_
         assert label == int((region == 255).sum() >= sampler.options.min_pixels(side))
         joints += bool(label == 0 and (region == 204).any())  # planking joints (204): background crops
     assert joints > 10
+
