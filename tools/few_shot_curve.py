@@ -43,15 +43,25 @@ FIELDS = ["run", "left_out", "fit", "n", "draws", "fallbacks", "rest"] + [
     f"{m}_{s}" for m in few_shot.CURVE_METRICS for s in ("mean", "std")]
 
 
-def read_run(folder: str) -> tuple[np.ndarray, np.ndarray, str, dict]:
-    """(margins [V, N_eval], labels, left-out source name(s), stored point) of one run folder."""
+def read_left_out(folder: str) -> tuple[np.ndarray, np.ndarray, str, dict, np.ndarray | None]:
+    """(margins [V, N_eval], labels, left-out source name(s), stored point, the same tiles' margins after
+    AdaBN or None) of one run folder; AdaBN's are the ``split == "eval_adabn"`` part (a run trained with
+    ``--adabn_eval_crops``: the same tiles in the same order, checked by their labels)."""
     run = run_margins.read_run(folder)
     arrays = run["arrays"]
-    target = arrays["split"] == "eval"
+    target, adapted = arrays["split"] == "eval", arrays["split"] == "eval_adabn"
     if not target.any():
         raise ValueError(f"{folder}/margins.npz has no split == 'eval' entries (the left-out source)")
-    return (arrays["margins"][:, target], arrays["labels"][target], "+".join(sorted(set(arrays["sources"][target]))),
-            run["point"])
+    labels = arrays["labels"][target]
+    if adapted.any() and not np.array_equal(arrays["labels"][adapted], labels):
+        raise ValueError(f"{folder}/margins.npz: its eval_adabn tiles are not its eval tiles")
+    return (arrays["margins"][:, target], labels, "+".join(sorted(set(arrays["sources"][target]))), run["point"],
+            arrays["margins"][:, adapted] if adapted.any() else None)
+
+
+def read_run(folder: str) -> tuple[np.ndarray, np.ndarray, str, dict]:
+    """(margins [V, N_eval], labels, left-out source name(s), stored point) of one run folder."""
+    return read_left_out(folder)[:4]
 
 
 def _left_out_npz(folder: str, name: str, labels: np.ndarray, keys: tuple[str, ...]) -> dict | None:
@@ -64,18 +74,6 @@ def _left_out_npz(folder: str, name: str, labels: np.ndarray, keys: tuple[str, .
         if not np.array_equal(data["labels"].astype(np.int64), np.asarray(labels).astype(np.int64)):
             raise ValueError(f"{path}: its labels are not those of the run's left-out margins (another run's file?)")
         return {k: data[k] if k in data.files else None for k in keys}
-
-
-def read_adabn(folder: str, labels: np.ndarray) -> np.ndarray | None:
-    """The left-out tiles' margins after AdaBN (``split == "eval_adabn"``: a run trained with
-    ``--adabn_eval_crops``; the same tiles in the same order), or None."""
-    arrays = run_margins.read_run(folder)["arrays"]
-    adapted = arrays["split"] == "eval_adabn"
-    if not adapted.any():
-        return None
-    if not np.array_equal(arrays["labels"][adapted], labels):
-        raise ValueError(f"{folder}/margins.npz: its eval_adabn tiles are not its eval tiles")
-    return arrays["margins"][:, adapted]
 
 
 def read_features(folder: str, labels: np.ndarray) -> dict | None:
@@ -118,33 +116,29 @@ def curves(folders: list[str], ns: list[int], draws: int, fits: list[str], rule:
     fits after AdaBN (:func:`adabn_variants`) for the runs whose margins hold them."""
     rows = []
     for folder in folders:
-        margins, labels, left_out, point = read_run(folder)
+        margins, labels, left_out, point, adapted = read_left_out(folder)
         feats = read_features(folder, labels) if "last_layer" in fits else None
         groups = read_groups(folder, labels)  # photos known: draws by photo, all fits alike
-        name = os.path.basename(os.path.normpath(folder))
-        adapted = read_adabn(folder, labels) if adabn else None
+        variants = []  # (label, fit, prior, margins, few_shot_curve's extra arguments)
         if adabn and adapted is None:
             print(f"few_shot_curve: {folder} has no AdaBN margins (train with --adabn_eval_crops): no AdaBN curve",
                   file=sys.stderr)
-        if adapted is not None:
-            rule_ = sc.resolve_rule(rule, point)
-            for label, fit, prior, m, extra in adabn_variants(fits, priors, margins, adapted, labels, point, adabn_by):
-                for row in few_shot.few_shot_curve(m, labels, ns, draws, rule_, seed, point, fit, prior,
-                                                   **groups, **extra):
-                    rows.append({"run": name, "left_out": left_out, "fit": label, **row})
+        elif adabn:
+            variants += [(label, fit, prior, m, {**groups, **extra}) for label, fit, prior, m, extra
+                         in adabn_variants(fits, priors, margins, adapted, labels, point, adabn_by)]
         for fit in fits:
             if fit == "last_layer" and feats is None:
                 print(f"few_shot_curve: {folder} has no features.npz (train with --save_eval_features): "
                       "no last_layer curve", file=sys.stderr)
-                continue
-            variants = ([(f"{fit}, prior {p:g}" if p else fit, p, groups) for p in priors] if fit in sc.MARGIN_FITS
-                        else [(f"{fit}, l2 {v:g}" if len(l2s) > 1 else fit, 0,
-                               {"features": feats["features"], "head": feats["head"], "l2": v, **groups})
-                              for v in l2s])
-            for label, prior, extra in variants:
-                for row in few_shot.few_shot_curve(margins, labels, ns, draws, sc.resolve_rule(rule, point), seed,
-                                                   point, fit, prior, **extra):
-                    rows.append({"run": name, "left_out": left_out, "fit": label, **row})
+            elif fit in sc.MARGIN_FITS:
+                variants += [(f"{fit}, prior {p:g}" if p else fit, fit, p, margins, groups) for p in priors]
+            else:
+                variants += [(f"{fit}, l2 {v:g}" if len(l2s) > 1 else fit, fit, 0, margins,
+                              {"features": feats["features"], "head": feats["head"], "l2": v, **groups}) for v in l2s]
+        name, resolved = os.path.basename(os.path.normpath(folder)), sc.resolve_rule(rule, point)
+        for label, fit, prior, m, extra in variants:
+            for row in few_shot.few_shot_curve(m, labels, ns, draws, resolved, seed, point, fit, prior, **extra):
+                rows.append({"run": name, "left_out": left_out, "fit": label, **row})
     return rows
 
 
