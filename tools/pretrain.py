@@ -197,20 +197,28 @@ def make_batch(mode: str, step: int, batch: int, size: int, seed: int, tiles=Non
 
 
 class Batches(keras.utils.PyDataset):
-    """``steps`` batches per Keras epoch; the global index continues across epochs."""
+    """Batch ``skip + i`` at fit's i-th step: infinite (``num_batches`` None), so Keras keeps one
+    iterator across its epochs and never shuffles or restarts the indices. A finite dataset with an
+    epoch counter (this class until 2026-12-06) was not a function of the step: Keras shuffles a
+    finite dataset's batches, calls ``on_epoch_end`` before the first epoch too, and the batches a
+    stopped enqueuer had queued (``max_queue_size``, so the worker count) came first in the next
+    epoch: 2 and 14 workers gave two backbones of one seed on the GPU. Always through Keras' enqueuer
+    (2 workers at least): its index stream survives the batch JAX's ``fit`` reads first to build the
+    loss, where the plain generator would start again at 0, so 1 worker and 14 give one backbone."""
 
-    def __init__(self, make, steps: int, **kwargs):
-        super().__init__(**kwargs)
-        self.make, self.steps, self.epoch = make, steps, 0
+    def __init__(self, make, steps: int, skip: int = 0, workers: int = 1, **kwargs):
+        super().__init__(workers=max(2, workers), **kwargs)
+        self.make, self.steps, self.skip = make, steps, skip
 
     def __len__(self) -> int:
         return self.steps
 
-    def __getitem__(self, i: int):
-        return self.make(self.epoch * self.steps + i)
+    @property
+    def num_batches(self) -> int | None:
+        return None
 
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
+    def __getitem__(self, i: int):
+        return self.make(self.skip + i)
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -352,13 +360,12 @@ def pretrain(mode: str, output: str, image_size: int = 128, steps: int = 100, ba
                                 skip_batches=done, steps_per_epoch=log_every, processes=data_processes, **queue)
     else:
         batches = Batches(lambda i: make_batch(mode, i, batch_size, image_size, seed, **data), log_every,
-                          use_multiprocessing=data_processes, **queue)
-        batches.epoch = done // log_every
+                          skip=done, use_multiprocessing=data_processes, **queue)
     print(f"pretrain {mode}: {epochs * log_every} steps x {batch_size} at {image_size} px, "
           f"backend {keras.backend.backend()}, params {backbone.count_params():,}", flush=True)
     every = -(-checkpoint_every // log_every) if checkpoint_every > 0 else 0
     saver = Checkpoints(folder, every, log_every, {"settings": record, "history": history})
-    model.fit(batches, epochs=epochs, initial_epoch=done // log_every, steps_per_epoch=log_every,
+    model.fit(batches, epochs=epochs, initial_epoch=done // log_every, steps_per_epoch=log_every, shuffle=False,
               verbose=1 if sys.stdout.isatty() else 2, callbacks=[saver])
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     backbone.save_weights(output)
