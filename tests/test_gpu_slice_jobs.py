@@ -149,3 +149,36 @@ def test_slice_job_trains_another_row_beside_the_grid(job_tree):
                                    BESIDE_FOLDS="all,no_deepcrack", BESIDE_SEEDS="0,1,2"), timeout=90)
     assert "loso_cv.sh: done" in done.stdout
     assert not any("--only=^synthpre_robustaug_epochs48$" in line for line in calls.read_text().splitlines())
+
+
+def test_slice_job_keeps_each_runs_loader_workers_from_call_to_call(job_tree):
+    """The grid's and the BESIDE runs' --loader_workers come from the job's slots (PARALLEL), not from
+    the runs left: a second call, with some runs done, resumes the others with the same flags (another
+    --loader_workers makes ablate call a run "stale" and leave it out)."""
+    repo, env, calls = job_tree
+    _slice_recorder(repo, finish_runs=False)
+    (repo.parent / "bin" / "nproc").write_text("#!/usr/bin/env bash\necho 16\n")  # the GPU machine's cores
+    (repo.parent / "bin" / "nproc").chmod(0o755)
+    job = dict(env, ONLY="^synthpre_robustaug_epochs48$", JOB_S="300", FOLDS="no_uav75,no_uavcrack", REPEAT="0",
+               SEEDS="0", CV="0", AGREE="0", PARALLEL="6", BESIDE_ONLY="^synthpre_epochs48$", BESIDE_FOLDS="all",
+               BESIDE_SEEDS="0,1,2", FINETUNE_CURVE="0")
+
+    def loader_flags():
+        lines = [line.split() for line in calls.read_text().splitlines()]
+        grids = [a for a in lines if a[0] == "tools/ablate.py" and "--report_only" not in a]
+        return {(next(x for x in a if x.startswith("--only=")), next(x for x in a if x.startswith("--parallel=")),
+                 next(x for x in a if x.startswith("--extra="))) for a in grids}
+
+    subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True, env=job, timeout=90)
+    first = loader_flags()
+    assert {(o, p) for o, p, _ in first} == {("--only=^synthpre_epochs48$", "--parallel=3"),
+                                            ("--only=^synthpre_robustaug_epochs48$", "--parallel=3")}, first
+    assert len({x for _, _, x in first}) == 1, first  # one loader setting for all six runs side by side
+    for seed in (0, 1):  # two of the runs beside the grid finished in the first call
+        (repo / "runs" / "ablation_loso" / f"synthpre_epochs48_all_s{seed}").mkdir(parents=True)
+        (repo / "runs" / "ablation_loso" / f"synthpre_epochs48_all_s{seed}" / "run.json").write_text("{}")
+    calls.write_text("")
+    subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True, env=job, timeout=90)
+    second = loader_flags()
+    assert ("--only=^synthpre_robustaug_epochs48$", "--parallel=5") in {(o, p) for o, p, _ in second}, second
+    assert {x for _, _, x in second} == {x for _, _, x in first}, (first, second)

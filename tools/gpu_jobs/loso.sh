@@ -22,7 +22,7 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-$RUN_FRA
 slots=$(( RUNS_FIT - (${REPEAT:-1} != 0) ))
 parallel=${PARALLEL:-$(( slots < 12 ? slots : 12 ))}
 [ "$parallel" -ge 1 ] || parallel=1
-loader=$(loader_extra $(( parallel + 1 )))
+loader=$(loader_extra "${LOADER_RUNS:-$(( parallel + 1 ))}")  # LOADER_RUNS: loso_cv.sh's count, the same every call
 exec > >(tee -a "$OUT/loso.log") 2>&1
 grid=configs/ablation_loso.cfg
 pack() {  # what has finished so far, in one archive

@@ -28,6 +28,9 @@ repeats=$(( ${REPEAT:-1} != 0 ))
 grid_done() { count_runs runs/ablation_loso "$only" "$seeds" "$folds"; }  # the wanted runs only
 repeat_done() { count_runs runs/ablation_loso_repeat "$only" 0 no_uav75; }
 cv_done() { count_runs runs/ablation_uav75_cv "${CV_ROWS:-.}" "$cv_seeds"; }
+# Loader processes per run from the job's total slots, not from what is left to run: a call that
+# resumes a run with another --loader_workers finds it "stale" and leaves it out (2026-12-06)
+loader_runs=${LOADER_RUNS:-${PARALLEL:-$RUNS_FIT}}
 beside_folds=${BESIDE_FOLDS:-$folds} beside_seeds=${BESIDE_SEEDS:-0,1,2} beside_wanted=0
 [ -n "${BESIDE_ONLY:-}" ] && beside_wanted=$(( $(grid_rows configs/ablation_loso.cfg "$BESIDE_ONLY") \
     * $(csv_len "$beside_seeds") * $(csv_len "$beside_folds") ))
@@ -53,7 +56,7 @@ cv_env=(ROWS="${CV_ROWS:-}" SEEDS="$cv_seeds")
 cv_wanted=$(( $(grid_rows configs/ablation_uav75_cv.cfg "${CV_ROWS:-.}") * $(csv_len "$cv_seeds") ))
 cv_pid=""
 if [ "${CV:-1}" != 0 ] && [ -n "${CV_ROWS:-}" ] && [ "$(cv_done)" -lt "$cv_wanted" ] && [ $(( RUNS_FIT - repeats )) -ge 2 ]; then
-  env "${cv_env[@]}" PARALLEL=1 LOADER_RUNS="$RUNS_FIT" JOB_S=$(( $(left) - 5 )) bash tools/gpu_jobs/uav75_cv.sh > /dev/null &
+  env "${cv_env[@]}" PARALLEL=1 LOADER_RUNS="$loader_runs" JOB_S=$(( $(left) - 5 )) bash tools/gpu_jobs/uav75_cv.sh > /dev/null &
   cv_pid=$!
 fi
 # (BESIDE_ONLY's runs, one slot each, in the background until the call's end)
@@ -62,7 +65,7 @@ if [ "$beside_wanted" -gt 0 ] && [ "$(beside_done)" -lt "$beside_wanted" ]; then
   beside_slots=$(( beside_wanted - $(beside_done) ))
   XLA_PYTHON_CLIENT_MEM_FRACTION=$RUN_FRACTION timeout -k 10 --signal=TERM $(( $(left) - 25 )) python3 tools/ablate.py \
       --flagfile=configs/ablation_loso.cfg --seeds="$beside_seeds" --folds="$beside_folds" --only="$BESIDE_ONLY" \
-      --parallel="$beside_slots" "$(loader_extra "$RUNS_FIT")" --output_dir=runs/ablation_loso \
+      --parallel="$beside_slots" "$(loader_extra "$loader_runs")" --output_dir=runs/ablation_loso \
       >> runs/pretrain_logs/beside.log 2>&1 &
   beside_pid=$!
 fi
@@ -79,7 +82,7 @@ if [ "$(grid_done)" -lt "$wanted" ] || [ "$(repeat_done)" -lt "$repeats" ] ||
    { [ "${FINETUNE_CURVE:-1}" != 0 ] && [ ! -f runs/few_shot_finetune/done ]; }; then
   every 60 gpu_memory
   watch=$!
-  BACKBONE=synth_crack FOLDS=$folds ONLY=$only REPEAT=$repeats PARALLEL=$grid_parallel JOB_S=$(left) \
+  BACKBONE=synth_crack FOLDS=$folds ONLY=$only REPEAT=$repeats PARALLEL=$grid_parallel LOADER_RUNS=$loader_runs JOB_S=$(left) \
       bash tools/gpu_jobs/loso.sh > /dev/null
   kill $watch 2>/dev/null
   tail -4 "$OUT/loso.log"
