@@ -27,8 +27,8 @@ setup(
     extras_require={
         "cpu": ["tensorflow-cpu>=2.16", "tensorboard"],
         "gpu": ["tensorflow[and-cuda]>=2.16", "tensorboard"],
-        # jax[cpu]: the JAX-backend and multi-process data-parallel tests.
-        "test": ["pytest", "pytest-timeout", "hypothesis", "ruff", "matplotlib", "jax[cpu]"],
+        # jax[cpu]: the JAX-backend and multi-process data-parallel tests; pytest-xdist: the suite on 2 workers.
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "ruff", "matplotlib", "jax[cpu]"],
         "parity": ["torch==2.13.0", "torchmetrics"],
         # tensorflow-serving-api declares a dependency on the full `tensorflow` wheel;
         # the README installs it with --no-deps so it sits on tensorflow-cpu instead.
