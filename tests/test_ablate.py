@@ -6,6 +6,7 @@ import csv
 import glob
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -131,6 +132,15 @@ def test_markdown_mean_std_and_paper_column(tmp_path):
     stale = ablate.build_runs("table3", "b.cfg", ["rates_2_4_8:lr=0.02"], [0], str(tmp_path), [])
     ablate.run_grid(stale, str(tmp_path), "table3", log=lambda s: None)
     assert stale[0].status == "stale"
+    # Loader flags change no result (NON_IDENTITY_FLAGS, as the trainer resumes): the run is reused.
+    again = ablate.build_runs("table3", "b.cfg", ["rates_2_4_8:lr=0.01"], [0], str(tmp_path),
+                              ["--loader_workers=3", "--loader_processes=true"])
+    run_json = pathlib.Path(again[0].model_dir) / "run.json"
+    finished = json.loads(run_json.read_text())
+    finished["config"].update(loader_workers=2, loader_processes=False)  # the run trained with others
+    run_json.write_text(json.dumps(finished))
+    ablate.run_grid(again, str(tmp_path), "table3", log=lambda s: None)
+    assert again[0].status == "skipped"
 
 
 TINY_BASE = """--model=zhang2016

@@ -211,14 +211,16 @@ def build_runs(table: str, base_flagfile: str, rows: list[str], seeds: list[int]
 
 def stale_flags(run: Run, run_json: dict) -> list[str]:
     """Flags set by the grid whose typed value (as the trainer parses it) differs from the
-    finished run's typed config."""
+    finished run's typed config; flags that change no result (the loader's workers, logging: the
+    trainer's ``NON_IDENTITY_FLAGS``, which it resumes across) are not compared."""
     from crack_tf.training import config as train_config
+    from crack_tf.training.flags import NON_IDENTITY_FLAGS
 
     config = run_json.get("config", {})
     finished = train_config.from_values(config)
     differ = []
     for key, value in run.options.items():
-        if key in config and key != "model_dir":
+        if key in config and key != "model_dir" and key not in NON_IDENTITY_FLAGS:
             try:
                 wanted = train_config.parse_value(key, value)
             except Exception:  # noqa: BLE001 - a value the trainer would reject is not the finished run's

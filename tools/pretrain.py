@@ -66,7 +66,7 @@ from keras import ops  # noqa: E402
 
 from crack_tf.data.crops import CropOptions  # noqa: E402
 from crack_tf.data.image_np import resize_bilinear_np  # noqa: E402
-from crack_tf.data.pipeline_photos import CropPyDataset  # noqa: E402
+from crack_tf.data.pipeline_photos import CropPyDataset, enqueued_workers  # noqa: E402
 from crack_tf.data.synthetic import make_tile  # noqa: E402
 from crack_tf.data.unlabelled import SIMCLR_AUGMENT, ViewSampler, from_sources, read_folders  # noqa: E402
 from crack_tf.models.resnet_aspp import CaffePreprocess  # noqa: E402
@@ -203,11 +203,10 @@ class Batches(keras.utils.PyDataset):
     finite dataset's batches, calls ``on_epoch_end`` before the first epoch too, and the batches a
     stopped enqueuer had queued (``max_queue_size``, so the worker count) came first in the next
     epoch: 2 and 14 workers gave two backbones of one seed on the GPU. Always through Keras' enqueuer
-    (2 workers at least): its index stream survives the batch JAX's ``fit`` reads first to build the
-    loss, where the plain generator would start again at 0, so 1 worker and 14 give one backbone."""
+    (``enqueued_workers``), so 1 worker and 14 give one backbone on JAX too."""
 
     def __init__(self, make, steps: int, skip: int = 0, workers: int = 1, **kwargs):
-        super().__init__(workers=max(2, workers), **kwargs)
+        super().__init__(workers=enqueued_workers(workers), **kwargs)
         self.make, self.steps, self.skip = make, steps, skip
 
     def __len__(self) -> int:

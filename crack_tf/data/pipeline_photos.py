@@ -26,6 +26,14 @@ from crack_tf.data.shared_batches import BatchRing, SlotHandle, fork_workers, sl
 _INFINITE = 2**62
 
 
+def enqueued_workers(workers: int) -> int:
+    """Keras workers for an infinite PyDataset whose batch ``i`` must be step ``i``'s whatever the
+    worker count: 2 at least, so Keras' enqueuer always serves it. Its index stream survives the
+    batch JAX's ``fit`` reads first to build the loss; the plain one-worker generator starts again at
+    0 after it, so 1 worker and 3 trained on batches shifted by one step (tested)."""
+    return max(2, workers)
+
+
 class CropPyDataset(keras.utils.PyDataset):
     """Training crops (uint8 [B,S,S,3], int32 [B]); infinite (``len`` = steps per epoch).
 
@@ -38,7 +46,7 @@ class CropPyDataset(keras.utils.PyDataset):
     def __init__(self, sampler: CropSampler, batch_size: int, num_shards: int = 1, shard_index: int = 0,
                  skip_batches: int = 0, steps_per_epoch: int = 1, workers: int = 1, max_queue_size: int = 0,
                  processes: bool = False, shared_memory: bool = True):
-        super().__init__(workers=workers, use_multiprocessing=processes,
+        super().__init__(workers=enqueued_workers(workers), use_multiprocessing=processes,
                          max_queue_size=max_queue_size or max(10, 2 * workers))
         self.sampler, self.batch_size = sampler, batch_size
         self.num_shards, self.shard_index, self.skip_batches = num_shards, shard_index, skip_batches
