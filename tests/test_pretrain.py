@@ -14,6 +14,7 @@ from PIL import Image
 
 from crack_tf.data.crops import CropOptions
 from crack_tf.data.unlabelled import ViewSampler
+from tests.fit_steps import steps_fit_sees
 from tests.tool_loader import load_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,23 +53,6 @@ def test_batches_are_deterministic_and_labelled_per_mode(photos):
     assert x.shape == (6, 32, 32, 3) and y.shape == (6,) and not y.any()
 
 
-def _steps_fit_sees(batches, epochs: int) -> list[int]:
-    """The batch index each of fit's steps trains on (every batch is filled with its index)."""
-    seen: list[int] = []
-    inputs = keras.Input((2, 2, 1))
-    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
-    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True), run_eagerly=True)
-    step = model.train_step
-
-    def recording_step(*args):  # (data) on TensorFlow / torch, (state, data) on JAX
-        seen.append(int(np.asarray(args[-1][0])[0, 0, 0, 0]))
-        return step(*args)
-
-    model.train_step = recording_step
-    model.fit(batches, epochs=epochs, steps_per_epoch=len(batches), shuffle=False, verbose=0)
-    return seen
-
-
 @pytest.mark.parametrize("queue", [{"workers": 1}, {"workers": 3}, {"workers": 4, "use_multiprocessing": True}])
 def test_fit_trains_on_one_batch_per_step_in_order_whatever_the_workers(queue):
     """Batches: batch ``skip + k`` at step k (``skip + k + 1`` on JAX, whose fit reads one batch first
@@ -77,10 +61,10 @@ def test_fit_trains_on_one_batch_per_step_in_order_whatever_the_workers(queue):
     def make(i):
         return np.full((2, 2, 2, 1), i, np.float32), np.zeros(2, np.int32)
 
-    seen = _steps_fit_sees(pt.Batches(make, 5, **queue), epochs=3)
+    seen = steps_fit_sees(pt.Batches(make, 5, **queue), (2, 2, 1), epochs=3)
     first = seen[0]
     assert first == (keras.backend.backend() == "jax") and seen == list(range(first, first + 15)), seen
-    resumed = _steps_fit_sees(pt.Batches(make, 5, skip=10, **queue), epochs=1)
+    resumed = steps_fit_sees(pt.Batches(make, 5, skip=10, **queue), (2, 2, 1), epochs=1)
     assert resumed == list(range(10 + first, 15 + first)), resumed  # a run resumed at step 10 goes on
 
 

@@ -66,7 +66,8 @@ from keras import ops  # noqa: E402
 
 from crack_tf.data.crops import CropOptions  # noqa: E402
 from crack_tf.data.image_np import resize_bilinear_np  # noqa: E402
-from crack_tf.data.pipeline_photos import CropPyDataset, enqueued_workers  # noqa: E402
+from crack_tf.data.pipeline_np import enqueued_workers  # noqa: E402
+from crack_tf.data.pipeline_photos import CropPyDataset  # noqa: E402
 from crack_tf.data.synthetic import make_tile  # noqa: E402
 from crack_tf.data.unlabelled import SIMCLR_AUGMENT, ViewSampler, from_sources, read_folders  # noqa: E402
 from crack_tf.models.resnet_aspp import CaffePreprocess  # noqa: E402

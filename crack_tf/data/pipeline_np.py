@@ -45,6 +45,14 @@ def fitted_image(path: str, image_size: int, small_policy: str, cache_mb: int) -
     return image
 
 
+def enqueued_workers(workers: int) -> int:
+    """Keras workers for an infinite training PyDataset whose batch ``i`` must be step ``i``'s whatever
+    the worker count: 2 at least, so Keras' enqueuer always serves it. Its index stream survives the
+    batch JAX's ``fit`` reads first to build the loss; the plain one-worker generator starts again at
+    0 after it, so 1 worker and 3 trained on batches shifted by one step (tested)."""
+    return max(2, workers)
+
+
 class FolderPyDataset(keras.utils.PyDataset):
     """Batches (uint8 [B,S,S,3], int32 [B]). Training: infinite, batch ``i`` is global batch
     ``skip_batches + i`` (``len`` = steps per epoch, for information); eval: finite, ordered,
@@ -66,7 +74,8 @@ class FolderPyDataset(keras.utils.PyDataset):
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
     ):
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+        super().__init__(workers=enqueued_workers(workers) if training else workers,
+                         use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         self.paths, self.labels = list(paths), np.asarray(labels, np.int32)
         self.config, self.training, self.batch_size = config, training, batch_size
         self.seed, self.num_shards, self.shard_index = seed, num_shards, shard_index

@@ -21,17 +21,10 @@ import keras
 import numpy as np
 
 from crack_tf.data.crops import CropSampler
+from crack_tf.data.pipeline_np import enqueued_workers
 from crack_tf.data.shared_batches import BatchRing, SlotHandle, fork_workers, slots_for_queue
 
 _INFINITE = 2**62
-
-
-def enqueued_workers(workers: int) -> int:
-    """Keras workers for an infinite PyDataset whose batch ``i`` must be step ``i``'s whatever the
-    worker count: 2 at least, so Keras' enqueuer always serves it. Its index stream survives the
-    batch JAX's ``fit`` reads first to build the loss; the plain one-worker generator starts again at
-    0 after it, so 1 worker and 3 trained on batches shifted by one step (tested)."""
-    return max(2, workers)
 
 
 class CropPyDataset(keras.utils.PyDataset):

@@ -34,7 +34,9 @@ loader_extra() {
 # processes; fewer when backbones pretrain side by side), PRETRAIN_LOG ($OUT/pretrain.log). A run killed
 # by the timeout with --checkpoint_every continues from its checkpoint at the next call (same machine).
 # Deterministic kernels (--deterministic): without them two H100 calls on 2026-12-06 pretrained one
-# seed into two backbones (losses apart from the first 100 steps), so "one seed, one model" failed there.
+# seed into two backbones (losses apart from the first 100 steps), so "one seed, one model" failed there;
+# the synthetic batches also varied with the loader's worker count until tools/pretrain.py's Batches fix
+# (docs/RESULTS.md 00000000).
 pretrain_backbone() {
   local out=${PRETRAIN_OUT:-runs/pretrain/crack.weights.h5}
   [ -f "$out" ] && return 0
