@@ -69,10 +69,12 @@ if [ "$beside_wanted" -gt 0 ] && [ "$(beside_done)" -lt "$beside_wanted" ]; then
       >> runs/pretrain_logs/beside.log 2>&1 &
   beside_pid=$!
 fi
-grid_parallel=${PARALLEL:-}  # loso.sh's own count, less the slots taken beside it (the CV's where two fit)
+# loso.sh's own count (at most its 12 grid runs), or, with runs beside it, every slot the GPU fits
+# less the repeat and the slots taken beside it (the CV's where two fit)
+grid_parallel=${PARALLEL:-}
 taken=$(( beside_slots + (${#cv_pid} > 0) ))
 if [ "$taken" -gt 0 ]; then
-  grid_parallel=$(( ${PARALLEL:-$(( RUNS_FIT - repeats < 13 ? RUNS_FIT - repeats : 13 ))} - taken ))
+  grid_parallel=$(( ${PARALLEL:-$(( RUNS_FIT - repeats ))} - taken ))
   [ "$grid_parallel" -ge 1 ] || grid_parallel=1
 fi
 
