@@ -1,0 +1,66 @@
+"""tools/loso_report.sh: every table of one leave-one-source-out row over runs of several slices,
+checked on the committed runs of the 48-epoch robust candidate (docs/results, RESULTS 000000000)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+ROW = "synthpre_robustaug_epochs48"
+RESULTS = REPO_ROOT / "docs" / "results"
+
+
+def _report(out, *folders, env=None):
+    return subprocess.run(["bash", "tools/loso_report.sh", ROW, str(out), *map(str, folders)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
+
+
+def _copy_runs(src, dst, pattern):
+    (dst / "ablation_loso").mkdir(parents=True, exist_ok=True)
+    for run in sorted((src / "ablation_loso").glob(pattern)):
+        shutil.copytree(run, dst / "ablation_loso" / run.name)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_report_joins_slices_and_writes_every_table(tmp_path, shared_data):
+    # the `all` fold's three seeds came back in one slice, the left-out folds' two seeds in another;
+    # a stale copy of one left-out run in the first folder must lose to the later folder's
+    first, second = tmp_path / "slice_d", tmp_path / "slice_f"
+    _copy_runs(RESULTS / "h100_2026-12-06d", first, f"{ROW}_all_s*")
+    _copy_runs(RESULTS / "h100_2026-12-06f", second, f"{ROW}_no_*")
+    stale = first / "ablation_loso" / f"{ROW}_no_uav75_s0"
+    shutil.copytree(second / "ablation_loso" / f"{ROW}_no_uavcrack_s0", stale)  # wrong numbers if used
+    groups = second / "ablation_loso" / f"{ROW}_no_deepcrack_s0" / "groups.npz"
+    committed = dict(np.load(groups))
+    groups.unlink()  # made again from the data (tools/tile_groups.py)
+    done = _report(tmp_path / "out", first, second, env={"NS": "0,10", "DRAWS": "2", "DATA_ROOT": str(shared_data)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"loso_report.sh: 9 runs of {ROW} (seeds 0,1,2)" in done.stdout
+    again = np.load(groups)
+    assert all(np.array_equal(again[k], v) for k, v in committed.items())
+    table = (tmp_path / "out" / f"loso_{ROW}.md").read_text()
+    # the numbers of RESULTS 000000000 (left-out UAV75 92.1 and 90.1: the stale copy would give 81.9)
+    assert f"| {ROW} | uav75 | 2 | 0.377 | 91.06 ± 1.40" in table
+    assert f"| {ROW} | 3 | 87.36 ± 0.14 [86.1, 88.6] | 92.56 ± 0.14 |" in table
+    by_source = (tmp_path / "out" / f"few_shot_adabn_{ROW}" / "few_shot_by_source.md").read_text()
+    assert "| uav75, threshold, prior 50 | 2 | 0.911 ± 0.014 |" in by_source and "AdaBN" in by_source
+    rules = (tmp_path / "out" / f"threshold_rules_{ROW}.md").read_text()
+    assert "| `f1` | 87.4 ± 0.1 |" in rules and sum(line.startswith("| `") for line in rules.splitlines()) == 7
+
+
+def test_report_refuses_folders_without_the_row(tmp_path):
+    (tmp_path / "empty" / "ablation_loso").mkdir(parents=True)
+    done = _report(tmp_path / "out", tmp_path / "empty")
+    assert done.returncode == 1 and f"no finished run of row '{ROW}'" in done.stderr
+    done = _report(tmp_path / "out")
+    assert done.returncode == 2 and "name at least one results folder" in done.stderr
+    _copy_runs(RESULTS / "h100_2026-12-06d", tmp_path / "all_only", f"{ROW}_all_s0")
+    done = _report(tmp_path / "out", tmp_path / "all_only")
+    assert done.returncode == 1 and "no no_* run" in done.stderr and not (tmp_path / "out").exists()

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# After a GPU slice, here on the CPU: every table of one leave-one-source-out row, from the runs'
+# margins (nothing re-run), over runs that came back in several slices' folders:
+#   bash tools/loso_report.sh <row> <out dir> <results folder>...
+#   bash tools/loso_report.sh synthpre_robustaug_epochs48 docs/results/h100_2026-12-06f \
+#       docs/results/h100_2026-12-06d docs/results/h100_2026-12-06f
+# Each results folder holds ablation_loso/<row>_<fold>_s<seed>/ (run.json, margins.npz, config.json);
+# a run found in two folders is taken from the last one named. Writes into <out dir>:
+#   1. groups.npz into each no_* run that lacks it (tools/tile_groups.py: the photo of every left-out
+#      tile, so the calibration curve draws whole photos; reads the data, DATA_ROOT=../shared/data)
+#   2. loso_<row>.md / .csv: the row's val and leave-one-source-out tables over every run found
+#      (tools/ablate.py --report_only over links to them in one folder)
+#   3. few_shot_adabn_<row>/: a new site's calibration curve by photo, stored point, threshold with
+#      the prior of 50 tiles, AdaBN (tools/few_shot_curve.py --adabn; NS, DRAWS override 0,10,25,50,100 / 20)
+#   4. threshold_rules_<row>.md: every --threshold_rule on these runs (tools/threshold_rules.py)
+set -euo pipefail
+row=${1:?usage: loso_report.sh <row> <out dir> <results folder>...}
+out=${2:?usage: loso_report.sh <row> <out dir> <results folder>...}
+shift 2
+[ $# -ge 1 ] || { echo "loso_report.sh: name at least one results folder (holding ablation_loso/)" >&2; exit 2; }
+links=$(mktemp -d)
+trap 'rm -rf "$links"' EXIT
+for folder in "$@"; do
+  for run in "$folder"/ablation_loso/"$row"_{all,no_*}_s*; do
+    [ -f "$run/run.json" ] && ln -sfn "$(realpath "$run")" "$links/$(basename "$run")"
+  done
+done
+runs=$(find "$links" -mindepth 1 -maxdepth 1 | wc -l)
+[ "$runs" -gt 0 ] || { echo "loso_report.sh: no finished run of row '$row' in: $*" >&2; exit 1; }
+seeds=$(find "$links" -mindepth 1 -maxdepth 1 -printf '%f\n' | sed 's/.*_s\([0-9]*\)$/\1/' | sort -un | paste -sd,)
+echo "loso_report.sh: $runs runs of $row (seeds $seeds)"
+left_out=("$links/${row}_no_"*)
+[ -e "${left_out[0]}" ] || { echo "loso_report.sh: no no_* run of '$row': no left-out table" >&2; exit 1; }
+mkdir -p "$out"
+missing=()
+for run in "${left_out[@]}"; do [ -f "$run/groups.npz" ] || missing+=("$run"); done
+for run in "${missing[@]}"; do python tools/tile_groups.py --runs="$run" --data_root="${DATA_ROOT:-../shared/data}"; done
+python tools/ablate.py --flagfile=configs/ablation_loso.cfg --only="^${row}\$" --seeds="$seeds" \
+    --folds=all,no_uav75,no_uavcrack,no_deepcrack --output_dir="$links" --report_only
+mv "$links/results.md" "$out/loso_$row.md"
+mv "$links/results.csv" "$out/loso_$row.csv"
+python tools/few_shot_curve.py --runs="$links/${row}_no_*" --adabn --out="$out/few_shot_adabn_$row" \
+    --ns="${NS:-0,10,25,50,100}" --draws="${DRAWS:-20}" --fit=threshold --prior_tiles=50
+python tools/threshold_rules.py --runs="$links/${row}_*" --out="$out/threshold_rules_$row.md"
+echo "loso_report.sh: wrote $out/loso_$row.md, $out/few_shot_adabn_$row/, $out/threshold_rules_$row.md"
