@@ -85,8 +85,8 @@ def test_every_shipped_grid_run_is_a_valid_trainer_command(path, monkeypatch):
 
 
 def test_robustaug_rows_get_the_robust_augment_flagfile(monkeypatch):
-    """The three robustaug rows share configs/addons/robust_augment.cfg; its values reach the trainer, the
-    row's own flags (epochs) too, and the plain rows keep the recipe's augmentation."""
+    """The robustaug rows share configs/addons/robust_augment.cfg; its values reach the trainer, the
+    row's own flags (epochs, the backbone) too, and the plain rows keep the recipe's augmentation."""
     from crack_tf.training import config as train_config
     from crack_tf.training import flags as train_flags
 
@@ -97,11 +97,14 @@ def test_robustaug_rows_get_the_robust_augment_flagfile(monkeypatch):
     parsed = {r.row: train_config.parse_args(r.args) for r in runs if r.fold == "all"}
     train_flags.FLAGS.unparse_flags()
     robust = [name for name in parsed if "robustaug" in name]
-    assert sorted(robust) == ["robustaug", "synthpre_robustaug", "synthpre_robustaug_epochs48"]
+    assert sorted(robust) == ["robustaug", "synthpre3000_robustaug_epochs48", "synthpre_robustaug",
+                              "synthpre_robustaug_epochs48"]
     for name in robust:
         cfg = parsed[name]
         assert (cfg.gamma, cfg.grayscale, cfg.hue, cfg.noise, cfg.jpeg, cfg.contrast) == (0.3, 0.1, 0.03, 6, 0.3, 0.3)
     assert parsed["synthpre_robustaug_epochs48"].epochs == 48 and parsed["synthpre_robustaug"].epochs == 16
+    longer = parsed["synthpre3000_robustaug_epochs48"]
+    assert longer.epochs == 48 and longer.weights == "runs/pretrain/loso_synth3000_all.weights.h5"
     assert parsed["synthpre"].gamma != 0.3 and parsed["synthpre"].jpeg != 0.3
 
 

@@ -182,3 +182,58 @@ def test_slice_job_keeps_each_runs_loader_workers_from_call_to_call(job_tree):
     second = loader_flags()
     assert ("--only=^synthpre_robustaug_epochs48$", "--parallel=5") in {(o, p) for o, p, _ in second}, second
     assert {x for _, _, x in second} == {x for _, _, x in first}, (first, second)
+
+
+def test_slice_job_makes_the_longer_backbones_a_row_names_over_two_calls(job_tree):
+    """A row on loso_synth3000_{fold} backbones: FOLD_STEPS follows from its path; the fold backbones
+    pretrain 3,000 steps with checkpoints; one cut off at the call's end resumes at the next call."""
+    repo, env, calls = job_tree
+    env = dict(env, ONLY="^synthpre3000_robustaug_epochs48$", JOB_S="300", FOLDS="no_uav75,no_deepcrack",
+               REPEAT="0", CV="0", AGREE="0", SEEDS="0")
+    cut_off = ('for a in "$@"; do case $a in --steps=*) steps=${a#--steps=};; --output=*) out=${a#--output=};; esac; done\n'
+               'if [ -n "${out:-}" ]; then if [ "$steps" = 3000 ]; then mkdir -p "$out.ckpt"; else touch "$out"; fi; fi\n')
+    (repo.parent / "bin" / "python3").write_text("#!/usr/bin/env bash\necho \"$*\" >> \"$CALLS\"\n" + cut_off)
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=env, timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "backbones not finished" in done.stdout and "call again" in done.stdout
+    lines = [line.split() for line in calls.read_text().splitlines()]
+    pre = {next(x for x in a if x.startswith("--output=")): a for a in lines if a[0] == "tools/pretrain.py"}
+    assert "--steps=1000" in pre["--output=runs/pretrain/synthetic.weights.h5"]
+    for fold in ("no_uav75", "no_deepcrack"):
+        args = pre[f"--output=runs/pretrain/loso_synth3000_{fold}.weights.h5"]
+        assert "--steps=3000" in args and "--checkpoint_every=500" in args
+        assert "--init=runs/pretrain/synthetic.weights.h5" in args
+    assert len(pre) == 3 and not any(a[0] == "tools/ablate.py" for a in lines)  # no run before its backbone
+    calls.write_text("")
+    _slice_recorder(repo, finish_runs=True)  # the next call: the backbones finish, then the runs
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=env, timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "candidate grid 2 of 2 runs" in done.stdout and "loso_cv.sh: done" in done.stdout
+    lines = [line.split() for line in calls.read_text().splitlines()]
+    assert {next(x for x in a if x.startswith("--output=")) for a in lines if a[0] == "tools/pretrain.py"} == {
+        "--output=runs/pretrain/loso_synth3000_no_uav75.weights.h5",
+        "--output=runs/pretrain/loso_synth3000_no_deepcrack.weights.h5"}  # the synthetic one kept
+    grid = next(a for a in lines if a[0] == "tools/ablate.py" and "--output_dir=runs/ablation_loso" in a)
+    assert "--only=^synthpre3000_robustaug_epochs48$" in grid
+
+
+def test_slice_job_refuses_backbones_it_cannot_share_or_make(job_tree):
+    repo, env, calls = job_tree
+    base = dict(env, JOB_S="300", FOLDS="no_uav75", REPEAT="0", AGREE="0", SEEDS="0")
+    cases = [  # the CV trains on 1,000-step backbones; one job pretrains one kind of fold backbone
+        (dict(base, ONLY="^synthpre3000_robustaug_epochs48$"), 2, "CV=0 with 3000-step backbones"),
+        (dict(base, CV="0", ONLY="^synthpre3000_robustaug_epochs48$", BESIDE_ONLY="^synthpre_epochs48$"), 2,
+         "backbones of '1000 3000' steps: one kind a job"),
+    ]
+    for case_env, rc, message in cases:
+        done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                              env=case_env, timeout=90)
+        assert done.returncode == rc and message in done.stdout, done.stdout + done.stderr
+    assert not any(line.startswith("tools/pretrain.py") for line in calls.read_text().splitlines())
+    # a fold backbone that ends without weights and without a checkpoint failed: the job stops there
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(base, CV="0", ONLY="^synthpre_robustaug_epochs48$"), timeout=90)
+    assert done.returncode == 1 and "backbone pretraining failed" in done.stdout, done.stdout + done.stderr
+    assert not any(line.startswith("tools/ablate.py") for line in calls.read_text().splitlines())

@@ -57,6 +57,10 @@ pretrain_backbone() {
 # source seen). Logs and sidecars in runs/pretrain_logs/. Existing backbones are kept. BACKBONE_REPEAT=1
 # (synth_crack): the synthetic backbone pretrained a second time beside the folds, and whether the two
 # are identical (same_backbone), the check that --deterministic makes a seed one backbone.
+# FOLD_STEPS (default 1000): each fold's crack-mode steps; another count makes backbones of their own,
+# <stem><steps>_<fold> (e.g. loso_synth3000_no_uav75: the longer-pretraining candidate), with a
+# checkpoint every 500 steps so that one cut off at its time limit goes on at the next call.
+# Returns 3 when a backbone stopped with its checkpoint kept (call again), 1 when one failed.
 declare -A FOLD_SOURCES=([all]=uav75,uavcrack,deepcrack [no_uav75]=uavcrack,deepcrack
                          [no_uavcrack]=uav75,deepcrack [no_deepcrack]=uav75,uavcrack)
 fold_backbones() {
@@ -70,11 +74,14 @@ fold_backbones() {
     cp $init.json runs/pretrain_logs/synthetic.pretrain.json 2>/dev/null
     [ -f $init ] || { echo "synthetic pretraining failed: no weights"; return 1; }
   fi
+  local steps=${FOLD_STEPS:-1000} resumable=""
+  [ "$steps" = 1000 ] || { stem+=$steps; resumable="--checkpoint_every=500"; }
   for fold in ${folds//,/ }; do  # each with a fifth of the GPU's memory
     [ -n "${FOLD_SOURCES[$fold]:-}" ] || { echo "unknown fold $fold: choose from ${!FOLD_SOURCES[*]}"; return 1; }
     XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 PRETRAIN_DATA="${FOLD_SOURCES[$fold]}" PRETRAIN_INIT="$init" \
-        PRETRAIN_OUT="runs/pretrain/${stem}_$fold.weights.h5" PRETRAIN_WORKERS=4 \
-        PRETRAIN_LOG="runs/pretrain_logs/${stem}_$fold.log" pretrain_backbone 300 > /dev/null &
+        PRETRAIN_OUT="runs/pretrain/${stem}_$fold.weights.h5" PRETRAIN_WORKERS=4 PRETRAIN_STEPS="$steps" \
+        PRETRAIN_EXTRA="${PRETRAIN_EXTRA:-}${resumable:+ $resumable}" \
+        PRETRAIN_LOG="runs/pretrain_logs/${stem}_$fold.log" pretrain_backbone $(( 300 * steps / 1000 )) > /dev/null &
     pids+=($!)
   done
   if [ "$kind" = synth_crack ] && [ "${BACKBONE_REPEAT:-0}" != 0 ]; then  # the synthetic backbone again, beside
@@ -88,11 +95,17 @@ fold_backbones() {
     cp runs/pretrain/synthetic_repeat.weights.h5.json runs/pretrain_logs/synthetic_repeat.pretrain.json
     same_backbone $init.json runs/pretrain/synthetic_repeat.weights.h5.json | tee runs/pretrain_logs/backbone_repeat.txt
   fi
+  local out rc=0
   for fold in ${folds//,/ }; do
+    out=runs/pretrain/${stem}_$fold.weights.h5
     tail -1 "runs/pretrain_logs/${stem}_$fold.log" 2>/dev/null
-    cp "runs/pretrain/${stem}_$fold.weights.h5.json" "runs/pretrain_logs/${stem}_$fold.pretrain.json" 2>/dev/null
-    [ -f "runs/pretrain/${stem}_$fold.weights.h5" ] || { echo "pretraining $fold failed: no weights"; return 1; }
+    cp "$out.json" "runs/pretrain_logs/${stem}_$fold.pretrain.json" 2>/dev/null
+    [ -f "$out" ] && continue
+    [ -n "$resumable" ] && [ -d "$out.ckpt" ] || { echo "pretraining $fold failed: no weights"; return 1; }
+    echo "pretraining $fold stopped at its time limit, checkpoint kept: call again"
+    rc=3
   done
+  return $rc
 }
 
 # Whether two pretraining sidecars (tools/pretrain.py's <weights>.json) hold the same backbone weights

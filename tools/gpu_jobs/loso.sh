@@ -11,6 +11,7 @@
 #   REPEAT=0 skips the repeated run; FINETUNE_CURVE=0 skips the fine-tuning few-shot curve.
 #   BACKBONE=synth_crack: every fold's backbone starts from one pretrained on synthetic cracks
 #   (SYNTH_STEPS=1000; runs/pretrain/loso_synth_<fold>.weights.h5, the grid's `synthpre` row).
+#   FOLD_STEPS=3000: longer fold backbones, runs/pretrain/loso_synth3000_<fold>.weights.h5 (common.sh)
 # At most 8 files come back from $OUT, so $OUT gets only: machine.txt, loso.log (this job's output),
 # the results of both grids and runs.tgz (run.json, margins.npz, history, logs, runs/few_shot and
 # runs/few_shot_finetune; no models).
@@ -31,7 +32,8 @@ pack() {  # what has finished so far, in one archive
 }
 start_packer pack
 folds=${FOLDS:-no_uav75,no_uavcrack,no_deepcrack}
-fold_backbones "${BACKBONE:-crack}" "$folds" || exit 1
+fold_backbones "${BACKBONE:-crack}" "$folds"
+case $? in 0) ;; 3) kill $PACKER 2>/dev/null; pack; echo "loso.sh: backbones not finished: call again"; exit 0;; *) exit 1;; esac
 echo "backbones ready at ${SECONDS}s"
 budget=$(( ${JOB_S:-520} - SECONDS - 25 ))  # what is left for training, packing included
 if [ "${REPEAT:-1}" != 0 ]; then

@@ -44,10 +44,25 @@ left() { echo $(( job_s - SECONDS )); }
 gpu_memory() { echo "gpu memory used / total, utilisation at ${SECONDS}s: $(nvidia-smi \
     --query-gpu=memory.used,memory.total,utilization.gpu --format=csv,noheader 2>/dev/null)"; }
 
-# 0. every backbone this job needs, side by side (the CV's is the no_uav75 fold's; none with CV=0)
+# 0. every backbone this job needs, side by side (the CV's is the no_uav75 fold's; none with CV=0).
+# A row names its fold backbones' steps (weights=runs/pretrain/loso_synth<steps>_{fold}..., none:
+# 1,000); the grid and the rows beside it share one kind, and the CV needs the 1,000-step one.
+row_steps() {
+  sed -n 's/^--row=\([^:]*\):.*weights=runs\/pretrain\/loso_synth\([0-9]*\)_{fold}.*/\1 \2/p' configs/ablation_loso.cfg |
+      awk -v re="$1" '$1 ~ re {print ($2 == "" ? 1000 : $2)}' | sort -u | paste -sd' '
+}
+FOLD_STEPS=$(row_steps "$only${BESIDE_ONLY:+|$BESIDE_ONLY}")
+[[ $FOLD_STEPS =~ ^[0-9]+$ ]] || { echo "loso_cv.sh: the rows want backbones of '$FOLD_STEPS' steps: one kind a job"; exit 2; }
+[ "$FOLD_STEPS" = 1000 ] || [ "${CV:-1}" = 0 ] || { echo "loso_cv.sh: CV=0 with $FOLD_STEPS-step backbones"; exit 2; }
+export FOLD_STEPS
 cv_fold=$([ "${CV:-1}" != 0 ] && [[ ,$folds, != *,no_uav75,* ]] && echo ,no_uav75)
 backbones=$(tr ',' '\n' <<< "$folds$cv_fold${BESIDE_ONLY:+,$beside_folds}" | awk 'NF && !seen[$0]++' | paste -sd,)
-fold_backbones synth_crack "$backbones" > /dev/null || exit 1
+PRETRAIN_S=$(( $(left) - 20 )) fold_backbones synth_crack "$backbones" > /dev/null
+case $? in
+  0) ;;
+  3) repack; echo "loso_cv.sh: backbones not finished at ${SECONDS}s (checkpoints kept): call again"; exit 0;;
+  *) repack; echo "loso_cv.sh: backbone pretraining failed (runs/pretrain_logs/)"; exit 1;;
+esac
 echo "loso_cv.sh: backbones ready at ${SECONDS}s"
 cat runs/pretrain_logs/backbone_repeat.txt 2>/dev/null  # BACKBONE_REPEAT=1: the synthetic backbone twice
 
