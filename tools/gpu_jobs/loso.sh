@@ -32,7 +32,7 @@ pack() {  # what has finished so far, in one archive
 }
 start_packer pack
 folds=${FOLDS:-no_uav75,no_uavcrack,no_deepcrack}
-fold_backbones "${BACKBONE:-crack}" "$folds"
+PRETRAIN_S=$(( ${JOB_S:-520} - SECONDS - 25 )) fold_backbones "${BACKBONE:-crack}" "$folds"
 case $? in 0) ;; 3) kill $PACKER 2>/dev/null; pack; echo "loso.sh: backbones not finished: call again"; exit 0;; *) exit 1;; esac
 echo "backbones ready at ${SECONDS}s"
 budget=$(( ${JOB_S:-520} - SECONDS - 25 ))  # what is left for training, packing included
