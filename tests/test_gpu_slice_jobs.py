@@ -6,35 +6,48 @@ import subprocess
 from tests.gpu_job_tree import slice_recorder as _slice_recorder
 
 
+def _slice(repo, env):
+    """One call of the slice job in the test tree (a recorder python3)."""
+    return subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=env, timeout=90)
+
+
+def _calls(calls):
+    """The recorded python3 calls, each split into its arguments."""
+    return [line.split() for line in calls.read_text().splitlines()]
+
+
+def _next_call(repo, env, calls):
+    """A later call on the warm machine in which every run finishes: (its output, its python3 calls)."""
+    calls.write_text("")
+    _slice_recorder(repo, finish_runs=True)
+    done = _slice(repo, env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout, _calls(calls)
+
+
 def test_slice_job_runs_the_candidate_grid_then_the_uav75_cv_and_resumes(job_tree):
     repo, env, calls = job_tree
     env = dict(env, ONLY="^synthpre_robustaug$", JOB_S="300")
     _slice_recorder(repo, finish_runs=False)  # a call in which no run finishes: the job says so, packs, stops
-    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
-                          env=env, timeout=90)
+    done = _slice(repo, env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "candidate grid 0 of 12 runs" in done.stdout and "call again" in done.stdout
-    lines = [line.split() for line in calls.read_text().splitlines()]
+    lines = _calls(calls)
     grid = next(a for a in lines if a[0] == "tools/ablate.py" and "--output_dir=runs/ablation_loso" in a)
     assert "--folds=all,no_uav75,no_uavcrack,no_deepcrack" in grid and "--only=^synthpre_robustaug$" in grid
     assert not any("ablation_uav75_cv" in " ".join(a) for a in lines)  # the CV waits for the candidate
     pre = [next(x for x in a if x.startswith("--output=")) for a in lines if a[0] == "tools/pretrain.py"]
     assert pre[0] == "--output=runs/pretrain/synthetic.weights.h5" and len(pre) == 5  # synthetic + 4 folds
-    calls.write_text("")
-    _slice_recorder(repo, finish_runs=True)  # the next call: both grids finish, then the agreement
-    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
-                          env=env, timeout=90)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "candidate grid 12 of 12 runs (+ repeat 1 of 1)" in done.stdout and "loso_cv.sh: done" in done.stdout
-    lines = [line.split() for line in calls.read_text().splitlines()]
+    out, lines = _next_call(repo, env, calls)  # the next call: both grids finish, then the agreement
+    assert "candidate grid 12 of 12 runs (+ repeat 1 of 1)" in out and "loso_cv.sh: done" in out
     assert not any(a[0] == "tools/pretrain.py" for a in lines)  # backbones kept from the first call
     cv = next(a for a in lines if a[0] == "tools/ablate.py" and "--output_dir=runs/ablation_uav75_cv" in a)
     assert "--flagfile=configs/ablation_uav75_cv.cfg" in cv
     out = sorted(p.name for p in (repo.parent / "out").iterdir())
     assert len(out) <= 8 and {"runs.tgz", "uav75_cv.tgz", "loso.log", "uav75_cv.log"} <= set(out)
     calls.write_text("")  # a third call has nothing left to train
-    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
-                          env=env, timeout=90)
+    done = _slice(repo, env)
     assert "loso_cv.sh: done" in done.stdout
     assert not any(line.startswith("tools/ablate.py") for line in calls.read_text().splitlines())
 
@@ -43,12 +56,11 @@ def test_slice_job_for_the_folds_still_missing(job_tree):
     """A later session's call: FOLDS names the folds left, REPEAT=0; the CV's backbone is made up front."""
     repo, env, calls = job_tree
     _slice_recorder(repo, finish_runs=True)
-    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
-                          env=dict(env, ONLY="^synthpre_robustaug$", JOB_S="300", FOLDS="no_uavcrack",
-                                   REPEAT="0"), timeout=90)
+    done = _slice(repo, dict(env, ONLY="^synthpre_robustaug$", JOB_S="300", FOLDS="no_uavcrack",
+                             REPEAT="0"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "candidate grid 3 of 3 runs (+ repeat 0 of 0)" in done.stdout
-    lines = [line.split() for line in calls.read_text().splitlines()]
+    lines = _calls(calls)
     pre = {next(x for x in a if x.startswith("--output=")) for a in lines if a[0] == "tools/pretrain.py"}
     assert pre == {"--output=runs/pretrain/synthetic.weights.h5", "--output=runs/pretrain/loso_synth_no_uavcrack.weights.h5",
                    "--output=runs/pretrain/loso_synth_no_uav75.weights.h5"}
@@ -70,9 +82,8 @@ def test_slice_job_trains_the_missing_cv_runs_beside_the_grid(job_tree):
     other = repo / "runs" / "ablation_uav75_cv" / "fold0_s0"  # another CV run on the warm machine: not fold 4, seed 2
     other.mkdir(parents=True)
     (other / "run.json").write_text("{}")
-    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
-                          env=dict(env, ONLY="^synthpre_robustaug_epochs48$", JOB_S="300", FOLDS="all,no_uav75",
-                                   REPEAT="0", CV_ROWS="^fold4$", CV_SEEDS="2", AGREE="0", RUN_GB="20"), timeout=90)
+    done = _slice(repo, dict(env, ONLY="^synthpre_robustaug_epochs48$", JOB_S="300", FOLDS="all,no_uav75",
+                             REPEAT="0", CV_ROWS="^fold4$", CV_SEEDS="2", AGREE="0", RUN_GB="20"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "loso_cv.sh: done" in done.stdout
     grids = [a.split() for a in calls.read_text().splitlines() if a.startswith("tools/ablate.py")
@@ -86,9 +97,8 @@ def test_slice_job_trains_the_missing_cv_runs_beside_the_grid(job_tree):
 def test_slice_job_with_one_seed_is_done_when_that_seed_is(job_tree):
     repo, env, calls = job_tree
     _slice_recorder(repo, finish_runs=True)
-    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
-                          env=dict(env, ONLY="^synthpre$", JOB_S="300", FOLDS="no_uavcrack,no_deepcrack", REPEAT="0",
-                                   SEEDS="0", CV="0", AGREE="0"), timeout=90)
+    done = _slice(repo, dict(env, ONLY="^synthpre$", JOB_S="300", FOLDS="no_uavcrack,no_deepcrack", REPEAT="0",
+                             SEEDS="0", CV="0", AGREE="0"))
     assert "candidate grid 2 of 2 runs" in done.stdout and "loso_cv.sh: done" in done.stdout
     grid = next(a.split() for a in calls.read_text().splitlines() if "--output_dir=runs/ablation_loso" in a)
     assert "--seeds=0" in grid
@@ -114,8 +124,7 @@ def test_count_runs_counts_only_the_wanted_row_folds_and_seeds(job_tree):
 def test_slice_job_cv_and_agreement_can_be_skipped(job_tree):
     repo, env, calls = job_tree
     _slice_recorder(repo, finish_runs=True)
-    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
-                          env=dict(env, ONLY="^synthpre_epochs48$", JOB_S="300", CV="0", AGREE="0"), timeout=90)
+    done = _slice(repo, dict(env, ONLY="^synthpre_epochs48$", JOB_S="300", CV="0", AGREE="0"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "CV=0, no UAV75 5-fold" in done.stdout and "loso_cv.sh: done" in done.stdout
     assert "ablation_uav75_cv" not in calls.read_text() and "dense_agreement" not in calls.read_text()
@@ -126,13 +135,12 @@ def test_slice_job_trains_another_row_beside_the_grid(job_tree):
     on backbones made once (a fold shared by both is pretrained once), and the job waits for them."""
     repo, env, calls = job_tree
     _slice_recorder(repo, finish_runs=True)
-    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
-                          env=dict(env, ONLY="^synthpre$", JOB_S="300", FOLDS="no_uavcrack,no_deepcrack", REPEAT="0",
-                                   SEEDS="0", CV="0", AGREE="0", BESIDE_ONLY="^synthpre_robustaug_epochs48$",
-                                   BESIDE_FOLDS="all,no_deepcrack", BESIDE_SEEDS="0,1,2"), timeout=90)
+    done = _slice(repo, dict(env, ONLY="^synthpre$", JOB_S="300", FOLDS="no_uavcrack,no_deepcrack", REPEAT="0",
+                             SEEDS="0", CV="0", AGREE="0", BESIDE_ONLY="^synthpre_robustaug_epochs48$",
+                             BESIDE_FOLDS="all,no_deepcrack", BESIDE_SEEDS="0,1,2"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "beside it (^synthpre_robustaug_epochs48$) 6 of 6 runs" in done.stdout and "loso_cv.sh: done" in done.stdout
-    lines = [line.split() for line in calls.read_text().splitlines()]
+    lines = _calls(calls)
     pre = [next(x for x in a if x.startswith("--output=")) for a in lines if a[0] == "tools/pretrain.py"]
     assert sorted(pre) == sorted(["--output=runs/pretrain/synthetic.weights.h5"] + [
         f"--output=runs/pretrain/loso_synth_{f}.weights.h5" for f in ("no_uavcrack", "no_deepcrack", "all")])
@@ -143,10 +151,9 @@ def test_slice_job_trains_another_row_beside_the_grid(job_tree):
     loso = next(a for a in grids if "--only=^synthpre$" in a)
     assert "--parallel=7" in loso  # 13 runs fit (an H200 when nvidia-smi says nothing): 6 taken beside it
     calls.write_text("")  # a second call: both finished, nothing trains again
-    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
-                          env=dict(env, ONLY="^synthpre$", JOB_S="300", FOLDS="no_uavcrack,no_deepcrack", REPEAT="0",
-                                   SEEDS="0", CV="0", AGREE="0", BESIDE_ONLY="^synthpre_robustaug_epochs48$",
-                                   BESIDE_FOLDS="all,no_deepcrack", BESIDE_SEEDS="0,1,2"), timeout=90)
+    done = _slice(repo, dict(env, ONLY="^synthpre$", JOB_S="300", FOLDS="no_uavcrack,no_deepcrack", REPEAT="0",
+                             SEEDS="0", CV="0", AGREE="0", BESIDE_ONLY="^synthpre_robustaug_epochs48$",
+                             BESIDE_FOLDS="all,no_deepcrack", BESIDE_SEEDS="0,1,2"))
     assert "loso_cv.sh: done" in done.stdout
     assert not any("--only=^synthpre_robustaug_epochs48$" in line for line in calls.read_text().splitlines())
 
@@ -164,21 +171,21 @@ def test_slice_job_keeps_each_runs_loader_workers_from_call_to_call(job_tree):
                BESIDE_SEEDS="0,1,2", FINETUNE_CURVE="0")
 
     def loader_flags():
-        lines = [line.split() for line in calls.read_text().splitlines()]
+        lines = _calls(calls)
         grids = [a for a in lines if a[0] == "tools/ablate.py" and "--report_only" not in a]
         return {(next(x for x in a if x.startswith("--only=")), next(x for x in a if x.startswith("--parallel=")),
                  next(x for x in a if x.startswith("--extra="))) for a in grids}
 
-    subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True, env=job, timeout=90)
+    _slice(repo, job)
     first = loader_flags()
     assert {(o, p) for o, p, _ in first} == {("--only=^synthpre_epochs48$", "--parallel=3"),
-                                            ("--only=^synthpre_robustaug_epochs48$", "--parallel=3")}, first
+                                      ("--only=^synthpre_robustaug_epochs48$", "--parallel=3")}, first
     assert len({x for _, _, x in first}) == 1, first  # one loader setting for all six runs side by side
     for seed in (0, 1):  # two of the runs beside the grid finished in the first call
         (repo / "runs" / "ablation_loso" / f"synthpre_epochs48_all_s{seed}").mkdir(parents=True)
         (repo / "runs" / "ablation_loso" / f"synthpre_epochs48_all_s{seed}" / "run.json").write_text("{}")
     calls.write_text("")
-    subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True, env=job, timeout=90)
+    _slice(repo, job)
     second = loader_flags()
     assert ("--only=^synthpre_robustaug_epochs48$", "--parallel=5") in {(o, p) for o, p, _ in second}, second
     assert {x for _, _, x in second} == {x for _, _, x in first}, (first, second)
@@ -193,11 +200,10 @@ def test_slice_job_makes_the_longer_backbones_a_row_names_over_two_calls(job_tre
     cut_off = ('for a in "$@"; do case $a in --steps=*) steps=${a#--steps=};; --output=*) out=${a#--output=};; esac; done\n'
                'if [ -n "${out:-}" ]; then if [ "$steps" = 3000 ]; then mkdir -p "$out.ckpt"; else touch "$out"; fi; fi\n')
     (repo.parent / "bin" / "python3").write_text("#!/usr/bin/env bash\necho \"$*\" >> \"$CALLS\"\n" + cut_off)
-    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
-                          env=env, timeout=90)
+    done = _slice(repo, env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "backbones not finished" in done.stdout and "call again" in done.stdout
-    lines = [line.split() for line in calls.read_text().splitlines()]
+    lines = _calls(calls)
     pre = {next(x for x in a if x.startswith("--output=")): a for a in lines if a[0] == "tools/pretrain.py"}
     assert "--steps=1000" in pre["--output=runs/pretrain/synthetic.weights.h5"]
     for fold in ("no_uav75", "no_deepcrack"):
@@ -205,13 +211,8 @@ def test_slice_job_makes_the_longer_backbones_a_row_names_over_two_calls(job_tre
         assert "--steps=3000" in args and "--checkpoint_every=500" in args
         assert "--init=runs/pretrain/synthetic.weights.h5" in args
     assert len(pre) == 3 and not any(a[0] == "tools/ablate.py" for a in lines)  # no run before its backbone
-    calls.write_text("")
-    _slice_recorder(repo, finish_runs=True)  # the next call: the backbones finish, then the runs
-    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
-                          env=env, timeout=90)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "candidate grid 2 of 2 runs" in done.stdout and "loso_cv.sh: done" in done.stdout
-    lines = [line.split() for line in calls.read_text().splitlines()]
+    out, lines = _next_call(repo, env, calls)  # the next call: the backbones finish, then the runs
+    assert "candidate grid 2 of 2 runs" in out and "loso_cv.sh: done" in out
     assert {next(x for x in a if x.startswith("--output=")) for a in lines if a[0] == "tools/pretrain.py"} == {
         "--output=runs/pretrain/loso_synth3000_no_uav75.weights.h5",
         "--output=runs/pretrain/loso_synth3000_no_deepcrack.weights.h5"}  # the synthetic one kept
@@ -228,12 +229,10 @@ def test_slice_job_refuses_backbones_it_cannot_share_or_make(job_tree):
          "backbones of '1000 3000' steps: one kind a job"),
     ]
     for case_env, rc, message in cases:
-        done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
-                              env=case_env, timeout=90)
+        done = _slice(repo, case_env)
         assert done.returncode == rc and message in done.stdout, done.stdout + done.stderr
     assert not any(line.startswith("tools/pretrain.py") for line in calls.read_text().splitlines())
     # a fold backbone that ends without weights and without a checkpoint failed: the job stops there
-    done = subprocess.run(["bash", "tools/gpu_jobs/loso_cv.sh"], cwd=repo, capture_output=True, text=True,
-                          env=dict(base, CV="0", ONLY="^synthpre_robustaug_epochs48$"), timeout=90)
+    done = _slice(repo, dict(base, CV="0", ONLY="^synthpre_robustaug_epochs48$"))
     assert done.returncode == 1 and "backbone pretraining failed" in done.stdout, done.stdout + done.stderr
     assert not any(line.startswith("tools/ablate.py") for line in calls.read_text().splitlines())
