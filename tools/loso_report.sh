@@ -32,9 +32,9 @@ echo "loso_report.sh: $runs runs of $row (seeds $seeds)"
 left_out=("$links/${row}_no_"*)
 [ -e "${left_out[0]}" ] || { echo "loso_report.sh: no no_* run of '$row': no left-out table" >&2; exit 1; }
 mkdir -p "$out"
-missing=()
-for run in "${left_out[@]}"; do [ -f "$run/groups.npz" ] || missing+=("$run"); done
-for run in "${missing[@]}"; do python tools/tile_groups.py --runs="$run" --data_root="${DATA_ROOT:-../shared/data}"; done
+for run in "${left_out[@]}"; do
+  [ -f "$run/groups.npz" ] || python tools/tile_groups.py --runs="$run" --data_root="${DATA_ROOT:-../shared/data}"
+done
 python tools/ablate.py --flagfile=configs/ablation_loso.cfg --only="^${row}\$" --seeds="$seeds" \
     --folds=all,no_uav75,no_uavcrack,no_deepcrack --output_dir="$links" --report_only
 mv "$links/results.md" "$out/loso_$row.md"
