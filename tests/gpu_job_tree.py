@@ -21,6 +21,7 @@ def job_tree(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copytree(os.path.join(REPO, "tools", "gpu_jobs"), repo / "tools" / "gpu_jobs")
+    shutil.copy(os.path.join(REPO, "tools", "same_backbones.py"), repo / "tools")  # common.sh's same_backbone
     os.symlink(os.path.join(REPO, "configs"), repo / "configs")
     (tmp_path / "shared" / "data").mkdir(parents=True)
     bin_dir = tmp_path / "bin"

@@ -109,16 +109,8 @@ fold_backbones() {
 }
 
 # Whether two pretraining sidecars (tools/pretrain.py's <weights>.json) hold the same backbone weights
-# (their weights_sha256), printed as one line:  same_backbone <a.json> <b.json>
-same_backbone() {
-  python3 - "$1" "$2" <<'PY'
-import json, sys
-a, b = (json.load(open(p)) for p in sys.argv[1:3])
-same = a.get("weights_sha256") is not None and a.get("weights_sha256") == b.get("weights_sha256")
-print(f"backbone pretrained twice ({a.get('mode')}, seed {a.get('seed')}, deterministic {a.get('deterministic')}): "
-      f"weights {'IDENTICAL' if same else 'DIFFER'}; final loss {a['history']['loss'][-1]:.6f} / {b['history']['loss'][-1]:.6f}")
-PY
-}
+# (their weights_sha256), printed as one line (status 1 when they differ):  same_backbone <a.json> <b.json>
+same_backbone() { python3 tools/same_backbones.py "$1" "$2"; }
 
 # Packs what has finished so far into $OUT/<name>.tgz (run.json, margins, histories, logs; no models and
 # no features.npz: ~80 MB a run, read on the machine by tools/few_shot_curve.py --fit=last_layer):
