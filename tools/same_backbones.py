@@ -12,6 +12,7 @@ nothing to compare (a missing file, folders without a common sidecar).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -20,13 +21,13 @@ SIDECAR_SUFFIXES = (".pretrain.json", ".weights.h5.json")
 
 
 def load_sidecar(path: Path) -> dict:
-    """One pretraining sidecar; a clear error when it is not one."""
+    """One pretraining sidecar; ValueError saying why when it is not one."""
     try:
         sidecar = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise SystemExit(f"same_backbones: cannot read {path}: {err}") from None
+        raise ValueError(f"cannot read {path}: {err}") from None
     if not isinstance(sidecar, dict) or "history" not in sidecar:
-        raise SystemExit(f"same_backbones: {path} is not a tools/pretrain.py sidecar (no 'history')")
+        raise ValueError(f"{path} is not a tools/pretrain.py sidecar (no 'history')")
     return sidecar
 
 
@@ -61,7 +62,7 @@ def folder_table(first: Path, second: Path) -> tuple[list[str], bool]:
     a, b = sidecars(first), sidecars(second)
     common = sorted(set(a) & set(b))
     if not common:
-        raise SystemExit(f"same_backbones: no backbone sidecar ({', '.join(SIDECAR_SUFFIXES)}) in both {first} and {second}")
+        raise ValueError(f"no backbone sidecar ({', '.join(SIDECAR_SUFFIXES)}) in both {first} and {second}")
     rows = [f"| backbone | sha256 ({first}) | sha256 ({second}) | final loss | seconds | weights |",
             "|---|---|---|---|---|---|"]
     all_same = True
@@ -79,29 +80,25 @@ def folder_table(first: Path, second: Path) -> tuple[list[str], bool]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print(__doc__.strip().splitlines()[0], "\nusage: same_backbones.py <sidecar or folder> <sidecar or folder>",
-              file=sys.stderr)
-        return 2
-    first, second = map(Path, argv)
-    for path in (first, second):
+    parser = argparse.ArgumentParser(prog="same_backbones.py", description=__doc__.strip().splitlines()[0])
+    parser.add_argument("first", type=Path, help="a sidecar, or a folder of them")
+    parser.add_argument("second", type=Path, help="the other sidecar, or folder")
+    args = parser.parse_args(argv)  # exits 2 with the usage on a wrong count
+    for path in (args.first, args.second):
         if not path.exists():
-            print(f"same_backbones: {path} does not exist", file=sys.stderr)
-            return 2
-    if first.is_dir() != second.is_dir():
-        print("same_backbones: give two sidecars or two folders, not one of each", file=sys.stderr)
-        return 2
+            parser.error(f"{path} does not exist")
+    if args.first.is_dir() != args.second.is_dir():
+        parser.error("give two sidecars or two folders, not one of each")
     try:
-        if first.is_dir():
-            rows, all_same = folder_table(first, second)
+        if args.first.is_dir():
+            rows, all_same = folder_table(args.first, args.second)
             print("\n".join(rows))
         else:
-            a, b = load_sidecar(first), load_sidecar(second)
+            a, b = load_sidecar(args.first), load_sidecar(args.second)
             all_same = same_weights(a, b)
             print(pair_line(a, b))
-    except SystemExit as err:
-        print(err, file=sys.stderr)
-        return 2
+    except ValueError as err:
+        parser.error(str(err))
     return 0 if all_same else 1
 
 
