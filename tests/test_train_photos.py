@@ -69,6 +69,11 @@ def test_photos_run_reports_val_per_source_and_pooled(sources, tmp_path):
         by_source["site_b"]["accuracy"])
     history = [json.loads(line) for line in open(model_dir / "history.jsonl")]
     assert "val_site_a_accuracy" in history[-1] and "val_accuracy" in history[-1]
+    # Where the wall time went: every phase, together within the run's wall seconds.
+    phases = run["phase_seconds"]
+    assert set(phases) == {"setup", "fit", "final_metrics", "save", "operating_point"}
+    assert all(v > 0 for v in phases.values()) and sum(phases.values()) <= run["wall_seconds"] + 1e-3
+    assert phases["fit"] >= sum(run["epoch_seconds"]) * 0.9 and "phases: setup " in out
     # The pooled metrics (rebuilt from the sources' counts) equal one evaluation of all val tiles.
     import keras
 

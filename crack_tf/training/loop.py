@@ -147,6 +147,23 @@ def _adabn(cfg: TrainConfig):
     return adapt
 
 
+class _Phases:
+    """Wall seconds of a run's phases (setup, fit, final_metrics, save, operating_point) for run.json:
+    where a time-limited GPU call's minutes go besides the epochs."""
+
+    def __init__(self, started: float):
+        self.seconds: dict[str, float] = {}
+        self._last = started
+
+    def end(self, name: str) -> None:
+        now = time.time()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 3)
+        self._last = now
+
+    def line(self) -> str:
+        return "phases: " + ", ".join(f"{name} {secs:.0f}s" for name, secs in self.seconds.items())
+
+
 class TrainingFailed(RuntimeError):
     """Training stopped on a non-finite loss, metric or weight (exit code 1)."""
 
@@ -235,6 +252,8 @@ def train(cfg: TrainConfig, runtime: Runtime) -> dict:
     elif ema is not None:  # Keras' own validation: the swapper swaps around it
         callbacks.insert(0, ema)
 
+    phases = _Phases(started)
+    phases.end("setup")
     done = start_step
     for i, (first_epoch, end_epoch, steps, seg_frozen) in enumerate(segments):
         if frozen and not seg_frozen:  # unfreeze: new optimizer slots, same step count
@@ -274,12 +293,16 @@ def train(cfg: TrainConfig, runtime: Runtime) -> dict:
         for var in model.trainable_variables:
             var.assign(keras.ops.convert_to_numpy(var))
 
+    phases.end("fit")
     eval_input = finish.eval_sources_input(cfg, dcfg)
     results = finish.final_metrics(model, cfg, split_input, val_input, eval_input)
+    phases.end("final_metrics")
     model.save(os.path.join(out_dir, "final.keras"))  # every process: saving is collective
     if state.get("best") is None:  # no validation: the final model is the best we know
         model.save(os.path.join(out_dir, "best.keras"))
+    phases.end("save")
     points = _store_operating_point(model, cfg, val_input, out_dir, runtime, eval_input)
+    phases.end("operating_point")
     digest = rundir.weights_digest(model)
     if runtime.num_processes > 1:
         print(f"process {runtime.process_id}: weights_sha256={digest}", flush=True)
@@ -296,6 +319,7 @@ def train(cfg: TrainConfig, runtime: Runtime) -> dict:
                         "devices": runtime.devices, "xla_flags": runtime.xla_flags,
                         "deterministic": cfg.run.deterministic},
             "versions": rundir.versions(), "data": {**train_summary, "steps_per_epoch": steps_per_epoch},
-            "wall_seconds": time.time() - started, "weights_sha256": digest,
+            "wall_seconds": time.time() - started, "phase_seconds": phases.seconds, "weights_sha256": digest,
         })
+        print(phases.line(), flush=True)
     return results
