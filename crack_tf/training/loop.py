@@ -157,7 +157,7 @@ class _Phases:
 
     def end(self, name: str) -> None:
         now = time.time()
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 3)
+        self.seconds[name] = round(now - self._last, 3)
         self._last = now
 
     def line(self) -> str:
