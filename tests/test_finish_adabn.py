@@ -72,6 +72,28 @@ def test_eval_sources_are_scored_after_adabn_at_the_stored_point_and_the_model_i
         model, val, "f1", "none", eval_input)[0]["none"]
 
 
+def test_operating_point_times_each_part_and_adabn_adds_over_sources():
+    """run.json's operating_point_seconds: the wall seconds of scoring val, the eval tiles, and
+    AdaBN's adapting apart from its scoring, summed over the eval sources."""
+    import time
+
+    rng = np.random.default_rng(1)
+    model = _model()
+    val = types.SimpleNamespace(by_source={"a": _Part(*_tiles(rng, 16, 0))})
+    eval_input = types.SimpleNamespace(by_source={"s1": _Part(*_tiles(rng, 8, 60)), "s2": _Part(*_tiles(rng, 8, 30))})
+    unlabelled = _tiles(rng, 16, 60)[0]
+
+    def slow_adapt(m, source):
+        time.sleep(0.15)  # a known floor for each source's adapting
+        adapt_batchnorm(m, unlabelled, copy=False)
+
+    seconds = {}
+    finish.operating_point(model, val, "f1", "none", eval_input, slow_adapt, seconds)
+    assert set(seconds) == {"val", "eval", "adabn_adapt", "adabn_score"}
+    assert seconds["adabn_adapt"] >= 0.3 and all(v > 0 for v in seconds.values())  # two sources, 0.15 s each
+    assert finish.timed(None, "x", max, 2, 3) == 3  # without a dict: the result only
+
+
 def test_the_trainers_adapt_step_reads_the_eval_sources_unlabelled_train_photos(tmp_path):
     from crack_tf.training.config import from_values
     from crack_tf.training.loop import _adabn

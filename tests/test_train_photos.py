@@ -74,6 +74,10 @@ def test_photos_run_reports_val_per_source_and_pooled(sources, tmp_path):
     assert set(phases) == {"setup", "fit", "final_metrics", "save", "operating_point"}
     assert all(v > 0 for v in phases.values()) and sum(phases.values()) <= run["wall_seconds"] + 1e-3
     assert phases["fit"] >= sum(run["epoch_seconds"]) * 0.9 and "phases: setup " in out
+    parts = run["operating_point_seconds"]  # and within the operating point, each model's scoring
+    assert set(parts) == {"final_val", "final_eval", "final_features", "best_val"}  # (AdaBN: test_finish_adabn)
+    assert all(v > 0 for v in parts.values()) and sum(parts.values()) <= phases["operating_point"] + 1e-3
+    assert "operating point parts: final_val " in out
     # The pooled metrics (rebuilt from the sources' counts) equal one evaluation of all val tiles.
     import keras
 

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -91,10 +92,22 @@ def metrics_by_source(probs: np.ndarray, labels: np.ndarray, sources: np.ndarray
             for name in dict.fromkeys(sources.tolist())}
 
 
-def adabn_margins(model: keras.Model, eval_input, tta: str, adapt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def timed(seconds: dict | None, key: str, fn, *args):
+    """``fn(*args)``, its wall seconds added to ``seconds[key]`` (when ``seconds`` is a dict)."""
+    start = time.perf_counter()
+    try:
+        return fn(*args)
+    finally:
+        if seconds is not None:
+            seconds[key] = round(seconds.get(key, 0.0) + time.perf_counter() - start, 3)
+
+
+def adabn_margins(model: keras.Model, eval_input, tta: str, adapt, seconds: dict | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Margins, labels and sources of the ``--eval_sources`` tiles, each source scored after AdaBN on
     its own unlabelled train photos (``adapt(model, source)`` re-estimates the BatchNorm statistics in
-    place; they are restored afterwards, so the model leaves as it came)."""
+    place; they are restored afterwards, so the model leaves as it came). ``seconds``: gets the wall
+    seconds of the adapting (``adabn_adapt``) and of the scoring (``adabn_score``), all sources."""
     import types
 
     from crack_tf.training.adabn import keep_batchnorm
@@ -102,28 +115,31 @@ def adabn_margins(model: keras.Model, eval_input, tta: str, adapt) -> tuple[np.n
     parts = []
     for name, part in eval_input.by_source.items():
         with keep_batchnorm(model):
-            adapt(model, name)
-            parts.append(val_margins(model, types.SimpleNamespace(by_source={name: part}), tta))
+            timed(seconds, "adabn_adapt", adapt, model, name)
+            parts.append(timed(seconds, "adabn_score", val_margins, model,
+                               types.SimpleNamespace(by_source={name: part}), tta))
     return (np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts]),
             np.concatenate([p[2] for p in parts]))
 
 
-def operating_point(model: keras.Model, val_input, rule: str, tta: str, eval_input=None, adapt=None
-                    ) -> tuple[dict, dict]:
+def operating_point(model: keras.Model, val_input, rule: str, tta: str, eval_input=None, adapt=None,
+                    seconds: dict | None = None) -> tuple[dict, dict]:
     """({tta mode: point}, margins) for "none" and ``tta``; each point has the pooled val metrics at
     its threshold and, for several sources, the metrics of each; with ``eval_input`` (the
     ``--eval_sources`` tiles) also those sources' metrics at the same temperature and threshold, and
     with ``adapt`` (AdaBN, see :func:`adabn_margins`) the same after adapting to each of them
     (``eval_sources_adabn_at_threshold_by_source``; ``--tta``'s point only).
-    ``margins``: the arrays of :func:`save_margins` for ``tta``'s views.
+    ``margins``: the arrays of :func:`save_margins` for ``tta``'s views. ``seconds``: gets the wall
+    seconds of scoring val (``val``), the eval tiles (``eval``) and AdaBN (``adabn_adapt``,
+    ``adabn_score``).
 
     The tiles are scored once, with ``tta``'s views; the plain point uses the first view, which is
     the tile itself (the same predictions a plain pass gives)."""
-    parts = {"val": val_margins(model, val_input, tta)}
+    parts = {"val": timed(seconds, "val", val_margins, model, val_input, tta)}
     if eval_input is not None:
-        parts["eval"] = val_margins(model, eval_input, tta)
+        parts["eval"] = timed(seconds, "eval", val_margins, model, eval_input, tta)
         if adapt is not None:
-            parts["eval_adabn"] = adabn_margins(model, eval_input, tta, adapt)
+            parts["eval_adabn"] = adabn_margins(model, eval_input, tta, adapt, seconds)
     keys = {"eval": "eval_sources_at_threshold_by_source", "eval_adabn": "eval_sources_adabn_at_threshold_by_source"}
     points = {}
     margins, labels, sources = parts["val"]

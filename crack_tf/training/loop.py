@@ -70,10 +70,13 @@ def _ema_swapper(model: keras.Model, cfg: TrainConfig):
     return swapper
 
 
-def _store_operating_point(model, cfg, val_input, out_dir: str, runtime, eval_input=None) -> dict | None:
+def _store_operating_point(model, cfg, val_input, out_dir: str, runtime, eval_input=None,
+                           seconds: dict | None = None) -> dict | None:
     """Picks the operating point on val for final.keras (returned for run.json; its per-tile margins
     in ``<model_dir>/margins.npz``) and best.keras, and writes each into its file. Single-process
-    runs only (val is sharded across processes)."""
+    runs only (val is sharded across processes). ``seconds``: gets each part's wall seconds
+    (``final_val``, ``final_eval``, ``final_adabn_adapt``, ``final_adabn_score``, ``final_features``,
+    ``best_val``), run.json's ``operating_point_seconds``."""
     from crack_tf.model_meta import write_metadata
 
     if val_input is None or runtime.num_processes > 1:
@@ -88,14 +91,17 @@ def _store_operating_point(model, cfg, val_input, out_dir: str, runtime, eval_in
         # The --eval_sources scores (and AdaBN) are the final model's, for run.json: best.keras only
         # needs its own point, and skipping them saves the minutes a time-limited GPU call lacks.
         scored = eval_input if name == "final.keras" else None
+        parts: dict[str, float] = {}
         with _scoring_model(model, path, runtime) as scorer:
             points, margins = finish.operating_point(scorer, val_input, cfg.threshold_rule, cfg.tta, scored,
-                                                     _adabn(cfg) if scored is not None else None)
+                                                     _adabn(cfg) if scored is not None else None, parts)
             if name == "final.keras":
                 finish.save_margins(os.path.join(cfg.model_dir, "margins.npz"), margins)
                 if cfg.save_eval_features and eval_input is not None:
-                    finish.save_margins(os.path.join(cfg.model_dir, "features.npz"),
-                                        finish.eval_features(scorer, eval_input, cfg.tta), compress=False)
+                    features = finish.timed(parts, "features", finish.eval_features, scorer, eval_input, cfg.tta)
+                    finish.save_margins(os.path.join(cfg.model_dir, "features.npz"), features, compress=False)
+        if seconds is not None:
+            seconds.update({f"{name.split('.')[0]}_{part}": secs for part, secs in parts.items()})
         chosen = points[cfg.tta]
         at = chosen["val_at_threshold"]
         print(f"{name} operating point ({cfg.threshold_rule} on val, tta {cfg.tta}): threshold "
@@ -160,8 +166,12 @@ class _Phases:
         self.seconds[name] = round(now - self._last, 3)
         self._last = now
 
-    def line(self) -> str:
-        return "phases: " + ", ".join(f"{name} {secs:.0f}s" for name, secs in self.seconds.items())
+    def line(self, parts: dict[str, float] | None = None) -> str:
+        """``phases: setup 10s, ...``; with ``parts`` (the operating point's) a second line of them."""
+        text = "phases: " + ", ".join(f"{name} {secs:.0f}s" for name, secs in self.seconds.items())
+        if parts:
+            text += "\noperating point parts: " + ", ".join(f"{name} {secs:.0f}s" for name, secs in parts.items())
+        return text
 
 
 class TrainingFailed(RuntimeError):
@@ -301,7 +311,8 @@ def train(cfg: TrainConfig, runtime: Runtime) -> dict:
     if state.get("best") is None:  # no validation: the final model is the best we know
         model.save(os.path.join(out_dir, "best.keras"))
     phases.end("save")
-    points = _store_operating_point(model, cfg, val_input, out_dir, runtime, eval_input)
+    point_seconds: dict[str, float] = {}
+    points = _store_operating_point(model, cfg, val_input, out_dir, runtime, eval_input, point_seconds)
     phases.end("operating_point")
     digest = rundir.weights_digest(model)
     if runtime.num_processes > 1:
@@ -319,7 +330,8 @@ def train(cfg: TrainConfig, runtime: Runtime) -> dict:
                         "devices": runtime.devices, "xla_flags": runtime.xla_flags,
                         "deterministic": cfg.run.deterministic},
             "versions": rundir.versions(), "data": {**train_summary, "steps_per_epoch": steps_per_epoch},
-            "wall_seconds": time.time() - started, "phase_seconds": phases.seconds, "weights_sha256": digest,
+            "wall_seconds": time.time() - started, "phase_seconds": phases.seconds,
+            "operating_point_seconds": point_seconds, "weights_sha256": digest,
         })
-        print(phases.line(), flush=True)
+        print(phases.line(point_seconds), flush=True)
     return results
