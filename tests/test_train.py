@@ -76,9 +76,10 @@ def test_every_addon_config_parses_after_the_recommended_recipe():
         assert cfg.data_source == "photos", path
 
 
-def test_the_robust48_candidate_config_is_the_ablation_row_it_was_measured_as():
-    """configs/crackmix_synthpre_robust48.cfg = the recipe + robust_augment.cfg + 48 epochs: the row
-    `synthpre_robustaug_epochs48` of configs/ablation_loso.cfg (on the whole-mix backbone)."""
+def test_the_recommended_robust48_config_is_the_ablation_row_it_was_measured_as():
+    """configs/crackmix_synthpre_robust48.cfg (recommended since 2026-12-06) = crackmix_synthpre.cfg +
+    robust_augment.cfg + 48 epochs: the row `synthpre_robustaug_epochs48` of configs/ablation_loso.cfg
+    (on the whole-mix backbone), with the threshold rule its left-out folds were scored at."""
     configs = os.path.join(REPO, "configs")
     candidate = train_config.parse_args([f"--flagfile={os.path.join(configs, 'crackmix_synthpre_robust48.cfg')}"])
     recipe = train_config.parse_args([f"--flagfile={os.path.join(configs, 'crackmix_synthpre.cfg')}"])
@@ -91,6 +92,7 @@ def test_the_robust48_candidate_config_is_the_ablation_row_it_was_measured_as():
                  "data_dir", "lr", "batch_size", "tta", "image_size"):
         assert getattr(candidate, name) == getattr(row, name), name
     assert candidate.gamma != recipe.gamma and candidate.weights == recipe.weights
+    assert candidate.threshold_rule == row.threshold_rule == "f1"  # docs/RESULTS.md 000000000000
 
 
 @pytest.mark.parametrize(
