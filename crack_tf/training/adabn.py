@@ -10,18 +10,27 @@ every other weight (kernels, gamma, beta) stays as it was. Two methods:
   forward pass over the images per BatchNormalization layer (ResNet50 + ASPP with 3 rates: 56).
 * ``batch``: one pass with every layer normalising by its batch's own statistics (classic AdaBN
   / training-mode BatchNorm), the per-batch statistics pooled exactly over all images (Chan's
-  combination: the between-batch spread counts too). 56x cheaper; the deeper layers' inputs
+  combination: the between-batch spread counts too). ~30x cheaper; the deeper layers' inputs
   differ slightly from inference (batch instead of target statistics upstream).
 
 Layers are found wherever they sit (nested models, layers inside custom layers such as ASPP) by
-running the model once eagerly with their ``call`` temporarily wrapped; the passes themselves run
-through a compiled probe (:class:`_Probe`, Keras' ``predict_on_batch``: XLA on JAX, a
-``tf.function`` on TensorFlow) that returns every layer's input statistics, and reads the moving
-statistics as they are assigned between passes without compiling again. Eagerly, each pass paid
-Python dispatch for every op: on the 2-core dev machine 32 s per 64-image batch of ResNet50 + ASPP
-even at 32 px. Keras ops only, so the same code runs on the JAX, TensorFlow and PyTorch backends.
-Per-batch sums are float32 on the device, pooled in float64 on the host (relative error ~1e-6 for
-ordinary activations).
+running the model once eagerly with their ``call`` temporarily wrapped. The passes themselves
+(``passes``):
+
+* ``eager`` (default): ``model(x)`` op by op; ``exact``'s pass for a layer stops right after it
+  (about 28 full passes for ResNet50 + ASPP).
+* ``compiled``: a probe model (:class:`_Probe`) whose output is every layer's input statistics, run
+  by Keras' ``predict_on_batch`` (XLA on JAX, a ``tf.function`` on TensorFlow), the moving
+  statistics read at each call so that assigning them needs no new compile; full passes (56), no
+  per-op dispatch, and statistics equal to compiled inference's to ~1e-7 of the spread (eager
+  inference differs from compiled by ~3e-4 of it 55 layers deep). On the 2-core dev machine, 32 px,
+  128 images: exact 124 s against eager 63 s (compute-bound: full passes against partial ones);
+  on a GPU, where eager passes pay Python dispatch per op, not yet measured
+  (``tools/bench_adabn.py``).
+
+Keras ops only, so the same code runs on the JAX, TensorFlow and PyTorch backends. Per-batch sums
+are float32 on the device, pooled in float64 on the host (relative error ~1e-6 for ordinary
+activations).
 """
 
 from __future__ import annotations
@@ -37,6 +46,11 @@ import numpy as np
 from keras import ops
 
 METHODS = ("exact", "batch")
+PASSES = ("eager", "compiled")
+
+
+class _Stop(BaseException):  # not an Exception: Keras' traceback helpers pass it through untouched
+    """Ends an eager forward pass once the layer being measured has seen its input."""
 
 
 class _Moments:
@@ -45,9 +59,10 @@ class _Moments:
     def __init__(self) -> None:
         self.n, self.mean, self.m2 = 0, 0.0, 0.0
 
-    def add(self, mean, m2, n: int) -> None:
+    def add(self, mean, m2, n) -> None:
         mean = np.asarray(ops.convert_to_numpy(mean), np.float64).reshape(-1)
         m2 = np.asarray(ops.convert_to_numpy(m2), np.float64).reshape(-1)
+        n = int(np.asarray(ops.convert_to_numpy(n)).reshape(-1)[0])
         total = self.n + n
         delta = mean - self.mean
         self.mean = self.mean + delta * (n / total)
@@ -105,7 +120,10 @@ def keep_batchnorm(model: keras.Model) -> Iterator[None]:
 
 def _forward(model: keras.Model, images: np.ndarray, batch_size: int) -> None:
     for start in range(0, len(images), batch_size):
-        model(np.asarray(images[start : start + batch_size], np.float32), training=False)
+        try:
+            model(np.asarray(images[start : start + batch_size], np.float32), training=False)
+        except _Stop:
+            pass
 
 
 def _call_order(model: keras.Model, layers: list, probe: np.ndarray) -> list:
@@ -135,6 +153,25 @@ def _batch_normalised(layer, x, mean, m2, n):
     return ops.cast(out, layer.compute_dtype)
 
 
+def _recording(record: Callable, batch_stats: bool, stop_at=None) -> Callable:
+    """A ``call`` wrapper (for :func:`_wrapped`) that hands its layer's input statistics to
+    ``record(layer, mean, m2, count)``, then normalises by them (``batch_stats``) or as the layer
+    does; a pass ends (:class:`_Stop`) right after ``stop_at`` is measured."""
+
+    def make(layer, original):
+        def call(inputs, training=None, mask=None):
+            x, mean, m2, n = _moments(layer, inputs)
+            record(layer, mean, m2, n)
+            if layer is stop_at:
+                raise _Stop
+            if batch_stats:
+                return _batch_normalised(layer, x, mean, m2, n)
+            return original(inputs, training=training, mask=mask)
+        return call
+
+    return make
+
+
 class _Probe(keras.Model):
     """``model``'s forward pass in inference mode returning, for each BatchNormalization layer of
     ``order``, its input's per-channel mean, sum of squared deviations and element count ([1]);
@@ -150,28 +187,43 @@ class _Probe(keras.Model):
     def call(self, images):
         stats: dict[int, list] = {}
 
-        def make(layer, original):
-            def call(inputs, training=None, mask=None):
-                x, mean, m2, n = _moments(layer, inputs)
-                stats[id(layer)] = [ops.reshape(mean, (-1,)), m2, ops.reshape(n, (1,))]
-                if self._plan.batch_stats:
-                    return _batch_normalised(layer, x, mean, m2, n)
-                return original(inputs, training=training, mask=mask)
-            return call
+        def record(layer, mean, m2, n):
+            stats[id(layer)] = [ops.reshape(mean, (-1,)), m2, ops.reshape(n, (1,))]
 
-        with _wrapped(self._plan.order, make):
+        with _wrapped(self._plan.order, _recording(record, self._plan.batch_stats)):
             self.inner(images, training=False)
         return [t for layer in self._plan.order for t in stats[id(layer)]]
 
 
-def _pooled(probe: _Probe, images: np.ndarray, batch_size: int, indices: list[int]) -> dict[int, _Moments]:
-    """{layer index: its input's statistics pooled over every batch of ``images``}, one probe pass."""
-    pooled = {k: _Moments() for k in indices}
-    for start in range(0, len(images), batch_size):
-        out = probe.predict_on_batch(np.asarray(images[start : start + batch_size], np.float32))
-        for k, moments in pooled.items():
-            moments.add(out[3 * k], out[3 * k + 1], int(np.asarray(out[3 * k + 2]).reshape(-1)[0]))
-    return pooled
+def _measure(model: keras.Model, order: list, images: np.ndarray, batch_size: int, method: str,
+             passes: str) -> Callable[[list[int]], dict[int, _Moments]]:
+    """``measure(indices)``: {index into ``order``: that layer's input statistics pooled over every
+    batch of ``images``}, from one pass over them (all of ``order`` for ``batch``, one layer for
+    ``exact``)."""
+    batch_stats = method == "batch"
+    if passes == "compiled":
+        probe = _Probe(model, order, batch_stats)
+
+        def measure(indices: list[int]) -> dict[int, _Moments]:
+            pooled = {k: _Moments() for k in indices}
+            for start in range(0, len(images), batch_size):
+                out = probe.predict_on_batch(np.asarray(images[start : start + batch_size], np.float32))
+                for k, moments in pooled.items():
+                    moments.add(out[3 * k], out[3 * k + 1], out[3 * k + 2])
+            return pooled
+
+        return measure
+
+    def measure(indices: list[int]) -> dict[int, _Moments]:
+        pooled = {k: _Moments() for k in indices}
+        by_layer = {id(order[k]): moments for k, moments in pooled.items()}
+        wrapped = order if batch_stats else [order[k] for k in indices]
+        stop_at = None if batch_stats else order[max(indices)]
+        with _wrapped(wrapped, _recording(lambda layer, *m: by_layer[id(layer)].add(*m), batch_stats, stop_at)):
+            _forward(model, images, batch_size)
+        return pooled
+
+    return measure
 
 
 def _assign(layer, moments: _Moments) -> None:
@@ -180,15 +232,19 @@ def _assign(layer, moments: _Moments) -> None:
 
 
 def adapt_batchnorm(model: keras.Model, images: np.ndarray, batch_size: int = 64, method: str = "exact",
-                    copy: bool = False, log: Callable[[str], None] | None = None) -> keras.Model:
+                    copy: bool = False, log: Callable[[str], None] | None = None, passes: str = "eager"
+                    ) -> keras.Model:
     """Re-estimates the BatchNormalization statistics of ``model`` on ``images`` (raw model inputs,
     e.g. uint8 [N, S, S, 3] crops) and returns the model (``copy=True``: a clone, ``model`` untouched).
 
-    ``method``: ``exact`` or ``batch`` (module docstring). Raises ValueError for no images, a model
-    without BatchNormalization, batch renormalisation, or a layer called twice per pass.
+    ``method``: ``exact`` or ``batch``; ``passes``: ``eager`` or ``compiled`` (module docstring).
+    Raises ValueError for no images, a model without BatchNormalization, batch renormalisation, or a
+    layer called twice per pass.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r}: choose one of {METHODS}")
+    if passes not in PASSES:
+        raise ValueError(f"passes={passes!r}: choose one of {PASSES}")
     if len(images) == 0 or batch_size < 1:
         raise ValueError(f"adapt_batchnorm needs target images and batch_size >= 1 (got {len(images)} images)")
     if copy:
@@ -202,18 +258,18 @@ def adapt_batchnorm(model: keras.Model, images: np.ndarray, batch_size: int = 64
         raise ValueError("batch renormalisation layers (renorm=True) are not supported by adapt_batchnorm")
     started = time.time()
     order = _call_order(model, layers, np.asarray(images[:1]))
-    probe = _Probe(model, order, batch_stats=method == "batch")
+    measure = _measure(model, order, images, batch_size, method, passes)
     if method == "batch":
-        for layer, moments in zip(order, _pooled(probe, images, batch_size, list(range(len(order)))).values()):
+        for layer, moments in zip(order, measure(list(range(len(order)))).values()):
             _assign(layer, moments)
     else:
         for k, target in enumerate(order):
-            _assign(target, _pooled(probe, images, batch_size, [k])[k])
+            _assign(target, measure([k])[k])
             if log and (k + 1) % 10 == 0:
                 log(f"adabn: {k + 1}/{len(order)} layers, {time.time() - started:.0f}s")
     if log:
         unused = len(layers) - len(order)
-        log(f"adabn ({method}): {len(order)} BatchNormalization layers re-estimated on {len(images)} images in "
+        log(f"adabn ({method}, {passes} passes): {len(order)} BatchNormalization layers re-estimated on {len(images)} images in "
             f"{time.time() - started:.1f}s" + (f"; {unused} never called, left as they were" if unused else ""))
     return model
 
@@ -230,7 +286,7 @@ def adaptation_record(photos, crops: int, crop_side, image_size: int, seed: int,
 def adapt_to_source(model: keras.Model, source: str, data_root: str = "", split: str = "train", crops: int = 1024,
                     crop_side: tuple[int, int] = (96, 192), seed: int = 0, batch_size: int = 64,
                     method: str = "exact", copy: bool = True, val_fraction: float = 0.2,
-                    image_size: int | None = None, log: Callable[[str], None] | None = None
+                    image_size: int | None = None, log: Callable[[str], None] | None = None, passes: str = "eager"
                     ) -> tuple[keras.Model, dict]:
     """AdaBN on ``split`` of photo sources (``--data_dir`` syntax, e.g. the left-out source of a
     leave-one-source-out run): ``crops`` random crops of its photos, labels and masks unused.
@@ -247,5 +303,5 @@ def adapt_to_source(model: keras.Model, source: str, data_root: str = "", split:
         raise ValueError(f"model {model.name!r} has no fixed input size: pass image_size")
     photos = from_sources(source, data_root, split, val_fraction)
     images = random_crops(photos.images, crops, size, crop_side, seed)
-    adapted = adapt_batchnorm(model, images, batch_size, method, copy, log)
+    adapted = adapt_batchnorm(model, images, batch_size, method, copy, log, passes)
     return adapted, adaptation_record(photos, crops, crop_side, size, seed, method, f"{source} ({split})", adapted)
