@@ -80,8 +80,12 @@ def test_loso_job_synth_crack_backbones_start_from_one_synthetic_backbone(job_tr
     recorder.write_text(RECORDER + 'for a in "$@"; do case $a in --output=*) touch "${a#--output=}";; esac; done\n')
     done = subprocess.run(["bash", "tools/gpu_jobs/loso.sh"], cwd=repo, capture_output=True, text=True,
                           env=dict(env, ONLY="^synthpre$", JOB_S="200", BACKBONE="synth_crack", FOLDS="no_deepcrack",
-                                   REPEAT="0"), timeout=60)
+                                   REPEAT="0", GRID_EXTRA="--adabn_eval_crops=0"), timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+    grid = next(line.split() for line in calls.read_text().splitlines()
+                if line.startswith("tools/ablate.py") and "--report_only" not in line)
+    extra = next(a for a in grid if a.startswith("--extra=--loader_processes=true"))
+    assert extra.endswith(",--adabn_eval_crops=0")  # GRID_EXTRA: after the loader flags, in the same --extra
     pre = [line.split() for line in calls.read_text().splitlines() if line.startswith("tools/pretrain.py")]
     assert len(pre) == 2 and "--mode=synthetic" in pre[0] and "--output=runs/pretrain/synthetic.weights.h5" in pre[0]
     assert "--mode=crack" in pre[1] and "--data_dir=uav75,uavcrack" in pre[1]

@@ -12,6 +12,8 @@
 #   BACKBONE=synth_crack: every fold's backbone starts from one pretrained on synthetic cracks
 #   (SYNTH_STEPS=1000; runs/pretrain/loso_synth_<fold>.weights.h5, the grid's `synthpre` row).
 #   FOLD_STEPS=3000: longer fold backbones, runs/pretrain/loso_synth3000_<fold>.weights.h5 (common.sh)
+#   GRID_EXTRA=--adabn_eval_crops=0: more trainer flags for every run of both grids (after the grid's
+#   own --extra, so they win; e.g. rows whose AdaBN column is not the question, without its minutes)
 # At most 8 files come back from $OUT, so $OUT gets only: machine.txt, loso.log (this job's output),
 # the results of both grids and runs.tgz (run.json, margins.npz, history, logs, runs/few_shot and
 # runs/few_shot_finetune; no models).
@@ -24,6 +26,7 @@ slots=$(( RUNS_FIT - (${REPEAT:-1} != 0) ))
 parallel=${PARALLEL:-$(( slots < 12 ? slots : 12 ))}
 [ "$parallel" -ge 1 ] || parallel=1
 loader=$(loader_extra "${LOADER_RUNS:-$(( parallel + 1 ))}")  # LOADER_RUNS: loso_cv.sh's count, the same every call
+[ -n "${GRID_EXTRA:-}" ] && loader="$loader,$GRID_EXTRA"  # one --extra: comma-separated trainer flags
 exec > >(tee -a "$OUT/loso.log") 2>&1
 grid=configs/ablation_loso.cfg
 pack() {  # what has finished so far, in one archive
