@@ -94,7 +94,7 @@ def test_operating_point_times_each_part_and_adabn_adds_over_sources():
     assert finish.timed(None, "x", max, 2, 3) == 3  # without a dict: the result only
 
 
-def test_the_trainers_adapt_step_reads_the_eval_sources_unlabelled_train_photos(tmp_path):
+def test_the_trainers_adapt_step_reads_the_eval_sources_unlabelled_train_photos(tmp_path, monkeypatch):
     from crack_tf.training.config import from_values
     from crack_tf.training.loop import _adabn
     from tests.photo_data import write_source
@@ -107,3 +107,21 @@ def test_the_trainers_adapt_step_reads_the_eval_sources_unlabelled_train_photos(
     before = np.array(model.layers[2].moving_mean)
     _adabn(cfg)(model, "site")
     assert not np.allclose(np.array(model.layers[2].moving_mean), before)  # adapted in place
+    # --adabn_passes reaches adapt_batchnorm; compiled passes re-estimate the same statistics.
+    from crack_tf.training import adabn
+
+    seen, real = [], adabn.adapt_batchnorm
+    monkeypatch.setattr(adabn, "adapt_batchnorm", lambda *a, **k: seen.append(a[6] if len(a) > 6 else k.get("passes"))
+                        or real(*a, **k))
+    compiled = _model()
+    _adabn(from_values({**cfg.flat(), "adabn_passes": "compiled"}))(compiled, "site")
+    assert seen == ["compiled"]
+    np.testing.assert_allclose(np.array(compiled.layers[2].moving_mean), np.array(model.layers[2].moving_mean),
+                               rtol=1e-4, atol=1e-4)
+    from absl.flags import IllegalFlagValueError
+
+    from crack_tf.training.config import parse_args
+
+    with pytest.raises(IllegalFlagValueError, match="adabn_passes=jit: value should be one of <eager|compiled>"):
+        parse_args(["--adabn_passes=jit"])
+    assert [parse_args([f"--adabn_passes={p}"]).adabn_passes for p in adabn.PASSES] == list(adabn.PASSES)

@@ -75,6 +75,9 @@ _GROUPS: dict[str, list[tuple]] = {"model": [
     ("integer", "adabn_eval_crops", 0, "With --eval_sources: also score each of those sources at the stored "
      "operating point after AdaBN (BatchNorm statistics re-estimated on this many unlabelled crops of its "
      "train photos; 0 = off): a new site adapted without labels.", None),
+    ("enum", "adabn_passes", "eager", "With --adabn_eval_crops: how AdaBN runs its passes, op by op (eager) "
+     "or through one compiled probe model (compiled; crack_tf.training.adabn, tools/bench_adabn.py).",
+     ("eager", "compiled")),
     ("bool", "save_eval_features", False, "With --eval_sources: also write those tiles' penultimate features "
      "(every test-time view, float16) and the head's weights to <model_dir>/features.npz, for the few-shot "
      "last-layer calibration curve (tools/few_shot_curve.py --fit=last_layer).", None),

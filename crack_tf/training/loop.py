@@ -148,7 +148,8 @@ def _adabn(cfg: TrainConfig):
 
     def adapt(model: keras.Model, source: str) -> None:
         adapt_to_source(model, source, cfg.data_root, cfg.train_split, crops=cfg.adabn_eval_crops,
-                        crop_side=tuple(cfg.crop_side), seed=cfg.seed, image_size=cfg.image_size, copy=False)
+                        crop_side=tuple(cfg.crop_side), seed=cfg.seed, image_size=cfg.image_size, copy=False,
+                        passes=cfg.adabn_passes)
 
     return adapt
 
