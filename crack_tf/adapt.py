@@ -23,7 +23,7 @@ import time
 
 from absl import flags
 
-from crack_tf.training.adabn import METHODS
+from crack_tf.training.adabn import METHODS, PASSES
 
 FLAGS = flags.FLAGS
 
@@ -42,12 +42,15 @@ def define_flags() -> None:
     flags.DEFINE_integer("batch_size", 64, "Crops per forward pass.")
     flags.DEFINE_enum("method", "exact", list(METHODS), "exact: layer by layer at inference (one pass per "
                       "BatchNorm layer); batch: one pass with batch statistics (classic AdaBN, ~30x cheaper).")
+    flags.DEFINE_enum("passes", "eager", list(PASSES), "eager: passes op by op, exact's stopped at the layer "
+                      "measured; compiled: full passes through one compiled probe model (crack_tf.training.adabn).")
     flags.DEFINE_bool("recursive", False, "Also read the sub-folders of --photos folders.")
 
 
 def adapt_file(model_path: str, out: str, photos: list[str] | None = None, source: str = "", data_root: str = "",
                split: str = "train", crops: int = 1024, crop_side: tuple[int, int] = (96, 192), image_size: int = 0,
-               seed: int = 0, batch_size: int = 64, method: str = "exact", recursive: bool = False) -> dict:
+               seed: int = 0, batch_size: int = 64, method: str = "exact", recursive: bool = False,
+               passes: str = "eager") -> dict:
     """Adapts the ``.keras`` file ``model_path`` and writes ``out``; returns the adaptation record."""
     import keras
 
@@ -85,10 +88,11 @@ def adapt_file(model_path: str, out: str, photos: list[str] | None = None, sourc
     images = random_crops(found.images, crops, int(size), (lo, hi), seed)
     print(f"adapt: {len(images)} crops of {len(found.images)} photos at {size} px "
           f"({len(found.skipped)} skipped)", flush=True)
-    adapt_batchnorm(model, images, batch_size, method, log=lambda line: print(line, flush=True))
+    adapt_batchnorm(model, images, batch_size, method, log=lambda line: print(line, flush=True), passes=passes)
     record = adaptation_record(found, crops, (lo, hi), int(size), seed, method,
                                ",".join(photos) if photos else f"{source} ({split})", model)
     record["from_model"] = os.path.abspath(model_path)
+    record["passes"] = passes
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".adapt-{os.getpid()}.keras")
@@ -99,7 +103,7 @@ def adapt_file(model_path: str, out: str, photos: list[str] | None = None, sourc
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    print(f"summary: {record['bn_layers']} BatchNormalization layers adapted ({method}) on {len(images)} crops of "
+    print(f"summary: {record['bn_layers']} BatchNormalization layers adapted ({method}, {passes} passes) on {len(images)} crops of "
           f"{record['photos']} photos in {time.time() - started:.0f}s -> {out}", flush=True)
     return record
 
@@ -114,7 +118,7 @@ def main(argv: list[str]) -> int:
     if len(crop_side) != 2:
         raise ValueError(f"--crop_side={','.join(FLAGS.crop_side)}: use min,max photo pixels")
     adapt_file(FLAGS.model, FLAGS.out, FLAGS.photos, FLAGS.source, FLAGS.data_root, FLAGS.split, FLAGS.crops,
-               crop_side, FLAGS.image_size, FLAGS.seed, FLAGS.batch_size, FLAGS.method, FLAGS.recursive)
+               crop_side, FLAGS.image_size, FLAGS.seed, FLAGS.batch_size, FLAGS.method, FLAGS.recursive, FLAGS.passes)
     return 0
 
 

@@ -180,6 +180,7 @@ def test_adapt_command_keeps_the_metadata_and_records_the_adaptation(tmp_path):
     assert meta["operating_point"]["threshold"] == 0.31 and meta["image_size"] == 8
     assert meta["adabn"] == [json.loads(json.dumps(record))]
     assert record["photos"] == 3 and record["crops"] == 16 and record["bn_layers"] == 3 and record["date"][:2] == "20"
+    assert record["passes"] == "eager"
     original, adapted = (keras.saving.load_model(p, compile=False) for p in (path, out))
     assert not np.allclose(_layer(adapted, "bn1").moving_mean.numpy(), 0)
     for a, b in zip(_other_weights(adapted), _other_weights(original)):
@@ -209,17 +210,21 @@ def test_adapt_command_line_and_jax_backend(tmp_path):
             "sys.path.insert(0, sys.argv[1]); import tests.test_adabn as t, numpy as np\n"
             "target = np.clip(np.random.default_rng(0).normal(190, 20, (40, 8, 8, 3)), 0, 255).astype(np.uint8)\n"
             "t.test_exact_statistics_are_those_of_each_layers_inputs_and_nothing_else_changes(target)\n"
-            "t.test_batch_method_pools_the_statistics_of_training_mode_inputs(target)\nprint('jax ok')\n")
+            "t.test_batch_method_pools_the_statistics_of_training_mode_inputs(target)\n"
+            "t.test_compiled_passes_give_the_eager_statistics_for_both_methods(target)\nprint('jax ok')\n")
     done = subprocess.run([sys.executable, "-c", code, REPO], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "jax ok" in done.stdout, done.stderr[-3000:]
     command = [sys.executable, "-m", "crack_tf.adapt", f"--model={path}", "--crops=8", "--crop_side=16,32"]
     bad = subprocess.run([*command, f"--photos={tmp_path / 'empty'}", f"--out={tmp_path / 'a.keras'}"], env=env,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: no readable photo")
-    good = subprocess.run([*command, f"--photos={photos}", f"--out={tmp_path / 'b.keras'}", "--method=batch"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    good = subprocess.run([*command, f"--photos={photos}", f"--out={tmp_path / 'b.keras'}", "--method=batch",
+                           "--passes=compiled"], env=env, capture_output=True, text=True, timeout=300)
     assert good.returncode == 0, good.stderr[-3000:]
-    assert "summary: 2 BatchNormalization layers adapted (batch) on 8 crops of 3 photos" in good.stdout
+    assert "summary: 2 BatchNormalization layers adapted (batch, compiled passes) on 8 crops of 3 photos" in good.stdout
+    from crack_tf.model_meta import read_metadata
+
+    assert read_metadata(str(tmp_path / "b.keras"))["adabn"][-1]["passes"] == "compiled"
 
 
 @pytest.mark.slow
