@@ -11,7 +11,7 @@ unlabelled photos of the target site (``crack_tf.training.adabn``); all other we
 skipped by name). ``--source``: photo sources in ``--data_dir`` syntax, their ``--split`` photos
 only (masks unused; a source without ``val/`` gives its train fold, never the val fold).
 ``--out`` is a new ``.keras`` file with the model's crack_tf metadata (operating point, input
-size, ...) kept, and the adaptation appended to its ``adabn`` list (method, photos, SHA-256 of
+size, ...) kept, and the adaptation appended to its ``adabn`` list (method, passes, photos, SHA-256 of
 the photo files, crops, seed, date). The stored threshold was picked before adaptation.
 """
 
