@@ -90,9 +90,8 @@ def adapt_file(model_path: str, out: str, photos: list[str] | None = None, sourc
           f"({len(found.skipped)} skipped)", flush=True)
     adapt_batchnorm(model, images, batch_size, method, log=lambda line: print(line, flush=True), passes=passes)
     record = adaptation_record(found, crops, (lo, hi), int(size), seed, method,
-                               ",".join(photos) if photos else f"{source} ({split})", model)
+                               ",".join(photos) if photos else f"{source} ({split})", model, passes)
     record["from_model"] = os.path.abspath(model_path)
-    record["passes"] = passes
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".adapt-{os.getpid()}.keras")

@@ -45,8 +45,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from crack_tf.choices import ADABN_PASSES as PASSES
+
 METHODS = ("exact", "batch")
-PASSES = ("eager", "compiled")
 
 
 class _Stop(BaseException):  # not an Exception: Keras' traceback helpers pass it through untouched
@@ -275,9 +276,9 @@ def adapt_batchnorm(model: keras.Model, images: np.ndarray, batch_size: int = 64
 
 
 def adaptation_record(photos, crops: int, crop_side, image_size: int, seed: int, method: str, inputs: str,
-                      model: keras.Model) -> dict:
+                      model: keras.Model, passes: str = "eager") -> dict:
     """What the metadata of an adapted model records about its adaptation."""
-    return {"method": method, "inputs": inputs, "photos": len(photos.paths), "files_sha256": photos.digest(),
+    return {"method": method, "passes": passes, "inputs": inputs, "photos": len(photos.paths), "files_sha256": photos.digest(),
             "crops": int(crops), "crop_side": [int(v) for v in crop_side], "image_size": int(image_size),
             "seed": int(seed), "bn_layers": len(batchnorm_layers(model)), "backend": keras.backend.backend(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -304,4 +305,5 @@ def adapt_to_source(model: keras.Model, source: str, data_root: str = "", split:
     photos = from_sources(source, data_root, split, val_fraction)
     images = random_crops(photos.images, crops, size, crop_side, seed)
     adapted = adapt_batchnorm(model, images, batch_size, method, copy, log, passes)
-    return adapted, adaptation_record(photos, crops, crop_side, size, seed, method, f"{source} ({split})", adapted)
+    return adapted, adaptation_record(photos, crops, crop_side, size, seed, method, f"{source} ({split})", adapted,
+                                      passes)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from absl import flags
 
 from crack_tf.choices import (
+    ADABN_PASSES,
     ASPP_IMPLS,
     BALANCE,
     BEST_MODES,
@@ -77,7 +78,7 @@ _GROUPS: dict[str, list[tuple]] = {"model": [
      "train photos; 0 = off): a new site adapted without labels.", None),
     ("enum", "adabn_passes", "eager", "With --adabn_eval_crops: how AdaBN runs its passes, op by op (eager) "
      "or through one compiled probe model (compiled; crack_tf.training.adabn, tools/bench_adabn.py).",
-     ("eager", "compiled")),
+     ADABN_PASSES),
     ("bool", "save_eval_features", False, "With --eval_sources: also write those tiles' penultimate features "
      "(every test-time view, float16) and the head's weights to <model_dir>/features.npz, for the few-shot "
      "last-layer calibration curve (tools/few_shot_curve.py --fit=last_layer).", None),
