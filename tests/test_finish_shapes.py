@@ -111,3 +111,6 @@ def test_the_trainers_after_training_scoring_compiles_each_predict_function_once
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["predict_compiles"] == 2, result
+    # each part of the operating point timed, and together no more than the whole
+    assert set(result["parts"]) == {"final_val", "final_eval", "final_features", "best_val"}, result
+    assert all(v > 0 for v in result["parts"].values()) and sum(result["parts"].values()) <= result["seconds"]

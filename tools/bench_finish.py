@@ -3,11 +3,18 @@ final.keras and best.keras, margins.npz, features.npz), on the JAX backend:
 
   KERAS_BACKEND=jax python tools/bench_finish.py [--size=64] [--tta=none]
   KERAS_BACKEND=jax CRACK_TF_REPO=<another checkout> python tools/bench_finish.py   # the same there
+  # a leave-one-source-out run's operating point (no_uavcrack's tile counts, AdaBN on the real
+  # uavcrack train photos), where its ~200 s on the GPU go:
+  KERAS_BACKEND=jax python tools/bench_finish.py --size=224 --batch=128 --tta=d4 --precision=bf16 \
+      --val=deepcrack:560,uav75:151 --eval=uavcrack:1539 --adabn_crops=1024 --data_root=../shared/data
 
 A random resnet50_aspp, val tiles of two sources and eval tiles of a third whose counts are not
 multiples of the batch (short last batches, as the real splits have), scored through
-``crack_tf.training.loop._store_operating_point`` as the trainer calls it. Prints one JSON line:
-the XLA compiles of predict functions (each new batch shape or model is one) and the seconds.
+``crack_tf.training.loop._store_operating_point`` as the trainer calls it. With ``--adabn_crops``
+the eval source is also scored after AdaBN on that many crops of its train photos under
+``--data_root`` (the eval source's name must then be a real source), as ``--adabn_eval_crops``
+does. Prints one JSON line: the XLA compiles of predict functions (each new batch shape or model
+is one), the seconds, and each part's seconds (run.json's ``operating_point_seconds``).
 """
 
 from __future__ import annotations
@@ -46,12 +53,28 @@ def _part(rng, n: int, size: int, batch: int):
                                  groups=[])
 
 
+def _counts(text: str) -> dict[str, int]:
+    """``name:count,name:count`` -> {name: count}."""
+    pairs = [item.split(":") for item in text.split(",") if item]
+    if not pairs or any(len(p) != 2 or not p[1].isdigit() or int(p[1]) < 1 for p in pairs):
+        raise SystemExit(f"expected source:tiles[,source:tiles...] with tiles >= 1, got {text!r}")
+    return {name: int(n) for name, n in pairs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64, help="Tile size.")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--tta", default="none")
+    parser.add_argument("--val", default="a:75,b:45", help="Val tiles per source, source:count,...")
+    parser.add_argument("--eval", default="c:50", help="Eval (--eval_sources) tiles per source.")
+    parser.add_argument("--precision", choices=("float32", "bf16"), default="float32")
+    parser.add_argument("--adabn_crops", type=int, default=0, help="AdaBN crops of each eval source (0: none).")
+    parser.add_argument("--adabn_passes", choices=("eager", "compiled"), default="eager")
+    parser.add_argument("--data_root", default="", help="Where the eval sources' train photos are (AdaBN).")
     args = parser.parse_args()
+    if args.adabn_crops and not args.data_root:
+        raise SystemExit("--adabn_crops reads the eval sources' train photos: give --data_root")
     import jax
     import keras
     import numpy as np
@@ -64,23 +87,30 @@ def main() -> None:
     compiles = _Compiles()
     jax.config.update("jax_log_compiles", True)
     logging.getLogger("jax").addHandler(compiles)
+    if args.precision == "bf16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     rng = np.random.default_rng(0)
-    val = types.SimpleNamespace(by_source={"a": _part(rng, 75, args.size, args.batch),
-                                           "b": _part(rng, 45, args.size, args.batch)})
-    eval_input = types.SimpleNamespace(by_source={"c": _part(rng, 50, args.size, args.batch)})
+    val = types.SimpleNamespace(by_source={name: _part(rng, n, args.size, args.batch)
+                                           for name, n in _counts(args.val).items()})
+    eval_input = types.SimpleNamespace(by_source={name: _part(rng, n, args.size, args.batch)
+                                                  for name, n in _counts(args.eval).items()})
     model = models.get("resnet50_aspp", input_shape=(args.size, args.size, 3))
     with tempfile.TemporaryDirectory() as out:
         for name in ("final.keras", "best.keras"):
             model.save(os.path.join(out, name))
         cfg = types.SimpleNamespace(threshold_rule="f1", tta=args.tta, model_dir=out, save_eval_features=True,
                                     image_size=args.size, small_policy="resize", model="resnet50_aspp",
-                                    adabn_eval_crops=0)
+                                    adabn_eval_crops=args.adabn_crops, adabn_passes=args.adabn_passes,
+                                    data_root=args.data_root, train_split="train", crop_side=(96, 192), seed=0)
         runtime = types.SimpleNamespace(num_processes=1, strategy=None)
+        parts: dict[str, float] = {}
         started = time.perf_counter()
-        _store_operating_point(model, cfg, val, out, runtime, eval_input)
+        _store_operating_point(model, cfg, val, out, runtime, eval_input, parts)
         seconds = time.perf_counter() - started
     print(json.dumps({"repo": sys.path[0], "predict_compiles": compiles.predict, "seconds": round(seconds, 2),
-                      "size": args.size, "batch": args.batch, "tta": args.tta}))
+                      "parts": parts, "size": args.size, "batch": args.batch, "tta": args.tta,
+                      "precision": args.precision, "val": args.val, "eval": args.eval,
+                      "adabn_crops": args.adabn_crops, "adabn_passes": args.adabn_passes}))
 
 
 if __name__ == "__main__":
