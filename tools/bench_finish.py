@@ -14,7 +14,8 @@ multiples of the batch (short last batches, as the real splits have), scored thr
 the eval source is also scored after AdaBN on that many crops of its train photos under
 ``--data_root`` (the eval source's name must then be a real source), as ``--adabn_eval_crops``
 does. Prints one JSON line: the XLA compiles of predict functions (each new batch shape or model
-is one), the seconds, and each part's seconds (run.json's ``operating_point_seconds``).
+is one), the seconds, and each part's seconds (run.json's ``operating_point_seconds``); stopped by
+SIGTERM (``timeout``), it prints the parts timed so far, the one cut off included.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -42,6 +44,14 @@ class _Compiles(logging.Handler):
         message = record.getMessage()
         if "Finished XLA compilation" in message and "predict" in message:
             self.predict += 1
+
+
+class _Stopped(Exception):
+    """SIGTERM (e.g. ``timeout``) mid-way: the parts timed so far are still printed."""
+
+
+def _stop(signum, frame) -> None:
+    raise _Stopped
 
 
 def _part(rng, n: int, size: int, batch: int):
@@ -104,10 +114,15 @@ def main() -> None:
                                     data_root=args.data_root, train_split="train", crop_side=(96, 192), seed=0)
         runtime = types.SimpleNamespace(num_processes=1, strategy=None)
         parts: dict[str, float] = {}
-        started = time.perf_counter()
-        _store_operating_point(model, cfg, val, out, runtime, eval_input, parts)
+        started, stopped = time.perf_counter(), False
+        signal.signal(signal.SIGTERM, _stop)
+        try:
+            _store_operating_point(model, cfg, val, out, runtime, eval_input, parts)
+        except _Stopped:  # the part cut off keeps its seconds so far (finish.timed)
+            stopped = True
         seconds = time.perf_counter() - started
     print(json.dumps({"repo": sys.path[0], "predict_compiles": compiles.predict, "seconds": round(seconds, 2),
+                      "stopped_by_sigterm": stopped,
                       "parts": parts, "size": args.size, "batch": args.batch, "tta": args.tta,
                       "precision": args.precision, "val": args.val, "eval": args.eval,
                       "adabn_crops": args.adabn_crops, "adabn_passes": args.adabn_passes}))

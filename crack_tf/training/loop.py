@@ -92,16 +92,18 @@ def _store_operating_point(model, cfg, val_input, out_dir: str, runtime, eval_in
         # needs its own point, and skipping them saves the minutes a time-limited GPU call lacks.
         scored = eval_input if name == "final.keras" else None
         parts: dict[str, float] = {}
-        with _scoring_model(model, path, runtime) as scorer:
-            points, margins = finish.operating_point(scorer, val_input, cfg.threshold_rule, cfg.tta, scored,
-                                                     _adabn(cfg) if scored is not None else None, parts)
-            if name == "final.keras":
-                finish.save_margins(os.path.join(cfg.model_dir, "margins.npz"), margins)
-                if cfg.save_eval_features and eval_input is not None:
-                    features = finish.timed(parts, "features", finish.eval_features, scorer, eval_input, cfg.tta)
-                    finish.save_margins(os.path.join(cfg.model_dir, "features.npz"), features, compress=False)
-        if seconds is not None:
-            seconds.update({f"{name.split('.')[0]}_{part}": secs for part, secs in parts.items()})
+        try:
+            with _scoring_model(model, path, runtime) as scorer:
+                points, margins = finish.operating_point(scorer, val_input, cfg.threshold_rule, cfg.tta, scored,
+                                                         _adabn(cfg) if scored is not None else None, parts)
+                if name == "final.keras":
+                    finish.save_margins(os.path.join(cfg.model_dir, "margins.npz"), margins)
+                    if cfg.save_eval_features and eval_input is not None:
+                        features = finish.timed(parts, "features", finish.eval_features, scorer, eval_input, cfg.tta)
+                        finish.save_margins(os.path.join(cfg.model_dir, "features.npz"), features, compress=False)
+        finally:  # also the parts timed before an interruption (tools/bench_finish.py under a timeout)
+            if seconds is not None:
+                seconds.update({f"{name.split('.')[0]}_{part}": secs for part, secs in parts.items()})
         chosen = points[cfg.tta]
         at = chosen["val_at_threshold"]
         print(f"{name} operating point ({cfg.threshold_rule} on val, tta {cfg.tta}): threshold "
