@@ -228,3 +228,28 @@ def test_backbone_repeat_pretrains_the_synthetic_backbone_twice_and_compares(job
                           cwd=repo, capture_output=True, text=True, env=dict(real, SKIP_WHEELS="1"), timeout=60)
     lines = [line for line in same.stdout.splitlines() if line.startswith("backbone pretrained twice")]
     assert len(lines) == 2 and "IDENTICAL" in lines[0] and "DIFFER" in lines[1], same.stdout + same.stderr
+
+
+def test_finish_speed_scores_each_fold_side_by_side_once_per_pass_kind(job_tree):
+    """finish_speed.sh: bench_finish for the three folds (their tile counts, AdaBN on the left-out
+    source) per pass kind, each fold's JSON line labelled with it; an unknown fold is refused."""
+    import json
+
+    repo, env, calls = job_tree
+    (repo.parent / "bin" / "python3").write_text('#!/usr/bin/env bash\necho "$*" >> "$CALLS"\necho "{\\"seconds\\": 1}"\n')
+    done = subprocess.run(["bash", "tools/gpu_jobs/finish_speed.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, FOLD_S="20"), timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    benches = [line for line in calls.read_text().splitlines() if "bench_finish.py" in line]
+    assert len(benches) == 6
+    for passes in ("compiled", "eager"):
+        for val, left_out in (("uavcrack:1539,deepcrack:560", "uav75:151"), ("deepcrack:560,uav75:151", "uavcrack:1539"),
+                              ("uavcrack:1539,uav75:151", "deepcrack:560")):
+            assert sum(f"--adabn_passes={passes} --val={val} --eval={left_out}" in b for b in benches) == 1
+    assert all("--size=224" in b and "--tta=d4" in b and "--precision=bf16" in b and "--adabn_crops=1024" in b
+               for b in benches)
+    lines = [json.loads(line) for line in (repo.parent / "out" / "finish_speed.jsonl").read_text().splitlines()]
+    assert sorted(line["fold"] for line in lines) == sorted(["no_uav75", "no_uavcrack", "no_deepcrack"] * 2)
+    refused = subprocess.run(["bash", "tools/gpu_jobs/finish_speed.sh"], cwd=repo, capture_output=True, text=True,
+                             env=dict(env, FOLDS="no_such"), timeout=60)
+    assert refused.returncode == 2 and "unknown fold no_such" in refused.stdout
