@@ -114,3 +114,13 @@ def test_the_trainers_after_training_scoring_compiles_each_predict_function_once
     # each part of the operating point timed, and together no more than the whole
     assert set(result["parts"]) == {"final_val", "final_eval", "final_features", "best_val"}, result
     assert all(v > 0 for v in result["parts"].values()) and sum(result["parts"].values()) <= result["seconds"]
+
+
+def test_bench_finish_reads_tile_counts_per_source_and_refuses_malformed_ones():
+    from tests.tool_loader import load_tool
+
+    counts = load_tool("bench_finish")._counts
+    assert counts("deepcrack:560,uav75:151") == {"deepcrack": 560, "uav75": 151}
+    for bad in ("", "uav75", "uav75:0", "uav75:x", "a:1:2"):
+        with pytest.raises(SystemExit, match="source:tiles"):
+            counts(bad)

@@ -250,6 +250,8 @@ def test_finish_speed_scores_each_fold_side_by_side_once_per_pass_kind(job_tree)
                for b in benches)
     lines = [json.loads(line) for line in (repo.parent / "out" / "finish_speed.jsonl").read_text().splitlines()]
     assert sorted(line["fold"] for line in lines) == sorted(["no_uav75", "no_uavcrack", "no_deepcrack"] * 2)
+    calls.write_text("")
     refused = subprocess.run(["bash", "tools/gpu_jobs/finish_speed.sh"], cwd=repo, capture_output=True, text=True,
-                             env=dict(env, FOLDS="no_such"), timeout=60)
+                             env=dict(env, FOLDS="no_uav75,no_such"), timeout=60)
     assert refused.returncode == 2 and "unknown fold no_such" in refused.stdout
+    assert "bench_finish.py" not in calls.read_text()  # refused before any fold started

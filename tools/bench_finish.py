@@ -21,6 +21,7 @@ SIGTERM (``timeout``), it prints the parts timed so far, the one cut off include
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -80,11 +81,16 @@ def main() -> None:
     parser.add_argument("--eval", default="c:50", help="Eval (--eval_sources) tiles per source.")
     parser.add_argument("--precision", choices=("float32", "bf16"), default="float32")
     parser.add_argument("--adabn_crops", type=int, default=0, help="AdaBN crops of each eval source (0: none).")
-    parser.add_argument("--adabn_passes", choices=("eager", "compiled"), default="eager")
+    parser.add_argument("--adabn_passes", default="eager", help="eager | compiled (crack_tf.choices.ADABN_PASSES).")
     parser.add_argument("--data_root", default="", help="Where the eval sources' train photos are (AdaBN).")
     args = parser.parse_args()
-    if args.adabn_crops and not args.data_root:
-        raise SystemExit("--adabn_crops reads the eval sources' train photos: give --data_root")
+    if args.adabn_crops:  # (imported only here: an older CRACK_TF_REPO checkout has no pass kinds)
+        from crack_tf.choices import ADABN_PASSES
+
+        if args.adabn_passes not in ADABN_PASSES:
+            raise SystemExit(f"--adabn_passes={args.adabn_passes!r}: choose one of {ADABN_PASSES}")
+        if not args.data_root:
+            raise SystemExit("--adabn_crops reads the eval sources' train photos: give --data_root")
     import jax
     import keras
     import numpy as np
@@ -114,10 +120,12 @@ def main() -> None:
                                     data_root=args.data_root, train_split="train", crop_side=(96, 192), seed=0)
         runtime = types.SimpleNamespace(num_processes=1, strategy=None)
         parts: dict[str, float] = {}
+        # (an older CRACK_TF_REPO checkout's _store_operating_point times no parts)
+        timing = {"seconds": parts} if "seconds" in inspect.signature(_store_operating_point).parameters else {}
         started, stopped = time.perf_counter(), False
         signal.signal(signal.SIGTERM, _stop)
         try:
-            _store_operating_point(model, cfg, val, out, runtime, eval_input, parts)
+            _store_operating_point(model, cfg, val, out, runtime, eval_input, **timing)
         except _Stopped:  # the part cut off keeps its seconds so far (finish.timed)
             stopped = True
         seconds = time.perf_counter() - started

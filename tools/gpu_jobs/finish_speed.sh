@@ -7,15 +7,19 @@
 # compiled,eager). A process stopped at its limit (FOLD_S, 150 s) still prints the parts timed so far.
 # Lines: $OUT/finish_speed.jsonl (one JSON per fold and pass kind: seconds, operating-point parts,
 # predict compiles), logs $OUT/finish_speed_<passes>_<fold>.log. Carry .wheels and .data; about
-# 2 x FOLD_S seconds. FOLDS=no_uavcrack: one fold (the largest left-out split) only.
+# 2 x FOLD_S seconds. FOLDS=no_uavcrack: one fold (the largest left-out split) only; CROPS: AdaBN's
+# crops (1,024, the grids' --adabn_eval_crops).
 source tools/gpu_jobs/common.sh
 # val tiles of the fold's training sources, then the left-out source's (the splits of 2026-12-06)
 declare -A FOLD_TILES=([no_uav75]="uavcrack:1539,deepcrack:560 uav75:151"
                        [no_uavcrack]="deepcrack:560,uav75:151 uavcrack:1539"
                        [no_deepcrack]="uavcrack:1539,uav75:151 deepcrack:560")
+folds=$(tr ',' ' ' <<< "${FOLDS:-no_uav75,no_uavcrack,no_deepcrack}")
+for fold in $folds; do  # all checked before any starts
+  [ -n "${FOLD_TILES[$fold]:-}" ] || { echo "finish_speed.sh: unknown fold $fold (${!FOLD_TILES[*]})"; exit 2; }
+done
 for passes in $(tr ',' ' ' <<< "${PASSES:-compiled,eager}"); do
-  for fold in $(tr ',' ' ' <<< "${FOLDS:-no_uav75,no_uavcrack,no_deepcrack}"); do
-    [ -n "${FOLD_TILES[$fold]:-}" ] || { echo "finish_speed.sh: unknown fold $fold (${!FOLD_TILES[*]})"; exit 2; }
+  for fold in $folds; do
     read -r val left_out <<< "${FOLD_TILES[$fold]}"
     log=$OUT/finish_speed_${passes}_$fold.log
     ( XLA_PYTHON_CLIENT_MEM_FRACTION=$RUN_FRACTION timeout -k 10 "${FOLD_S:-150}" python3 tools/bench_finish.py \
