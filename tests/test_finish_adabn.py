@@ -111,11 +111,11 @@ def test_the_trainers_adapt_step_reads_the_eval_sources_unlabelled_train_photos(
     from crack_tf.training import adabn
 
     seen, real = [], adabn.adapt_batchnorm
-    monkeypatch.setattr(adabn, "adapt_batchnorm", lambda *a, **k: seen.append(a[6] if len(a) > 6 else k.get("passes"))
-                        or real(*a, **k))
+    monkeypatch.setattr(adabn, "adapt_batchnorm", lambda *a, **k: seen.append((a[2], a[6] if len(a) > 6 else
+                                                                               k.get("passes"))) or real(*a, **k))
     compiled = _model()
-    _adabn(from_values({**cfg.flat(), "adabn_passes": "compiled"}))(compiled, "site")
-    assert seen == ["compiled"]
+    _adabn(from_values({**cfg.flat(), "adabn_passes": "compiled", "adabn_batch_size": 5}))(compiled, "site")
+    assert seen == [(5, "compiled")]  # --adabn_batch_size reaches it too (12 crops: batches of 5, 5, 2)
     np.testing.assert_allclose(np.array(compiled.layers[2].moving_mean), np.array(model.layers[2].moving_mean),
                                rtol=1e-4, atol=1e-4)
     from absl.flags import IllegalFlagValueError

@@ -101,6 +101,8 @@ def test_adabn_scoring_needs_eval_sources():
         train_flags.validate(from_values({"adabn_eval_crops": 64}))
     with pytest.raises(ValueError, match="zhang2016 has no BatchNorm"):
         train_flags.validate(from_values({"adabn_eval_crops": 64, "eval_sources": "uav75", "model": "zhang2016"}))
+    with pytest.raises(ValueError, match="--adabn_batch_size=0: must be >= 1"):
+        train_flags.validate(from_values({"adabn_batch_size": 0}))
     train_flags.validate(from_values({"adabn_eval_crops": 64, "eval_sources": "uav75", "data_source": "photos",
                                       "data_dir": "uavcrack"}))
     with pytest.raises(ValueError, match="--save_eval_features needs --eval_sources"):

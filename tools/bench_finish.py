@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=("float32", "bf16"), default="float32")
     parser.add_argument("--adabn_crops", type=int, default=0, help="AdaBN crops of each eval source (0: none).")
     parser.add_argument("--adabn_passes", default="eager", help="eager | compiled (crack_tf.choices.ADABN_PASSES).")
+    parser.add_argument("--adabn_batch_size", type=int, default=64, help="Crops per AdaBN pass.")
     parser.add_argument("--data_root", default="", help="Where the eval sources' train photos are (AdaBN).")
     args = parser.parse_args()
     if args.adabn_crops:  # (imported only here: an older CRACK_TF_REPO checkout has no pass kinds)
@@ -117,6 +118,7 @@ def main() -> None:
         cfg = types.SimpleNamespace(threshold_rule="f1", tta=args.tta, model_dir=out, save_eval_features=True,
                                     image_size=args.size, small_policy="resize", model="resnet50_aspp",
                                     adabn_eval_crops=args.adabn_crops, adabn_passes=args.adabn_passes,
+                                    adabn_batch_size=args.adabn_batch_size,
                                     data_root=args.data_root, train_split="train", crop_side=(96, 192), seed=0)
         runtime = types.SimpleNamespace(num_processes=1, strategy=None)
         parts: dict[str, float] = {}
@@ -133,7 +135,8 @@ def main() -> None:
                       "stopped_by_sigterm": stopped,
                       "parts": parts, "size": args.size, "batch": args.batch, "tta": args.tta,
                       "precision": args.precision, "val": args.val, "eval": args.eval,
-                      "adabn_crops": args.adabn_crops, "adabn_passes": args.adabn_passes}))
+                      "adabn_crops": args.adabn_crops, "adabn_passes": args.adabn_passes,
+                      "adabn_batch_size": args.adabn_batch_size}))
 
 
 if __name__ == "__main__":

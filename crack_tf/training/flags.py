@@ -79,6 +79,8 @@ _GROUPS: dict[str, list[tuple]] = {"model": [
     ("enum", "adabn_passes", "eager", "With --adabn_eval_crops: how AdaBN runs its passes, op by op (eager) "
      "or through one compiled probe model (compiled; crack_tf.training.adabn, tools/bench_adabn.py).",
      ADABN_PASSES),
+    ("integer", "adabn_batch_size", 64, "With --adabn_eval_crops: crops per AdaBN pass (the statistics are pooled "
+     "exactly over batches: the size changes speed and memory only).", None),
     ("bool", "save_eval_features", False, "With --eval_sources: also write those tiles' penultimate features "
      "(every test-time view, float16) and the head's weights to <model_dir>/features.npz, for the few-shot "
      "last-layer calibration curve (tools/few_shot_curve.py --fit=last_layer).", None),
@@ -236,6 +238,8 @@ def validate(cfg) -> None:
         problems.append("--adabn_eval_crops must be >= 0 and needs --eval_sources (the sources to adapt to)")
     elif cfg.adabn_eval_crops and cfg.model == "zhang2016":
         problems.append("--adabn_eval_crops adapts BatchNorm statistics: zhang2016 has no BatchNorm layer")
+    if cfg.adabn_batch_size < 1:
+        problems.append(f"--adabn_batch_size={cfg.adabn_batch_size}: must be >= 1")
     if cfg.save_eval_features and not cfg.eval_sources:
         problems.append("--save_eval_features needs --eval_sources (the tiles whose features are written)")
     if not 0 <= cfg.max_padding <= 1 or not 0 < cfg.val_fraction < 1:

@@ -143,15 +143,16 @@ def _scoring_model(model: keras.Model, path: str, runtime):
 
 
 def _adabn(cfg: TrainConfig):
-    """With ``--adabn_eval_crops``: AdaBN to one eval source (its unlabelled train photos), in place."""
+    """With ``--adabn_eval_crops``: AdaBN to one eval source (its unlabelled train photos), in place,
+    ``--adabn_batch_size`` crops a pass."""
     if not cfg.adabn_eval_crops:
         return None
     from crack_tf.training.adabn import adapt_to_source
 
     def adapt(model: keras.Model, source: str) -> None:
         adapt_to_source(model, source, cfg.data_root, cfg.train_split, crops=cfg.adabn_eval_crops,
-                        crop_side=tuple(cfg.crop_side), seed=cfg.seed, image_size=cfg.image_size, copy=False,
-                        passes=cfg.adabn_passes)
+                        crop_side=tuple(cfg.crop_side), seed=cfg.seed, batch_size=cfg.adabn_batch_size,
+                        image_size=cfg.image_size, copy=False, passes=cfg.adabn_passes)
 
     return adapt
 

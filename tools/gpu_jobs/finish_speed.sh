@@ -8,7 +8,8 @@
 # Lines: $OUT/finish_speed.jsonl (one JSON per fold and pass kind: seconds, operating-point parts,
 # predict compiles), logs $OUT/finish_speed_<passes>_<fold>.log. Carry .wheels and .data; about
 # 2 x FOLD_S seconds. FOLDS=no_uavcrack: one fold (the largest left-out split) only; CROPS: AdaBN's
-# crops (1,024, the grids' --adabn_eval_crops).
+# crops (1,024, the grids' --adabn_eval_crops); ADABN_BATCH: crops a pass (64, the trainer's default; 128:
+# half the eager passes' per-op Python cost per crop, measured slower on the 2-core CPU).
 source tools/gpu_jobs/common.sh
 # val tiles of the fold's training sources, then the left-out source's (the splits of 2026-12-06)
 declare -A FOLD_TILES=([no_uav75]="uavcrack:1539,deepcrack:560 uav75:151"
@@ -24,6 +25,7 @@ for passes in $(tr ',' ' ' <<< "${PASSES:-compiled,eager}"); do
     log=$OUT/finish_speed_${passes}_$fold.log
     ( XLA_PYTHON_CLIENT_MEM_FRACTION=$RUN_FRACTION timeout -k 10 "${FOLD_S:-150}" python3 tools/bench_finish.py \
           --size=224 --batch=128 --tta=d4 --precision=bf16 --adabn_crops="${CROPS:-1024}" --data_root=../shared/data \
+          --adabn_batch_size="${ADABN_BATCH:-64}" \
           --adabn_passes="$passes" --val="$val" --eval="$left_out" > "$log" 2>&1
       tail -1 "$log" | grep "^{" | sed "s/^{/{\"fold\": \"$fold\", /" >> "$OUT/finish_speed.jsonl" ) &
   done
