@@ -97,6 +97,8 @@ def main() -> None:
     import numpy as np
 
     from crack_tf import models
+    from crack_tf.choices import DTYPE_POLICIES
+    from crack_tf.training.config import from_values
     from crack_tf.training.loop import _store_operating_point
 
     if keras.backend.backend() != "jax":
@@ -104,8 +106,7 @@ def main() -> None:
     compiles = _Compiles()
     jax.config.update("jax_log_compiles", True)
     logging.getLogger("jax").addHandler(compiles)
-    if args.precision == "bf16":
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    keras.mixed_precision.set_global_policy(DTYPE_POLICIES[args.precision])
     rng = np.random.default_rng(0)
     val = types.SimpleNamespace(by_source={name: _part(rng, n, args.size, args.batch)
                                            for name, n in _counts(args.val).items()})
@@ -115,11 +116,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         for name in ("final.keras", "best.keras"):
             model.save(os.path.join(out, name))
-        cfg = types.SimpleNamespace(threshold_rule="f1", tta=args.tta, model_dir=out, save_eval_features=True,
-                                    image_size=args.size, small_policy="resize", model="resnet50_aspp",
-                                    adabn_eval_crops=args.adabn_crops, adabn_passes=args.adabn_passes,
-                                    adabn_batch_size=args.adabn_batch_size,
-                                    data_root=args.data_root, train_split="train", crop_side=(96, 192), seed=0)
+        # the trainer's config, its defaults for the rest (an older checkout ignores flags it lacks)
+        cfg = from_values({"threshold_rule": "f1", "tta": args.tta, "model_dir": out, "save_eval_features": True,
+                           "image_size": args.size, "small_policy": "resize", "model": "resnet50_aspp",
+                           "adabn_eval_crops": args.adabn_crops, "adabn_passes": args.adabn_passes,
+                           "adabn_batch_size": args.adabn_batch_size, "data_root": args.data_root, "seed": 0})
         runtime = types.SimpleNamespace(num_processes=1, strategy=None)
         parts: dict[str, float] = {}
         # (an older CRACK_TF_REPO checkout's _store_operating_point times no parts)
