@@ -42,15 +42,16 @@ def define_flags() -> None:
     flags.DEFINE_integer("batch_size", 64, "Crops per forward pass.")
     flags.DEFINE_enum("method", "exact", list(METHODS), "exact: layer by layer at inference (one pass per "
                       "BatchNorm layer); batch: one pass with batch statistics (classic AdaBN, ~30x cheaper).")
-    flags.DEFINE_enum("passes", "eager", list(PASSES), "eager: passes op by op, exact's stopped at the layer "
-                      "measured; compiled: full passes through one compiled probe model (crack_tf.training.adabn).")
+    flags.DEFINE_enum("passes", "cached", list(PASSES), "cached: exact's passes start from the latest kept "
+                      "cut of the graph; eager: op by op from the images, stopped at the layer measured; compiled: "
+                      "full passes through one compiled probe model (crack_tf.training.adabn).")
     flags.DEFINE_bool("recursive", False, "Also read the sub-folders of --photos folders.")
 
 
 def adapt_file(model_path: str, out: str, photos: list[str] | None = None, source: str = "", data_root: str = "",
                split: str = "train", crops: int = 1024, crop_side: tuple[int, int] = (96, 192), image_size: int = 0,
                seed: int = 0, batch_size: int = 64, method: str = "exact", recursive: bool = False,
-               passes: str = "eager") -> dict:
+               passes: str = "cached") -> dict:
     """Adapts the ``.keras`` file ``model_path`` and writes ``out``; returns the adaptation record."""
     import keras
 

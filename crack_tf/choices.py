@@ -24,4 +24,4 @@ JIT = ("auto", "true", "false")
 STRATEGIES = ("auto", "mirrored", "one_device")
 BEST_MODES = ("max", "min")
 TTA_MODES = ("none", "flips", "d4")  # test-time augmentation: mean p over the views
-ADABN_PASSES = ("eager", "compiled")  # how AdaBN runs its passes (crack_tf.training.adabn)
+ADABN_PASSES = ("eager", "compiled", "cached")  # how AdaBN runs its passes (crack_tf.training.adabn)

@@ -180,7 +180,7 @@ def test_adapt_command_keeps_the_metadata_and_records_the_adaptation(tmp_path):
     assert meta["operating_point"]["threshold"] == 0.31 and meta["image_size"] == 8
     assert meta["adabn"] == [json.loads(json.dumps(record))]
     assert record["photos"] == 3 and record["crops"] == 16 and record["bn_layers"] == 3 and record["date"][:2] == "20"
-    assert record["passes"] == "eager"
+    assert record["passes"] == "cached"  # the default
     original, adapted = (keras.saving.load_model(p, compile=False) for p in (path, out))
     assert not np.allclose(_layer(adapted, "bn1").moving_mean.numpy(), 0)
     for a, b in zip(_other_weights(adapted), _other_weights(original)):
@@ -271,7 +271,7 @@ def test_compiled_passes_give_the_eager_statistics_for_both_methods(target):
         adapt_batchnorm(model, target, passes="jit")
 
 
-def test_bench_adabn_times_both_pass_kinds_and_how_far_apart(tmp_path):
+def test_bench_adabn_times_every_pass_kind_and_how_far_apart(tmp_path):
     """tools/bench_adabn.py: seconds per method, pass kind and attempt, and the statistics' distance."""
     sys.path.insert(0, os.path.join(REPO, "tools"))
     import bench_adabn
@@ -280,6 +280,97 @@ def test_bench_adabn_times_both_pass_kinds_and_how_far_apart(tmp_path):
     report = bench_adabn.main(["--image_size=64", "--images=8", "--batch_size=4", "--methods=batch", "--repeat=2",
                                f"--output={out}"])
     assert [(r["passes"], r["attempt"]) for r in report["rows"]] == [("eager", 1), ("eager", 2), ("compiled", 1),
-                                                                     ("compiled", 2)]
+                                                                     ("compiled", 2), ("cached", 1), ("cached", 2)]
     assert all(r["seconds"] > 0 for r in report["rows"]) and json.loads(out.read_text())["images"] == 8
     assert report["apart"]["batch"]["mean_over_spread"] < 1e-3 and report["apart"]["batch"]["variance_rel"] < 1e-2
+    assert report["apart"]["batch_cached"] == {"mean_over_spread": 0.0, "variance_rel": 0.0}  # batch runs as eager
+
+
+def _same_statistics(a: keras.Model, b: keras.Model) -> None:
+    assert len(batchnorm_layers(a)) == len(batchnorm_layers(b))
+    for x, y in zip(batchnorm_layers(a), batchnorm_layers(b)):  # in the same order (clones auto-name anew)
+        np.testing.assert_array_equal(np.asarray(x.moving_mean), np.asarray(y.moving_mean))
+        np.testing.assert_array_equal(np.asarray(x.moving_variance), np.asarray(y.moving_variance))
+
+
+def test_cached_passes_give_the_eager_statistics_from_far_fewer_layer_calls():
+    """passes="cached" (each exact pass from the latest kept cut of the graph) re-estimates exactly what
+    the eager passes do on ResNet50 + ASPP (residual blocks, a nested backbone, BatchNorms inside ASPP),
+    with a batch size that leaves a short last batch, and runs a fraction of the layer calls."""
+    import crack_tf.models
+    from crack_tf.training import adabn
+    from crack_tf.training.adabn_cached import CachedExact, graph_nodes
+
+    model = crack_tf.models.get("resnet50_aspp", input_shape=(32, 32, 3))
+    images = np.random.default_rng(1).integers(60, 255, (10, 32, 32, 3)).astype(np.uint8)
+    eager = adapt_batchnorm(model, images, batch_size=4, copy=True, passes="eager")
+    cached = adapt_batchnorm(model, images, batch_size=4, copy=True, passes="cached")
+    _same_statistics(eager, cached)
+    assert not np.allclose(np.asarray(_layer(cached, "conv5_block3_3_bn").moving_variance), 1)
+    # the layer calls one adaptation runs: eager passes from the images for each of the 56 layers
+    # (~28 full passes' worth), cached ones only the segment from a kept cut to the layer measured
+    probe = keras.models.clone_model(model)
+    probe.set_weights(model.get_weights())
+    order = adabn._call_order(probe, batchnorm_layers(probe), images[:1])
+    cache = CachedExact(probe, order, images, 4, adabn._wrapped, adabn._recording, adabn._Moments, adabn._Stop,
+                        adabn._forward)
+    for k, layer in enumerate(order):
+        adabn._assign(layer, cache.measure([k])[k])
+    _same_statistics(eager, probe)
+    full_pass_calls = len(graph_nodes(model)) * 3  # a pass over the 3 batches
+    assert cache.computed_calls < 3 * full_pass_calls  # measured: 2.2 passes' worth (eager: ~28)
+    assert len(cache.kept) <= 3  # the outputs of a few cuts at a time, not every layer's
+
+
+def test_cached_passes_on_a_custom_layer_and_without_a_functional_graph(target):
+    """The test model (a BatchNorm inside a custom layer, a nested model) and a subclassed model,
+    which has no graph to cut (every pass then runs from the images): the eager statistics."""
+
+    class Subclassed(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.conv = keras.layers.Conv2D(4, 3, padding="same")
+            self.norm = keras.layers.BatchNormalization()
+            self.head = keras.layers.Dense(2)
+
+        def call(self, x, training=None):
+            return self.head(ops.mean(ops.relu(self.norm(self.conv(x), training=training)), axis=(1, 2)))
+
+    from keras import ops
+
+    subclassed = Subclassed()
+    subclassed(np.zeros((1, 8, 8, 3), np.float32))
+    for model in (tiny_model(), subclassed):
+        eager = adapt_batchnorm(model, target, batch_size=16, copy=True, passes="eager")
+        cached = adapt_batchnorm(model, target, batch_size=16, copy=True, passes="cached")
+        _same_statistics(eager, cached)
+
+
+def test_cached_passes_fall_back_to_the_images_when_the_kept_outputs_run_out_of_memory(monkeypatch):
+    """A device out of memory while a pass starts from kept outputs: those are dropped, the rest of the
+    passes run from the images, and the statistics are still the eager ones. Other errors propagate."""
+    import crack_tf.models
+    from crack_tf.training import adabn_cached
+
+    model = crack_tf.models.get("resnet50_aspp", input_shape=(32, 32, 3))
+    images = np.random.default_rng(2).integers(60, 255, (6, 32, 32, 3)).astype(np.uint8)
+    eager = adapt_batchnorm(model, images, batch_size=3, copy=True, passes="eager")
+    replay, calls = adabn_cached.CachedExact._replay, []
+
+    def exhausted(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.6GiB")
+        return replay(self, *args)
+
+    monkeypatch.setattr(adabn_cached.CachedExact, "_replay", exhausted)
+    cached = adapt_batchnorm(model, images, batch_size=3, copy=True, passes="cached")
+    _same_statistics(eager, cached)
+    assert len(calls) == 3  # no pass started from kept outputs after the failure
+
+    def broken(self, *args):
+        raise RuntimeError("a bug, not memory")
+
+    monkeypatch.setattr(adabn_cached.CachedExact, "_replay", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        adapt_batchnorm(model, images, batch_size=3, copy=True, passes="cached")

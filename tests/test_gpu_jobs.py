@@ -242,7 +242,7 @@ def test_finish_speed_scores_each_fold_side_by_side_once_per_pass_kind(job_tree)
     assert done.returncode == 0, done.stdout + done.stderr
     benches = [line for line in calls.read_text().splitlines() if "bench_finish.py" in line]
     assert len(benches) == 6
-    for passes in ("compiled", "eager"):
+    for passes in ("cached", "eager"):
         for val, left_out in (("uavcrack:1539,deepcrack:560", "uav75:151"), ("deepcrack:560,uav75:151", "uavcrack:1539"),
                               ("uavcrack:1539,uav75:151", "deepcrack:560")):
             assert sum(f"--adabn_passes={passes} --val={val} --eval={left_out}" in b for b in benches) == 1

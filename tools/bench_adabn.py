@@ -1,13 +1,15 @@
-"""AdaBN's passes eager against compiled (``crack_tf.training.adabn``, ``passes=``): seconds per
-method and pass kind, and how far apart the re-estimated statistics come out, on ResNet50 + ASPP.
+"""AdaBN's pass kinds side by side (eager, compiled, cached: ``crack_tf.training.adabn``, ``passes=``):
+seconds per method and pass kind, and how far from the eager passes' statistics the other kinds' come
+out, on ResNet50 + ASPP.
 
     python tools/bench_adabn.py --image_size=224 --images=1024 --batch_size=128 --precision=bf16
 
 Random uint8 images stand in for a site's crops (the cost does not depend on their content); each
 (method, passes) is timed ``--repeat`` times in one process (the first also pays compilation: JAX's
 per-op one when eager, the probe's when compiled, as a trainer's single adaptation does). Prints a
-line per timing and the largest difference of the moving statistics between the two pass kinds
-(mean over the layer's spread, relative variance); ``--output`` writes them as JSON.
+line per timing and the largest difference of the moving statistics from the eager passes' (mean
+over the layer's spread, relative variance), ``apart[method]`` for compiled and
+``apart[method + "_cached"]`` for cached; ``--output`` writes them as JSON.
 """
 from __future__ import annotations
 
@@ -72,8 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"adabn {method} {passes:8s} #{attempt + 1}: {seconds:8.1f} s ({args.images} images at "
                       f"{args.image_size} px, batch {args.batch_size}, {args.precision})", flush=True)
             stats[passes] = _stats(adapted)
-        report["apart"][method] = _apart(stats["compiled"], stats["eager"])
-        print(f"adabn {method}: compiled vs eager statistics apart by {report['apart'][method]}", flush=True)
+        for kind, key in (("compiled", method), ("cached", f"{method}_cached")):
+            report["apart"][key] = _apart(stats[kind], stats["eager"])
+            print(f"adabn {method}: {kind} vs eager statistics apart by {report['apart'][key]}", flush=True)
     if args.output:
         with open(args.output, "w") as f:
             json.dump(report, f, indent=1)

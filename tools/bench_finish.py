@@ -81,7 +81,8 @@ def main() -> None:
     parser.add_argument("--eval", default="c:50", help="Eval (--eval_sources) tiles per source.")
     parser.add_argument("--precision", choices=("float32", "bf16"), default="float32")
     parser.add_argument("--adabn_crops", type=int, default=0, help="AdaBN crops of each eval source (0: none).")
-    parser.add_argument("--adabn_passes", default="eager", help="eager | compiled (crack_tf.choices.ADABN_PASSES).")
+    parser.add_argument("--adabn_passes", default="cached",
+                        help="cached | eager | compiled (crack_tf.choices.ADABN_PASSES).")
     parser.add_argument("--adabn_batch_size", type=int, default=64, help="Crops per AdaBN pass.")
     parser.add_argument("--data_root", default="", help="Where the eval sources' train photos are (AdaBN).")
     args = parser.parse_args()

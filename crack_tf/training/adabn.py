@@ -17,7 +17,13 @@ Layers are found wherever they sit (nested models, layers inside custom layers s
 running the model once eagerly with their ``call`` temporarily wrapped. The passes themselves
 (``passes``):
 
-* ``eager`` (default): ``model(x)`` op by op; ``exact``'s pass for a layer stops right after it
+* ``cached`` (default): ``exact``'s passes start from the latest *cut* of the functional graph
+  whose outputs an earlier pass kept (every layer before it is adapted, so they no longer change)
+  and run only up to the layer measured: the eager passes' statistics, bit for bit on the CPU
+  (JAX and TensorFlow, float32 and bfloat16), at about one forward pass of arithmetic in all
+  (:mod:`crack_tf.training.adabn_cached`; ResNet50 + ASPP, 16 images of 32 px on the 2-core CPU:
+  2.7 s against the eager passes' 16.0 s). ``batch`` runs as ``eager``.
+* ``eager``: ``model(x)`` op by op; ``exact``'s pass for a layer stops right after it
   (about 28 full passes for ResNet50 + ASPP).
 * ``compiled``: a probe model (:class:`_Probe`) whose output is every layer's input statistics, run
   by Keras' ``predict_on_batch`` (XLA on JAX, a ``tf.function`` on TensorFlow), the moving
@@ -202,6 +208,10 @@ def _measure(model: keras.Model, order: list, images: np.ndarray, batch_size: in
     batch of ``images``}, from one pass over them (all of ``order`` for ``batch``, one layer for
     ``exact``)."""
     batch_stats = method == "batch"
+    if passes == "cached" and not batch_stats:
+        from crack_tf.training.adabn_cached import CachedExact
+
+        return CachedExact(model, order, images, batch_size, _wrapped, _recording, _Moments, _Stop, _forward).measure
     if passes == "compiled":
         probe = _Probe(model, order, batch_stats)
 
@@ -233,7 +243,7 @@ def _assign(layer, moments: _Moments) -> None:
 
 
 def adapt_batchnorm(model: keras.Model, images: np.ndarray, batch_size: int = 64, method: str = "exact",
-                    copy: bool = False, log: Callable[[str], None] | None = None, passes: str = "eager"
+                    copy: bool = False, log: Callable[[str], None] | None = None, passes: str = "cached"
                     ) -> keras.Model:
     """Re-estimates the BatchNormalization statistics of ``model`` on ``images`` (raw model inputs,
     e.g. uint8 [N, S, S, 3] crops) and returns the model (``copy=True``: a clone, ``model`` untouched).
@@ -287,7 +297,7 @@ def adaptation_record(photos, crops: int, crop_side, image_size: int, seed: int,
 def adapt_to_source(model: keras.Model, source: str, data_root: str = "", split: str = "train", crops: int = 1024,
                     crop_side: tuple[int, int] = (96, 192), seed: int = 0, batch_size: int = 64,
                     method: str = "exact", copy: bool = True, val_fraction: float = 0.2,
-                    image_size: int | None = None, log: Callable[[str], None] | None = None, passes: str = "eager"
+                    image_size: int | None = None, log: Callable[[str], None] | None = None, passes: str = "cached"
                     ) -> tuple[keras.Model, dict]:
     """AdaBN on ``split`` of photo sources (``--data_dir`` syntax, e.g. the left-out source of a
     leave-one-source-out run): ``crops`` random crops of its photos, labels and masks unused.

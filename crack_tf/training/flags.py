@@ -76,8 +76,9 @@ _GROUPS: dict[str, list[tuple]] = {"model": [
     ("integer", "adabn_eval_crops", 0, "With --eval_sources: also score each of those sources at the stored "
      "operating point after AdaBN (BatchNorm statistics re-estimated on this many unlabelled crops of its "
      "train photos; 0 = off): a new site adapted without labels.", None),
-    ("enum", "adabn_passes", "eager", "With --adabn_eval_crops: how AdaBN runs its passes, op by op (eager) "
-     "or through one compiled probe model (compiled; crack_tf.training.adabn, tools/bench_adabn.py).",
+    ("enum", "adabn_passes", "cached", "With --adabn_eval_crops: how AdaBN runs its passes: from the latest "
+     "kept cut of the graph (cached), op by op from the images (eager) or through one compiled probe model "
+     "(compiled); the same statistics (crack_tf.training.adabn, tools/bench_adabn.py).",
      ADABN_PASSES),
     ("integer", "adabn_batch_size", 64, "With --adabn_eval_crops: crops per AdaBN pass (the statistics are pooled "
      "exactly over batches: the size changes speed and memory only).", None),

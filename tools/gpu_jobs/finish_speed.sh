@@ -4,7 +4,8 @@
 # TTA) on each fold's tile counts through the trainer's own _store_operating_point, AdaBN on 1,024
 # crops of the left-out source's real train photos included, the three folds side by side as a grid
 # runs them (each with a grid run's GPU memory), once per AdaBN pass kind (PASSES, default
-# compiled,eager). A process stopped at its limit (FOLD_S, 150 s) still prints the parts timed so far.
+# cached,eager; an H100 ran compiled,eager on 2026-12-07: docs/RESULTS.md 00000000000000). A process
+# stopped at its limit (FOLD_S, 150 s) still prints the parts timed so far.
 # Lines: $OUT/finish_speed.jsonl (one JSON per fold and pass kind: seconds, operating-point parts,
 # predict compiles), logs $OUT/finish_speed_<passes>_<fold>.log. Carry .wheels and .data; about
 # 2 x FOLD_S seconds. FOLDS=no_uavcrack: one fold (the largest left-out split) only; CROPS: AdaBN's
@@ -19,7 +20,7 @@ folds=$(tr ',' ' ' <<< "${FOLDS:-no_uav75,no_uavcrack,no_deepcrack}")
 for fold in $folds; do  # all checked before any starts
   [ -n "${FOLD_TILES[$fold]:-}" ] || { echo "finish_speed.sh: unknown fold $fold (${!FOLD_TILES[*]})"; exit 2; }
 done
-for passes in $(tr ',' ' ' <<< "${PASSES:-compiled,eager}"); do
+for passes in $(tr ',' ' ' <<< "${PASSES:-cached,eager}"); do
   for fold in $folds; do
     read -r val left_out <<< "${FOLD_TILES[$fold]}"
     log=$OUT/finish_speed_${passes}_$fold.log
