@@ -312,8 +312,7 @@ def test_cached_passes_give_the_eager_statistics_from_far_fewer_layer_calls():
     probe = keras.models.clone_model(model)
     probe.set_weights(model.get_weights())
     order = adabn._call_order(probe, batchnorm_layers(probe), images[:1])
-    cache = CachedExact(probe, order, images, 4, adabn._wrapped, adabn._recording, adabn._Moments, adabn._Stop,
-                        adabn._forward)
+    cache = CachedExact(probe, order, images, 4)
     for k, layer in enumerate(order):
         adabn._assign(layer, cache.measure([k])[k])
     _same_statistics(eager, probe)

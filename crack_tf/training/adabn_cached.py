@@ -22,10 +22,10 @@ is not functional has no cuts, and every pass then computes from the images (the
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import keras
 import numpy as np
+
+from crack_tf.training import adabn_hooks as hooks
 
 
 def _is_functional(layer) -> bool:
@@ -53,10 +53,6 @@ def graph_nodes(model: keras.Model) -> list:
     if _is_functional(model):
         visit(model)
     return nodes
-
-
-def _tensors(args, kwargs) -> list:
-    return [x for x in keras.tree.flatten((args, kwargs)) if hasattr(x, "shape") and hasattr(x, "dtype")]
 
 
 class _Ref:
@@ -90,7 +86,7 @@ class _Plan:
         return max(found) if found else None
 
 
-def _record(model: keras.Model, nodes: list, inner_bns: list, probe: np.ndarray, wrapped) -> tuple[_Plan, dict]:
+def _record(model: keras.Model, nodes: list, inner_bns: list, probe: np.ndarray) -> tuple[_Plan, dict]:
     """One pass over ``probe``: the plan, and the node call each BatchNorm layer sits in (id -> call)."""
     made_by: dict[int, tuple[int, int]] = {}
     calls: list = []
@@ -127,7 +123,7 @@ def _record(model: keras.Model, nodes: list, inner_bns: list, probe: np.ndarray,
             return original(*args, **kwargs)
         return call
 
-    with wrapped(nodes, node), wrapped(inner_bns, inner):
+    with hooks._wrapped(nodes, node), hooks._wrapped(inner_bns, inner):
         model(np.asarray(probe, np.float32), training=False)
     return _Plan(calls), bn_call
 
@@ -136,17 +132,15 @@ class CachedExact:
     """``measure([k])`` for ``exact``: the statistics of ``order[k]``'s input pooled over ``images``,
     layers ``0..k-1`` adapted; called for k = 0, 1, ... in turn. A pass with a kept cut replays the
     recorded calls after it (each through its layer's ``__call__``, as the graph runs it); one
-    without runs the model from the images. Each keeps the latest cut the next pass can use."""
+    without runs the model from the images. Each keeps the outputs of the cuts that later passes can
+    start from (:meth:`_wanted`)."""
 
-    def __init__(self, model: keras.Model, order: list, images: np.ndarray, batch_size: int,
-                 wrapped, recording: Callable, moments_cls, stop_cls, forward: Callable):
+    def __init__(self, model: keras.Model, order: list, images: np.ndarray, batch_size: int):
         self.model, self.order, self.images, self.batch_size = model, order, images, batch_size
-        self._wrapped, self._recording, self._moments_cls, self._stop, self._forward = (
-            wrapped, recording, moments_cls, stop_cls, forward)
         self.nodes = graph_nodes(model)
         node_ids = {id(n) for n in self.nodes}
         self.inner_bns = [layer for layer in order if id(layer) not in node_ids]
-        self.plan, bn_call = _record(model, self.nodes, self.inner_bns, images[:1], wrapped)
+        self.plan, bn_call = _record(model, self.nodes, self.inner_bns, images[:1])
         self.stops = [bn_call.get(id(layer), -1) for layer in order]
         self.kept: dict[int, list] = {}  # cut call -> per batch: its flat outputs
         self.computed_calls = 0  # node calls run (tests, logs)
@@ -174,7 +168,7 @@ class CachedExact:
                     env[p] = keras.tree.flatten(layer(*args, **kwargs))
                     if p in stored:
                         stored[p].append(env[p])
-            except self._stop:
+            except hooks._Stop:
                 pass
 
     def _run(self, stored: dict[int, list], record) -> None:
@@ -195,10 +189,10 @@ class CachedExact:
                 return out
             return call
 
-        with self._wrapped(self.nodes, node):
+        with hooks._wrapped(self.nodes, node):
             for batch in self._batches():
                 state["p"] = 0
-                self._forward(self.model, batch, len(batch))
+                hooks._forward(self.model, batch, len(batch))
 
     def _wanted(self, k: int, candidates) -> set[int]:
         """Of ``candidates``, the cuts that are the latest usable one for some pass after ``k``."""
@@ -225,14 +219,14 @@ class CachedExact:
     def _measure(self, k: int) -> dict:
         self._k = k
         target, stop = self.order[k], self.stops[k]
-        pooled = {k: self._moments_cls()}
-        record = self._recording(lambda _, *m: pooled[k].add(*m), False, target)
+        pooled = {k: hooks._Moments()}
+        record = hooks._recording(lambda _, *m: pooled[k].add(*m), False, target)
         cut = self.plan.latest_cut(stop, self.kept) if stop >= 0 else None
         computed = range(cut + 1 if cut is not None else 0, max(stop, 0))  # calls this pass runs before the stop
         store = set() if self.no_cache else self._wanted(k, [*self.kept, *computed]) - set(self.kept)
         stored: dict[int, list] = {c: [] for c in store}
         inner = [layer for layer in self.inner_bns if layer is target]
-        with self._wrapped(inner, record):
+        with hooks._wrapped(inner, record):
             if cut is None:
                 self._run(stored, record)
             else:
