@@ -20,7 +20,7 @@ running the model once eagerly with their ``call`` temporarily wrapped. The pass
 * ``cached`` (default): ``exact``'s passes start from the latest *cut* of the functional graph
   whose outputs an earlier pass kept (every layer before it is adapted, so they no longer change)
   and run only up to the layer measured: the eager passes' statistics, bit for bit on the CPU
-  (JAX and TensorFlow, float32 and bfloat16), at about one forward pass of arithmetic in all
+  (JAX and TensorFlow, float32 and bfloat16), from 2.2 full passes' worth of layer calls
   (:mod:`crack_tf.training.adabn_cached`; ResNet50 + ASPP, 16 images of 32 px on the 2-core CPU:
   2.7 s against the eager passes' 16.0 s). ``batch`` runs as ``eager``.
 * ``eager``: ``model(x)`` op by op; ``exact``'s pass for a layer stops right after it
