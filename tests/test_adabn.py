@@ -284,6 +284,11 @@ def test_bench_adabn_times_every_pass_kind_and_how_far_apart(tmp_path):
     assert all(r["seconds"] > 0 for r in report["rows"]) and json.loads(out.read_text())["images"] == 8
     assert report["apart"]["batch"]["mean_over_spread"] < 1e-3 and report["apart"]["batch"]["variance_rel"] < 1e-2
     assert report["apart"]["batch_cached"] == {"mean_over_spread": 0.0, "variance_rel": 0.0}  # batch runs as eager
+    only = bench_adabn.main(["--image_size=32", "--images=4", "--batch_size=4", "--methods=exact", "--passes=eager,cached"])
+    assert [r["passes"] for r in only["rows"]] == ["eager", "cached"] and list(only["apart"]) == ["exact_cached"]
+    assert only["apart"]["exact_cached"] == {"mean_over_spread": 0.0, "variance_rel": 0.0}  # bit for bit
+    with pytest.raises(SystemExit, match="eager and any of"):
+        bench_adabn.main(["--passes=cached"])
 
 
 def _same_statistics(a: keras.Model, b: keras.Model) -> None:
