@@ -52,7 +52,7 @@ import numpy as np
 from keras import ops
 
 from crack_tf.choices import ADABN_PASSES as PASSES
-from crack_tf.training.adabn_hooks import _forward, _Moments, _moments, _recording, _Stop, _wrapped  # noqa: F401
+from crack_tf.training.adabn_hooks import _forward, _Moments, _recording, _wrapped
 
 METHODS = ("exact", "batch")
 

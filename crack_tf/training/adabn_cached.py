@@ -150,7 +150,7 @@ class CachedExact:
         for start in range(0, len(self.images), self.batch_size):
             yield np.asarray(self.images[start:start + self.batch_size], np.float32)
 
-    def _replay(self, cut: int, stop: int, stored: dict[int, list], record) -> None:
+    def _replay(self, cut: int, stop: int, target, stored: dict[int, list], record) -> None:
         """Every batch from the kept outputs of ``cut`` up to the layer measured at ``stop``."""
         for b in range(len(self.kept[cut])):
             env = {cut: self.kept[cut][b]}
@@ -163,7 +163,7 @@ class CachedExact:
                     layer, args, kwargs = self.plan.calls[p]
                     args, kwargs = keras.tree.map_structure(fill, (args, kwargs))
                     self.computed_calls += 1
-                    if layer is self.order[self._k]:
+                    if layer is target:
                         record(layer, None)(*args, **kwargs)  # measures, then stops
                     env[p] = keras.tree.flatten(layer(*args, **kwargs))
                     if p in stored:
@@ -171,9 +171,8 @@ class CachedExact:
             except hooks._Stop:
                 pass
 
-    def _run(self, stored: dict[int, list], record) -> None:
+    def _run(self, target, stored: dict[int, list], record) -> None:
         """Every batch from the images (no cut kept), keeping the outputs of the calls in ``stored``."""
-        target = self.order[self._k]
         state = {"p": 0}
 
         def node(layer, original):
@@ -217,22 +216,19 @@ class CachedExact:
             return self._measure(indices[0])
 
     def _measure(self, k: int) -> dict:
-        self._k = k
         target, stop = self.order[k], self.stops[k]
         pooled = {k: hooks._Moments()}
         record = hooks._recording(lambda _, *m: pooled[k].add(*m), False, target)
         cut = self.plan.latest_cut(stop, self.kept) if stop >= 0 else None
         computed = range(cut + 1 if cut is not None else 0, max(stop, 0))  # calls this pass runs before the stop
-        store = set() if self.no_cache else self._wanted(k, [*self.kept, *computed]) - set(self.kept)
-        stored: dict[int, list] = {c: [] for c in store}
+        # the cuts later passes start from: those kept already, the rest stored as this pass runs them
+        wanted = set() if self.no_cache else self._wanted(k, [*self.kept, *computed])
+        stored: dict[int, list] = {c: [] for c in wanted - set(self.kept)}
         inner = [layer for layer in self.inner_bns if layer is target]
         with hooks._wrapped(inner, record):
             if cut is None:
-                self._run(stored, record)
+                self._run(target, stored, record)
             else:
-                self._replay(cut, stop, stored, record)
-        batches = -(-len(self.images) // self.batch_size)
-        self.kept.update({c: outs for c, outs in stored.items() if len(outs) == batches})
-        keep = self._wanted(k, list(self.kept))
-        self.kept = {c: outs for c, outs in self.kept.items() if c in keep}
+                self._replay(cut, stop, target, stored, record)
+        self.kept = {c: self.kept[c] if c in self.kept else stored[c] for c in wanted}
         return pooled
