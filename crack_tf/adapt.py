@@ -6,12 +6,13 @@
 
 Re-estimates every BatchNormalization layer's moving mean / variance on ``--crops`` random crops
 (side log-uniform in ``--crop_side`` photo pixels, resized to the model's input size) of
-unlabelled photos of the target site (``crack_tf.training.adabn``); all other weights are kept.
+unlabelled photos of the target site (``crack_tf.training.adabn``; ``--target_weight`` < 1 blends
+them with the model's own); all other weights are kept.
 ``--photos``: image files or folders (``--recursive`` for sub-folders; unreadable files are
 skipped by name). ``--source``: photo sources in ``--data_dir`` syntax, their ``--split`` photos
 only (masks unused; a source without ``val/`` gives its train fold, never the val fold).
 ``--out`` is a new ``.keras`` file with the model's crack_tf metadata (operating point, input
-size, ...) kept, and the adaptation appended to its ``adabn`` list (method, passes, photos, SHA-256 of
+size, ...) kept, and the adaptation appended to its ``adabn`` list (method, passes, target weight, photos, SHA-256 of
 the photo files, crops, seed, date). The stored threshold was picked before adaptation.
 """
 
@@ -46,12 +47,14 @@ def define_flags() -> None:
                       "cut of the graph; eager: op by op from the images, stopped at the layer measured; compiled: "
                       "full passes through one compiled probe model (crack_tf.training.adabn).")
     flags.DEFINE_bool("recursive", False, "Also read the sub-folders of --photos folders.")
+    flags.DEFINE_float("target_weight", 1.0, "In (0, 1]: each layer's statistics become (1 - w) x its own plus w x "
+                       "the target's (1: the target's alone, plain AdaBN; smaller keeps more of the training sources).")
 
 
 def adapt_file(model_path: str, out: str, photos: list[str] | None = None, source: str = "", data_root: str = "",
                split: str = "train", crops: int = 1024, crop_side: tuple[int, int] = (96, 192), image_size: int = 0,
                seed: int = 0, batch_size: int = 64, method: str = "exact", recursive: bool = False,
-               passes: str = "cached") -> dict:
+               passes: str = "cached", target_weight: float = 1.0) -> dict:
     """Adapts the ``.keras`` file ``model_path`` and writes ``out``; returns the adaptation record."""
     import keras
 
@@ -67,6 +70,8 @@ def adapt_file(model_path: str, out: str, photos: list[str] | None = None, sourc
     if bool(photos) == bool(source):
         raise ValueError("give the target photos with exactly one of --photos=<folders> or --source=<photo sources>")
     lo, hi = crop_side
+    if not 0.0 < target_weight <= 1.0:
+        raise ValueError(f"--target_weight={target_weight}: must be in (0, 1] (1 = the target's statistics alone)")
     if not 8 <= lo <= hi or crops < 1 or batch_size < 1:
         raise ValueError(f"--crop_side={lo},{hi} needs 8 <= min <= max; --crops and --batch_size must be >= 1")
     if not os.path.isfile(model_path):
@@ -89,9 +94,10 @@ def adapt_file(model_path: str, out: str, photos: list[str] | None = None, sourc
     images = random_crops(found.images, crops, int(size), (lo, hi), seed)
     print(f"adapt: {len(images)} crops of {len(found.images)} photos at {size} px "
           f"({len(found.skipped)} skipped)", flush=True)
-    adapt_batchnorm(model, images, batch_size, method, log=lambda line: print(line, flush=True), passes=passes)
+    adapt_batchnorm(model, images, batch_size, method, log=lambda line: print(line, flush=True), passes=passes,
+                    target_weight=target_weight)
     record = adaptation_record(found, crops, (lo, hi), int(size), seed, method,
-                               ",".join(photos) if photos else f"{source} ({split})", model, passes)
+                               ",".join(photos) if photos else f"{source} ({split})", model, passes, target_weight)
     record["from_model"] = os.path.abspath(model_path)
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
@@ -118,7 +124,8 @@ def main(argv: list[str]) -> int:
     if len(crop_side) != 2:
         raise ValueError(f"--crop_side={','.join(FLAGS.crop_side)}: use min,max photo pixels")
     adapt_file(FLAGS.model, FLAGS.out, FLAGS.photos, FLAGS.source, FLAGS.data_root, FLAGS.split, FLAGS.crops,
-               crop_side, FLAGS.image_size, FLAGS.seed, FLAGS.batch_size, FLAGS.method, FLAGS.recursive, FLAGS.passes)
+               crop_side, FLAGS.image_size, FLAGS.seed, FLAGS.batch_size, FLAGS.method, FLAGS.recursive, FLAGS.passes,
+               FLAGS.target_weight)
     return 0
 
 

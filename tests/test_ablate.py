@@ -284,6 +284,10 @@ def _fake_loso_run(run, left_out_acc: float, val_acc: float):
         src = run.fold[3:]
         point["eval_sources_at_threshold_by_source"] = {src: dict(m, accuracy=left_out_acc, precision=0.7, recall=0.8)}
         metrics["eval_sources_by_source"] = {src: dict(m, accuracy=left_out_acc - 0.1)}
+        if src == "b":  # AdaBN scored plain and blended at two target weights
+            point["eval_sources_adabn_at_threshold_by_source"] = {src: dict(m, accuracy=left_out_acc + 0.1)}
+            point["eval_sources_adabn_by_target_weight"] = {
+                w: {src: dict(m, accuracy=left_out_acc + float(w) / 10)} for w in ("0.5", "0.25")}
     with open(os.path.join(run.model_dir, "run.json"), "w") as f:
         json.dump({"config": {"model": "resnet50_aspp", "seed": run.seed}, "metrics": metrics,
                    "operating_point": point, "operating_points": {"none": point}, "best": {}}, f)
@@ -299,7 +303,11 @@ def test_loso_table_scores_each_left_out_source_at_its_folds_threshold(tmp_path)
     ablate.write_results(str(tmp_path), "ours", runs)
     md = (tmp_path / "results.md").read_text()
     line_a = next(ln for ln in md.splitlines() if ln.startswith("| base | a |"))
-    assert "| 2 | 0.300 | 85.00 ± 7.07 [21.5, 148.5] | 70.00 ± 0.00 / 80.00 ± 0.00 | 75.00 ± 7.07 | - | 90.00 ± 0.00 |" in line_a
+    assert "| 2 | 0.300 | 85.00 ± 7.07 [21.5, 148.5] | 70.00 ± 0.00 / 80.00 ± 0.00 | 75.00 ± 7.07 | - | - | 90.00 ± 0.00 |" \
+        in line_a
+    # AdaBN plain (70 + 10) and at target weights 0.25 and 0.5 (70 + 2.5, 70 + 5), lowest weight first
+    line_b = next(ln for ln in md.splitlines() if ln.startswith("| base | b |"))
+    assert "| 80.00 ± 0.00 | w 0.25: 72.50 ± 0.00; w 0.5: 75.00 ± 0.00 | 90.00 ± 0.00 |" in line_b
     # per seed: (80 + 70 + 60) / 3 = 70 and (90 + 70 + 50) / 3 = 70
     summary = next(ln for ln in md.splitlines() if ln.startswith("| base | 3 |"))
     assert "| 70.00 ± 0.00" in summary and "| 95.00 ± 0.00 |" in summary and "a 95.00 ± 0.00" in summary
@@ -307,3 +315,6 @@ def test_loso_table_scores_each_left_out_source_at_its_folds_threshold(tmp_path)
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert {r["fold"] for r in rows} == {"all", "no_a", "no_b", "no_c"}
     assert float(next(r for r in rows if r["run"] == "base_no_c_s1")["thr_eval_c_accuracy"]) == 0.5
+    assert float(next(r for r in rows if r["run"] == "base_no_b_s0")["thr_adabn_w0.5_b_accuracy"]) == 0.75
+    # the blends' columns are not taken for sources of their own in the per-source tables
+    assert "adabn_w" not in md.split("### Leave one source out")[0]

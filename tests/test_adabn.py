@@ -119,6 +119,37 @@ def test_batch_method_pools_the_statistics_of_training_mode_inputs(target):
     np.testing.assert_allclose(layer.moving_variance.numpy(), var, rtol=1e-3)
 
 
+@pytest.mark.parametrize("passes", ["cached", "eager"])
+def test_a_target_weight_blends_each_layers_own_statistics_with_its_target_inputs(target, passes):
+    """target_weight w: each layer ends at (1 - w) x its statistics before + w x those of its inputs
+    on the target at inference, measured with every upstream layer already blended (a fixed point
+    checked from outside the code under test); the batch method blends its one-pass statistics."""
+    model = tiny_model()
+    source = np.random.default_rng(1).integers(0, 120, (24, 8, 8, 3)).astype(np.uint8)
+    adapt_batchnorm(model, source, batch_size=8, passes=passes)  # statistics of a "training site" first
+    before = {layer.name: (np.asarray(layer.moving_mean, np.float64), np.asarray(layer.moving_variance, np.float64))
+              for layer in batchnorm_layers(model)}
+    blended = adapt_batchnorm(model, target, batch_size=16, copy=True, passes=passes, target_weight=0.3)
+    for name, x in bn_inputs(blended, target).items():
+        mean, var = _stats(x)
+        layer, (own_mean, own_var) = _layer(blended, name), before[name]
+        scale = np.sqrt(0.7 * own_var + 0.3 * var) + 1e-3
+        assert np.abs(layer.moving_mean.numpy() - (0.7 * own_mean + 0.3 * mean)).max() <= MEAN_TOL * scale.max(), name
+        np.testing.assert_allclose(layer.moving_variance.numpy(), 0.7 * own_var + 0.3 * var, rtol=VAR_RTOL, err_msg=name)
+        assert not np.allclose(layer.moving_mean.numpy(), mean, rtol=1e-2), name  # neither the target's alone...
+        assert not np.allclose(layer.moving_mean.numpy(), own_mean, rtol=1e-2), name  # ...nor its own
+    batch = adapt_batchnorm(model, target, batch_size=16, method="batch", copy=True, passes=passes)
+    half = adapt_batchnorm(model, target, batch_size=16, method="batch", copy=True, passes=passes, target_weight=0.5)
+    for layer in batchnorm_layers(half):
+        own_mean = before[layer.name][0]
+        np.testing.assert_allclose(layer.moving_mean.numpy(), 0.5 * own_mean + 0.5 * _layer(batch, layer.name).moving_mean.numpy(),
+                                   rtol=1e-5, atol=1e-5)
+    assert _layer(model, "bn1").moving_mean.numpy() == pytest.approx(before["bn1"][0])  # copies: model untouched
+    for weight in (0.0, 1.5, -0.2):
+        with pytest.raises(ValueError, match="target_weight"):
+            adapt_batchnorm(model, target, target_weight=weight)
+
+
 def test_bad_input_is_refused():
     model = tiny_model()
     with pytest.raises(ValueError, match="target images"):
@@ -180,7 +211,7 @@ def test_adapt_command_keeps_the_metadata_and_records_the_adaptation(tmp_path):
     assert meta["operating_point"]["threshold"] == 0.31 and meta["image_size"] == 8
     assert meta["adabn"] == [json.loads(json.dumps(record))]
     assert record["photos"] == 3 and record["crops"] == 16 and record["bn_layers"] == 3 and record["date"][:2] == "20"
-    assert record["passes"] == "cached"  # the default
+    assert record["passes"] == "cached" and record["target_weight"] == 1.0  # the defaults
     original, adapted = (keras.saving.load_model(p, compile=False) for p in (path, out))
     assert not np.allclose(_layer(adapted, "bn1").moving_mean.numpy(), 0)
     for a, b in zip(_other_weights(adapted), _other_weights(original)):
@@ -192,6 +223,14 @@ def test_adapt_command_keeps_the_metadata_and_records_the_adaptation(tmp_path):
     from_source = adapt_file(path, str(tmp_path / "src.keras"), source="src", data_root=str(tmp_path), crops=8,
                              crop_side=(16, 32))
     assert from_source["inputs"] == "src (train)" and from_source["photos"] == 2
+    half = adapt_file(path, str(tmp_path / "half.keras"), photos=[str(photos)], crops=16, crop_side=(16, 32),
+                      batch_size=8, target_weight=0.5)  # halfway between the model's statistics and out's
+    assert half["target_weight"] == 0.5 and read_metadata(str(tmp_path / "half.keras"))["adabn"][-1] == half
+    halfway = keras.saving.load_model(str(tmp_path / "half.keras"), compile=False)
+    np.testing.assert_allclose(_layer(halfway, "bn1").moving_mean.numpy(),
+                               0.5 * _layer(adapted, "bn1").moving_mean.numpy(), rtol=1e-5)  # bn1: first, own mean 0
+    with pytest.raises(ValueError, match="--target_weight=2"):
+        adapt_file(path, str(tmp_path / "w.keras"), photos=[str(photos)], target_weight=2)
     for kwargs, message in ((dict(photos=[str(tmp_path / "empty")]), "no readable photo"),
                             (dict(photos=[str(photos)], source="x"), "exactly one of"),
                             (dict(photos=[str(photos)], out_name="a.h5"), "must end in .keras")):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import types
 
 import keras
@@ -48,8 +49,8 @@ def test_eval_sources_are_scored_after_adabn_at_the_stored_point_and_the_model_i
     eval_input = types.SimpleNamespace(by_source={"site": _Part(target_images, target_labels)})
     before = [np.array(layer.moving_mean) for layer in batchnorm_layers(model)]
 
-    def adapt(m, source):
-        adapt_batchnorm(m, unlabelled[source], copy=False)
+    def adapt(m, source, target_weight):
+        adapt_batchnorm(m, unlabelled[source], copy=False, target_weight=target_weight)
 
     points, arrays = finish.operating_point(model, val, "f1", "none", eval_input, adapt)
     point = points["none"]
@@ -70,6 +71,21 @@ def test_eval_sources_are_scored_after_adabn_at_the_stored_point_and_the_model_i
     np.testing.assert_allclose(arrays["margins"][0, adabn], calibration.logit_margin(logits), rtol=1e-5, atol=1e-5)
     assert "eval_sources_adabn_at_threshold_by_source" not in finish.operating_point(
         model, val, "f1", "none", eval_input)[0]["none"]
+    assert "eval_sources_adabn_by_target_weight" not in point  # plain AdaBN only, by default
+    # Blends (adabn_weights): each scored after AdaBN at its target weight, plain AdaBN kept as before.
+    points, arrays = finish.operating_point(model, val, "f1", "none", eval_input, adapt, None, (1.0, 0.25))
+    blend = adapt_batchnorm(model, unlabelled["site"], copy=True, target_weight=0.25)
+    logits = keras.ops.convert_to_numpy(blend.predict_on_batch(target_images))
+    margin = calibration.logit_margin(logits)
+    probs = calibration.calibrated_probability(margin, points["none"]["temperature"])
+    by_weight = points["none"]["eval_sources_adabn_by_target_weight"]
+    assert list(by_weight) == ["0.25"]
+    assert by_weight["0.25"]["site"]["accuracy"] == pytest.approx(float(np.mean((probs > threshold) == (target_labels == 1))))
+    assert points["none"]["eval_sources_adabn_at_threshold_by_source"] == point["eval_sources_adabn_at_threshold_by_source"]
+    assert list(dict.fromkeys(arrays["split"].tolist())) == ["val", "eval", "eval_adabn", "eval_adabn_w0.25"]
+    np.testing.assert_allclose(arrays["margins"][0, arrays["split"] == "eval_adabn_w0.25"], margin, rtol=1e-5, atol=1e-5)
+    plain = arrays["margins"][0, arrays["split"] == "eval_adabn"]
+    assert not np.allclose(arrays["margins"][0, arrays["split"] == "eval_adabn_w0.25"], plain)
 
 
 def test_operating_point_times_each_part_and_adabn_adds_over_sources():
@@ -83,7 +99,7 @@ def test_operating_point_times_each_part_and_adabn_adds_over_sources():
     eval_input = types.SimpleNamespace(by_source={"s1": _Part(*_tiles(rng, 8, 60)), "s2": _Part(*_tiles(rng, 8, 30))})
     unlabelled = _tiles(rng, 16, 60)[0]
 
-    def slow_adapt(m, source):
+    def slow_adapt(m, source, target_weight):
         time.sleep(0.15)  # a known floor for each source's adapting
         adapt_batchnorm(m, unlabelled, copy=False)
 
@@ -116,12 +132,20 @@ def test_the_trainers_adapt_step_reads_the_eval_sources_unlabelled_train_photos(
     compiled = _model()
     _adabn(from_values({**cfg.flat(), "adabn_passes": "compiled", "adabn_batch_size": 5}))(compiled, "site")
     assert seen == [(5, "compiled")]  # --adabn_batch_size reaches it too (12 crops: batches of 5, 5, 2)
+    # a target weight reaches it: the first BatchNorm (none upstream) ends halfway to plain AdaBN's
+    half = _model()
+    _adabn(cfg)(half, "site", 0.5)
+    np.testing.assert_allclose(np.array(half.layers[2].moving_mean),
+                               0.5 * before + 0.5 * np.array(model.layers[2].moving_mean), rtol=1e-5, atol=1e-6)
+    from crack_tf.training.loop import adabn_weights
+
+    assert adabn_weights(cfg) == (1.0,) and adabn_weights(from_values({"adabn_target_weights": ["1", "0.5"]})) == (1.0, 0.5)
     np.testing.assert_allclose(np.array(compiled.layers[2].moving_mean), np.array(model.layers[2].moving_mean),
                                rtol=1e-4, atol=1e-4)
     from absl.flags import IllegalFlagValueError
 
     from crack_tf.training.config import parse_args
 
-    with pytest.raises(IllegalFlagValueError, match="adabn_passes=jit: value should be one of <eager|compiled>"):
+    with pytest.raises(IllegalFlagValueError, match=re.escape(f"adabn_passes=jit: value should be one of <{'|'.join(adabn.PASSES)}>")):
         parse_args(["--adabn_passes=jit"])
     assert [parse_args([f"--adabn_passes={p}"]).adabn_passes for p in adabn.PASSES] == list(adabn.PASSES)

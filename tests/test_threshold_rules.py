@@ -103,6 +103,10 @@ def test_adabn_scoring_needs_eval_sources():
         train_flags.validate(from_values({"adabn_eval_crops": 64, "eval_sources": "uav75", "model": "zhang2016"}))
     with pytest.raises(ValueError, match="--adabn_batch_size=0: must be >= 1"):
         train_flags.validate(from_values({"adabn_batch_size": 0}))
+    for weights in (["0"], ["1", "1.0"], ["1.5"], ["half"], []):
+        with pytest.raises(ValueError, match="--adabn_target_weights=.*give distinct weights in \\(0, 1\\]"):
+            train_flags.validate(from_values({"adabn_target_weights": weights}))
+    train_flags.validate(from_values({"adabn_target_weights": ["1", "0.5"]}))
     train_flags.validate(from_values({"adabn_eval_crops": 64, "eval_sources": "uav75", "data_source": "photos",
                                       "data_dir": "uavcrack"}))
     with pytest.raises(ValueError, match="--save_eval_features needs --eval_sources"):

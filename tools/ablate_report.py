@@ -78,6 +78,9 @@ def _row_dict(run, rj: dict) -> dict:
                             ("eval_sources_adabn_at_threshold_by_source", "thr_adabn")):
             for source, sm in (point.get(key) or {}).items():
                 row.update({f"{prefix}_{source}_{k}": sm[k] for k in AT_THRESHOLD})
+        for weight, by_source in (point.get("eval_sources_adabn_by_target_weight") or {}).items():
+            for source, sm in by_source.items():
+                row.update({f"thr_adabn_w{weight}_{source}_{k}": sm[k] for k in AT_THRESHOLD})
     for source, sm in (m.get("eval_sources_by_source") or {}).items():
         row.update({f"eval_{source}_{k}": sm.get(k, "") for k in AT_THRESHOLD})
     for mode, tta_point in (rj.get("operating_points") or {}).items():
@@ -218,10 +221,11 @@ def loso_markdown(results: list[dict]) -> list[str]:
              "Each `no_<source>` fold trains on the other sources, picks its operating point on their val, and "
              "scores the left-out source's val tiles at that point (the threshold it would ship with) and at 0.5. "
              "AdaBN (`--adabn_eval_crops`): the same tiles after the BatchNorm statistics were re-estimated on "
-             "unlabelled crops of the left-out source's train photos. `all`: the whole mix's per-source val at "
-             "its own stored threshold.", "",
+             "unlabelled crops of the left-out source's train photos (at target weight w < 1, "
+             "`--adabn_target_weights`: (1 - w) x the trained statistics + w x the target's). `all`: the whole "
+             "mix's per-source val at its own stored threshold.", "",
              "| row | left out | n | threshold | left-out acc | left-out P / R | left-out acc at 0.5 | "
-             "left-out acc after AdaBN | val acc of the trained sources |", "|" + "---|" * 9]
+             "left-out acc after AdaBN | after AdaBN at w < 1 | val acc of the trained sources |", "|" + "---|" * 10]
     summary = []
     for row in dict.fromkeys(r["row"] for r in folded):
         rs = [r for r in folded if r["row"] == row]
@@ -236,7 +240,7 @@ def loso_markdown(results: list[dict]) -> list[str]:
                          f"{_pct(_values(fr, f'thr_eval_{src}_accuracy'), ci=True)} | "
                          f"{_pct(_values(fr, f'thr_eval_{src}_precision'))} / {_pct(_values(fr, f'thr_eval_{src}_recall'))} | "
                          f"{_pct(_values(fr, f'eval_{src}_accuracy'))} | {_pct(_values(fr, f'thr_adabn_{src}_accuracy'))} | "
-                         f"{_pct(_values(fr, 'thr_accuracy'))} |")
+                         f"{_blends(fr, src)} | {_pct(_values(fr, 'thr_accuracy'))} |")
             for r in fr:
                 per_seed.setdefault(int(r["seed"]), []).append(100 * float(r[f"thr_eval_{src}_accuracy"]))
         n_folds = max((len(v) for v in per_seed.values()), default=0)
@@ -248,6 +252,14 @@ def loso_markdown(results: list[dict]) -> list[str]:
     lines += ["", "| row | left-out sources | mean left-out acc (per seed, then over seeds) | `all` pooled val | "
               "`all` val per source |", "|" + "---|" * 5, *summary, ""]
     return lines
+
+
+def _blends(rows: list[dict], src: str) -> str:
+    """The left-out accuracy after AdaBN at each target weight < 1 the runs scored ("w 0.5: 88.1 ± 1.0"), or -."""
+    suffix = f"_{src}_accuracy"
+    weights = sorted({k[len("thr_adabn_w"):-len(suffix)] for r in rows for k in r
+                      if k.startswith("thr_adabn_w") and k.endswith(suffix) and r[k] != ""}, key=float)
+    return "; ".join(f"w {w}: {_pct(_values(rows, f'thr_adabn_w{w}{suffix}'))}" for w in weights) or "-"
 
 
 def write_results(output_dir: str, table: str, runs) -> list[dict]:

@@ -153,23 +153,33 @@ def _measure(model: keras.Model, order: list, images: np.ndarray, batch_size: in
     return measure
 
 
-def _assign(layer, moments: _Moments) -> None:
-    layer.moving_mean.assign(moments.mean.astype(layer.moving_mean.dtype))
-    layer.moving_variance.assign(moments.variance.astype(layer.moving_variance.dtype))
+def _assign(layer, moments: _Moments, target_weight: float = 1.0) -> None:
+    """Sets the layer's moving statistics to the target's, or with ``target_weight`` < 1 to
+    ``(1 - w) * its own + w * the target's`` (mean and variance alike, as Schneider et al. 2020)."""
+    for variable, measured in ((layer.moving_mean, moments.mean), (layer.moving_variance, moments.variance)):
+        if target_weight != 1.0:
+            own = np.asarray(keras.ops.convert_to_numpy(variable), np.float64)
+            measured = (1.0 - target_weight) * own + target_weight * measured
+        variable.assign(measured.astype(variable.dtype))
 
 
 def adapt_batchnorm(model: keras.Model, images: np.ndarray, batch_size: int = 64, method: str = "exact",
-                    copy: bool = False, log: Callable[[str], None] | None = None, passes: str = "cached"
-                    ) -> keras.Model:
+                    copy: bool = False, log: Callable[[str], None] | None = None, passes: str = "cached",
+                    target_weight: float = 1.0) -> keras.Model:
     """Re-estimates the BatchNormalization statistics of ``model`` on ``images`` (raw model inputs,
     e.g. uint8 [N, S, S, 3] crops) and returns the model (``copy=True``: a clone, ``model`` untouched).
 
-    ``method``: ``exact`` or ``batch``; ``passes``: ``eager`` or ``compiled`` (module docstring).
-    Raises ValueError for no images, a model without BatchNormalization, batch renormalisation, or a
-    layer called twice per pass.
+    ``method``: ``exact`` or ``batch``; ``passes``: ``cached``, ``eager`` or ``compiled`` (module
+    docstring). ``target_weight`` w in (0, 1]: each layer's statistics become ``(1 - w)`` times its
+    own (the source's) plus ``w`` times those of its inputs on the images (with ``exact``, measured
+    with every earlier layer already blended); 1 is plain AdaBN, smaller values keep more of the
+    source (a prior, as Schneider et al. 2020). Raises ValueError for no images, a weight outside (0,
+    1], a model without BatchNormalization, batch renormalisation, or a layer called twice per pass.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r}: choose one of {METHODS}")
+    if not 0.0 < target_weight <= 1.0:
+        raise ValueError(f"target_weight={target_weight}: must be in (0, 1] (1 = the target's statistics alone)")
     if passes not in PASSES:
         raise ValueError(f"passes={passes!r}: choose one of {PASSES}")
     if len(images) == 0 or batch_size < 1:
@@ -188,23 +198,23 @@ def adapt_batchnorm(model: keras.Model, images: np.ndarray, batch_size: int = 64
     measure = _measure(model, order, images, batch_size, method, passes)
     if method == "batch":
         for layer, moments in zip(order, measure(list(range(len(order)))).values()):
-            _assign(layer, moments)
+            _assign(layer, moments, target_weight)
     else:
         for k, target in enumerate(order):
-            _assign(target, measure([k])[k])
+            _assign(target, measure([k])[k], target_weight)
             if log and (k + 1) % 10 == 0:
                 log(f"adabn: {k + 1}/{len(order)} layers, {time.time() - started:.0f}s")
     if log:
         unused = len(layers) - len(order)
-        log(f"adabn ({method}, {passes} passes): {len(order)} BatchNormalization layers re-estimated on {len(images)} images in "
+        log(f"adabn ({method}, {passes} passes{'' if target_weight == 1 else f', target weight {target_weight:g}'}): {len(order)} BatchNormalization layers re-estimated on {len(images)} images in "
             f"{time.time() - started:.1f}s" + (f"; {unused} never called, left as they were" if unused else ""))
     return model
 
 
 def adaptation_record(photos, crops: int, crop_side, image_size: int, seed: int, method: str, inputs: str,
-                      model: keras.Model, passes: str = "eager") -> dict:
+                      model: keras.Model, passes: str = "eager", target_weight: float = 1.0) -> dict:
     """What the metadata of an adapted model records about its adaptation."""
-    return {"method": method, "passes": passes, "inputs": inputs, "photos": len(photos.paths), "files_sha256": photos.digest(),
+    return {"method": method, "passes": passes, "target_weight": float(target_weight), "inputs": inputs, "photos": len(photos.paths), "files_sha256": photos.digest(),
             "crops": int(crops), "crop_side": [int(v) for v in crop_side], "image_size": int(image_size),
             "seed": int(seed), "bn_layers": len(batchnorm_layers(model)), "backend": keras.backend.backend(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -213,8 +223,8 @@ def adaptation_record(photos, crops: int, crop_side, image_size: int, seed: int,
 def adapt_to_source(model: keras.Model, source: str, data_root: str = "", split: str = "train", crops: int = 1024,
                     crop_side: tuple[int, int] = (96, 192), seed: int = 0, batch_size: int = 64,
                     method: str = "exact", copy: bool = True, val_fraction: float = 0.2,
-                    image_size: int | None = None, log: Callable[[str], None] | None = None, passes: str = "cached"
-                    ) -> tuple[keras.Model, dict]:
+                    image_size: int | None = None, log: Callable[[str], None] | None = None, passes: str = "cached",
+                    target_weight: float = 1.0) -> tuple[keras.Model, dict]:
     """AdaBN on ``split`` of photo sources (``--data_dir`` syntax, e.g. the left-out source of a
     leave-one-source-out run): ``crops`` random crops of its photos, labels and masks unused.
 
@@ -230,6 +240,6 @@ def adapt_to_source(model: keras.Model, source: str, data_root: str = "", split:
         raise ValueError(f"model {model.name!r} has no fixed input size: pass image_size")
     photos = from_sources(source, data_root, split, val_fraction)
     images = random_crops(photos.images, crops, size, crop_side, seed)
-    adapted = adapt_batchnorm(model, images, batch_size, method, copy, log, passes)
+    adapted = adapt_batchnorm(model, images, batch_size, method, copy, log, passes, target_weight)
     return adapted, adaptation_record(photos, crops, crop_side, size, seed, method, f"{source} ({split})", adapted,
-                                      passes)
+                                      passes, target_weight)

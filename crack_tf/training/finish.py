@@ -102,12 +102,19 @@ def timed(seconds: dict | None, key: str, fn, *args):
             seconds[key] = round(seconds.get(key, 0.0) + time.perf_counter() - start, 3)
 
 
-def adabn_margins(model: keras.Model, eval_input, tta: str, adapt, seconds: dict | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def adabn_split(target_weight: float) -> str:
+    """The ``split`` name in margins.npz of the eval tiles after AdaBN at ``target_weight``
+    (``eval_adabn`` for plain AdaBN, ``eval_adabn_w0.5`` for a blend)."""
+    return "eval_adabn" if target_weight == 1 else f"eval_adabn_w{target_weight:g}"
+
+
+def adabn_margins(model: keras.Model, eval_input, tta: str, adapt, seconds: dict | None = None,
+                  target_weight: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Margins, labels and sources of the ``--eval_sources`` tiles, each source scored after AdaBN on
-    its own unlabelled train photos (``adapt(model, source)`` re-estimates the BatchNorm statistics in
-    place; they are restored afterwards, so the model leaves as it came). ``seconds``: gets the wall
-    seconds of the adapting (``adabn_adapt``) and of the scoring (``adabn_score``), all sources."""
+    its own unlabelled train photos (``adapt(model, source, target_weight)`` re-estimates the
+    BatchNorm statistics in place; they are restored afterwards, so the model leaves as it came).
+    ``seconds``: gets the wall seconds of the adapting (``adabn_adapt``) and of the scoring
+    (``adabn_score``), all sources and weights."""
     import types
 
     from crack_tf.training.adabn import keep_batchnorm
@@ -115,7 +122,7 @@ def adabn_margins(model: keras.Model, eval_input, tta: str, adapt, seconds: dict
     parts = []
     for name, part in eval_input.by_source.items():
         with keep_batchnorm(model):
-            timed(seconds, "adabn_adapt", adapt, model, name)
+            timed(seconds, "adabn_adapt", adapt, model, name, target_weight)
             parts.append(timed(seconds, "adabn_score", val_margins, model,
                                types.SimpleNamespace(by_source={name: part}), tta))
     return (np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts]),
@@ -123,12 +130,14 @@ def adabn_margins(model: keras.Model, eval_input, tta: str, adapt, seconds: dict
 
 
 def operating_point(model: keras.Model, val_input, rule: str, tta: str, eval_input=None, adapt=None,
-                    seconds: dict | None = None) -> tuple[dict, dict]:
+                    seconds: dict | None = None, adabn_weights: tuple[float, ...] = (1.0,)) -> tuple[dict, dict]:
     """({tta mode: point}, margins) for "none" and ``tta``; each point has the pooled val metrics at
     its threshold and, for several sources, the metrics of each; with ``eval_input`` (the
     ``--eval_sources`` tiles) also those sources' metrics at the same temperature and threshold, and
     with ``adapt`` (AdaBN, see :func:`adabn_margins`) the same after adapting to each of them
-    (``eval_sources_adabn_at_threshold_by_source``; ``--tta``'s point only).
+    (``--tta``'s point only), once per target weight in ``adabn_weights``: plain AdaBN (1) as
+    ``eval_sources_adabn_at_threshold_by_source``, blends as
+    ``eval_sources_adabn_by_target_weight`` {"0.5": {source: metrics}}.
     ``margins``: the arrays of :func:`save_margins` for ``tta``'s views. ``seconds``: gets the wall
     seconds of scoring val (``val``), the eval tiles (``eval``) and AdaBN (``adabn_adapt``,
     ``adabn_score``).
@@ -138,8 +147,8 @@ def operating_point(model: keras.Model, val_input, rule: str, tta: str, eval_inp
     parts = {"val": timed(seconds, "val", val_margins, model, val_input, tta)}
     if eval_input is not None:
         parts["eval"] = timed(seconds, "eval", val_margins, model, eval_input, tta)
-        if adapt is not None:
-            parts["eval_adabn"] = adabn_margins(model, eval_input, tta, adapt, seconds)
+        for weight in adabn_weights if adapt is not None else ():
+            parts[adabn_split(weight)] = adabn_margins(model, eval_input, tta, adapt, seconds, weight)
     keys = {"eval": "eval_sources_at_threshold_by_source", "eval_adabn": "eval_sources_adabn_at_threshold_by_source"}
     points = {}
     margins, labels, sources = parts["val"]
@@ -150,11 +159,15 @@ def operating_point(model: keras.Model, val_input, rule: str, tta: str, eval_inp
         if len(set(sources.tolist())) > 1:
             probs = calibration.calibrated_probability(margins[views], point["temperature"])
             point["val_at_threshold_by_source"] = metrics_by_source(probs, labels, sources, point["threshold"])
-        for split, key in keys.items():
-            if split in parts and (split == "eval" or mode == tta):
-                m, y, src = parts[split]
-                probs = calibration.calibrated_probability(m[views], point["temperature"])
-                point[key] = metrics_by_source(probs, y, src, point["threshold"])
+        for split, (m, y, src) in parts.items():
+            if split == "val" or (split != "eval" and mode != tta):
+                continue
+            probs = calibration.calibrated_probability(m[views], point["temperature"])
+            scored = metrics_by_source(probs, y, src, point["threshold"])
+            if split in keys:
+                point[keys[split]] = scored
+            else:  # a blend: eval_adabn_w<weight>
+                point.setdefault("eval_sources_adabn_by_target_weight", {})[split.removeprefix("eval_adabn_w")] = scored
         points[mode] = point
     arrays = {"margins": np.concatenate([p[0] for p in parts.values()], axis=1).astype(np.float32),
               "labels": np.concatenate([p[1] for p in parts.values()]).astype(np.int8),
@@ -187,8 +200,8 @@ def eval_features(model: keras.Model, eval_input, tta: str) -> dict:
 def save_margins(path: str, arrays: dict, compress: bool = True) -> None:
     """``margins.npz``: ``margins`` float32 [V, N] (V test-time views), ``labels`` [N], ``sources`` [N],
     ``split`` [N] ("val", "eval" for the ``--eval_sources`` tiles, "eval_adabn" for the same tiles after
-    AdaBN), ``tta``; written atomically. Also writes ``features.npz`` (:func:`eval_features`;
-    ``compress=False``: features do not compress)."""
+    AdaBN, "eval_adabn_w0.5" after AdaBN blended at target weight 0.5), ``tta``; written atomically.
+    Also writes ``features.npz`` (:func:`eval_features`; ``compress=False``: features do not compress)."""
     import os
 
     tmp = path + ".tmp.npz"

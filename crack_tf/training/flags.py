@@ -80,6 +80,9 @@ _GROUPS: dict[str, list[tuple]] = {"model": [
      "kept cut of the graph (cached), op by op from the images (eager) or through one compiled probe model "
      "(compiled); the same statistics (crack_tf.training.adabn, tools/bench_adabn.py).",
      ADABN_PASSES),
+    ("list", "adabn_target_weights", ["1"], "With --adabn_eval_crops: the AdaBN target weights w to score, each "
+     "in (0, 1]: every BatchNorm statistic becomes (1 - w) x the trained one + w x the target's (1: plain AdaBN; "
+     "e.g. 1,0.5 also scores a blend; crack_tf.adapt --target_weight).", None),
     ("integer", "adabn_batch_size", 64, "With --adabn_eval_crops: crops per AdaBN pass (the statistics are pooled "
      "exactly over batches: the size changes speed and memory only).", None),
     ("bool", "save_eval_features", False, "With --eval_sources: also write those tiles' penultimate features "
@@ -239,6 +242,12 @@ def validate(cfg) -> None:
         problems.append("--adabn_eval_crops must be >= 0 and needs --eval_sources (the sources to adapt to)")
     elif cfg.adabn_eval_crops and cfg.model == "zhang2016":
         problems.append("--adabn_eval_crops adapts BatchNorm statistics: zhang2016 has no BatchNorm layer")
+    try:
+        weights = [float(w) for w in cfg.adabn_target_weights]
+        if not weights or len(set(weights)) < len(weights) or not all(0 < w <= 1 for w in weights):
+            raise ValueError
+    except ValueError:
+        problems.append(f"--adabn_target_weights={','.join(cfg.adabn_target_weights)}: give distinct weights in (0, 1]")
     if cfg.adabn_batch_size < 1:
         problems.append(f"--adabn_batch_size={cfg.adabn_batch_size}: must be >= 1")
     if cfg.save_eval_features and not cfg.eval_sources:

@@ -95,7 +95,8 @@ def _store_operating_point(model, cfg, val_input, out_dir: str, runtime, eval_in
         try:
             with _scoring_model(model, path, runtime) as scorer:
                 points, margins = finish.operating_point(scorer, val_input, cfg.threshold_rule, cfg.tta, scored,
-                                                         _adabn(cfg) if scored is not None else None, parts)
+                                                         _adabn(cfg) if scored is not None else None, parts,
+                                                         adabn_weights(cfg))
                 if name == "final.keras":
                     finish.save_margins(os.path.join(cfg.model_dir, "margins.npz"), margins)
                     if cfg.save_eval_features and eval_input is not None:
@@ -110,9 +111,12 @@ def _store_operating_point(model, cfg, val_input, out_dir: str, runtime, eval_in
               f"{chosen['threshold']:.4f}, temperature {chosen['temperature']:.3f} (ECE {chosen['ece_before']:.3f} "
               f"-> {chosen['ece_after']:.3f}); val P={at['precision']:.4f} R={at['recall']:.4f} "
               f"acc={at['accuracy']:.4f}", flush=True)
-        for key, what in (("eval_sources_at_threshold_by_source", ""), ("eval_sources_adabn_at_threshold_by_source",
-                                                                         " after AdaBN")):
-            for source, m in (chosen.get(key) or {}).items():
+        scored_by = [(chosen.get("eval_sources_at_threshold_by_source"), ""),
+                     (chosen.get("eval_sources_adabn_at_threshold_by_source"), " after AdaBN")]
+        scored_by += [(by_source, f" after AdaBN at target weight {weight}")
+                      for weight, by_source in (chosen.get("eval_sources_adabn_by_target_weight") or {}).items()]
+        for by_source, what in scored_by:
+            for source, m in (by_source or {}).items():
                 print(f"  eval source {source}{what} at that point: acc={m['accuracy']:.4f} P={m['precision']:.4f} "
                       f"R={m['recall']:.4f}", flush=True)
         write_metadata(path, {"operating_point": chosen, "image_size": cfg.image_size, "tta": cfg.tta,
@@ -143,18 +147,23 @@ def _scoring_model(model: keras.Model, path: str, runtime):
 
 
 def _adabn(cfg: TrainConfig):
-    """With ``--adabn_eval_crops``: AdaBN to one eval source (its unlabelled train photos), in place,
-    ``--adabn_batch_size`` crops a pass."""
+    """With ``--adabn_eval_crops``: AdaBN to one eval source (its unlabelled train photos) at a target
+    weight, in place, ``--adabn_batch_size`` crops a pass."""
     if not cfg.adabn_eval_crops:
         return None
     from crack_tf.training.adabn import adapt_to_source
 
-    def adapt(model: keras.Model, source: str) -> None:
+    def adapt(model: keras.Model, source: str, target_weight: float = 1.0) -> None:
         adapt_to_source(model, source, cfg.data_root, cfg.train_split, crops=cfg.adabn_eval_crops,
                         crop_side=tuple(cfg.crop_side), seed=cfg.seed, batch_size=cfg.adabn_batch_size,
-                        image_size=cfg.image_size, copy=False, passes=cfg.adabn_passes)
+                        image_size=cfg.image_size, copy=False, passes=cfg.adabn_passes, target_weight=target_weight)
 
     return adapt
+
+
+def adabn_weights(cfg: TrainConfig) -> tuple[float, ...]:
+    """``--adabn_target_weights`` as floats (validated by the flags)."""
+    return tuple(float(w) for w in cfg.adabn_target_weights)
 
 
 class _Phases:
