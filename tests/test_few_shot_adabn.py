@@ -54,11 +54,13 @@ def test_a_curve_that_always_prefers_the_better_margins_is_the_curve_on_them():
         few_shot.few_shot_curve(None, y, fit="last_layer", refit=lambda picked: (clean, clean[:, picked]))
 
 
-def _run(folder, y, margins, adapted=None):
+def _run(folder, y, margins, adapted=None, blend=None):
     folder.mkdir(parents=True)
     parts = [("val", margins[:, :100], y[:100]), ("eval", margins[:, 100:], y[100:])]
     if adapted is not None:
         parts.append(("eval_adabn", adapted[:, 100:], y[100:]))
+    if blend is not None:  # AdaBN at target weight 0.5 (--adabn_target_weights=1,0.5)
+        parts.append(("eval_adabn_w0.5", blend[:, 100:], y[100:]))
     np.savez(folder / "margins.npz", margins=np.concatenate([m for _, m, _ in parts], 1).astype(np.float32),
              labels=np.concatenate([lab for _, _, lab in parts]),
              sources=np.array(["a"] * 100 + ["site"] * (sum(lab.size for _, _, lab in parts) - 100)),
@@ -95,3 +97,17 @@ def test_adabn_margins_of_other_tiles_are_refused(tmp_path):
     np.savez(tmp_path / "run" / "margins.npz", **arrays)
     with pytest.raises(ValueError, match="eval_adabn tiles are not its eval tiles"):
         tool.main_args([f"--runs={tmp_path / 'run'}", f"--out={tmp_path / 'curve'}", "--ns=0", "--adabn"])
+
+
+def test_curve_tool_reads_a_blends_margins_with_adabn_split(tmp_path, capsys):
+    tool = load_tool("few_shot_curve")
+    y, noise, clean = _site()
+    _run(tmp_path / "runs" / "loso_0", y, noise, adapted=noise, blend=clean)
+    args = [f"--runs={tmp_path / 'runs' / 'loso_*'}", f"--out={tmp_path / 'curve'}", "--ns=0", "--prior_tiles=50",
+            "--adabn"]
+    zero = {r["fit"]: r["accuracy_mean"] for r in tool.main_args(args + ["--adabn_split=eval_adabn_w0.5"])}
+    assert zero["AdaBN, threshold, prior 50"] == 1.0  # the blend's (clean) margins, not plain AdaBN's (noisy)
+    plain = {r["fit"]: r["accuracy_mean"] for r in tool.main_args(args)}
+    assert plain["AdaBN, threshold, prior 50"] == plain["threshold, prior 50"] < 1.0
+    tool.main_args(args + ["--adabn_split=eval_adabn_w0.25"])
+    assert "no AdaBN margins (eval_adabn_w0.25" in capsys.readouterr().err

@@ -40,6 +40,13 @@ def test_report_joins_slices_and_writes_every_table(tmp_path, shared_data):
     groups = second / "ablation_loso" / f"{ROW}_no_deepcrack_s0" / "groups.npz"
     committed = dict(np.load(groups))
     groups.unlink()  # made again from the data (tools/tile_groups.py)
+    blended = second / "ablation_loso" / f"{ROW}_no_uav75_s1" / "margins.npz"  # as if run with a blend too
+    arrays = dict(np.load(blended))
+    plain = arrays["split"] == "eval_adabn"
+    np.savez(blended, **{k: np.concatenate([v, v[plain]]) if v.ndim == 1 and k != "tta" else v for k, v in arrays.items()
+                         if k not in ("margins", "split")},
+             margins=np.concatenate([arrays["margins"], arrays["margins"][:, plain]], axis=1),
+             split=np.concatenate([arrays["split"], np.full(int(plain.sum()), "eval_adabn_w0.5")]))
     done = _report(tmp_path / "out", first, second, env={"NS": "0,10", "DRAWS": "2", "DATA_ROOT": str(shared_data)})
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"loso_report.sh: 9 runs of {ROW} (seeds 0,1,2)" in done.stdout
@@ -51,6 +58,13 @@ def test_report_joins_slices_and_writes_every_table(tmp_path, shared_data):
     assert f"| {ROW} | 3 | 87.36 ± 0.14 [86.1, 88.6] | 92.56 ± 0.14 |" in table
     by_source = (tmp_path / "out" / f"few_shot_adabn_{ROW}" / "few_shot_by_source.md").read_text()
     assert "| uav75, threshold, prior 50 | 2 | 0.911 ± 0.014 |" in by_source and "AdaBN" in by_source
+    # the blend's curves (here plain AdaBN's margins again: the same AdaBN rows), for the run that has them
+    blend = (tmp_path / "out" / f"few_shot_adabn_w0.5_{ROW}" / "few_shot.md").read_text()
+    plain_rows = (tmp_path / "out" / f"few_shot_adabn_{ROW}" / "few_shot.md").read_text().splitlines()
+    assert [ln for ln in blend.splitlines() if f"{ROW}_no_uav75_s1 | uav75 | AdaBN," in ln] == \
+        [ln for ln in plain_rows if f"{ROW}_no_uav75_s1 | uav75 | AdaBN," in ln] != []
+    assert "AdaBN" not in "".join(ln for ln in blend.splitlines() if f"{ROW}_no_uav75_s0 " in ln)
+    assert f"few_shot_adabn_w0.5_{ROW}/" in done.stdout
     rules = (tmp_path / "out" / f"threshold_rules_{ROW}.md").read_text()
     assert "| `f1` | 87.4 ± 0.1 |" in rules and sum(line.startswith("| `") for line in rules.splitlines()) == 7
 

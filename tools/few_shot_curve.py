@@ -18,7 +18,8 @@ tile's photo (source image), every fit of
 that run draws its sample from whole photos and scores the other photos only
 (``few_shot.draw_grouped``: a new site labels a few photos); ``rest`` is then the mean number of
 tiles scored. ``--adabn``: the same margin fits on the left-out tiles' margins after AdaBN (runs
-trained with ``--adabn_eval_crops`` keep them as ``split == "eval_adabn"``: what ``crack_tf.adapt``
+trained with ``--adabn_eval_crops`` keep them as ``split == "eval_adabn"``, a blend as ``--adabn_split``
+``eval_adabn_w0.5``: what ``crack_tf.adapt``
 then ``crack_tf.calibrate`` would do), and a policy a site can follow: AdaBN only where the labelled
 sample's ROC AUC says it ranks better.
 """
@@ -43,18 +44,20 @@ FIELDS = ["run", "left_out", "fit", "n", "draws", "fallbacks", "rest"] + [
     f"{m}_{s}" for m in few_shot.CURVE_METRICS for s in ("mean", "std")]
 
 
-def read_left_out(folder: str) -> tuple[np.ndarray, np.ndarray, str, dict, np.ndarray | None]:
+def read_left_out(folder: str, adabn_split: str = "eval_adabn"
+                  ) -> tuple[np.ndarray, np.ndarray, str, dict, np.ndarray | None]:
     """(margins [V, N_eval], labels, left-out source name(s), stored point, the same tiles' margins after
-    AdaBN or None) of one run folder; AdaBN's are the ``split == "eval_adabn"`` part (a run trained with
-    ``--adabn_eval_crops``: the same tiles in the same order, checked by their labels)."""
+    AdaBN or None) of one run folder; AdaBN's are the ``split == adabn_split`` part (a run trained with
+    ``--adabn_eval_crops``: the same tiles in the same order, checked by their labels; a blend of
+    ``--adabn_target_weights``: e.g. ``eval_adabn_w0.5``)."""
     run = run_margins.read_run(folder)
     arrays = run["arrays"]
-    target, adapted = arrays["split"] == "eval", arrays["split"] == "eval_adabn"
+    target, adapted = arrays["split"] == "eval", arrays["split"] == adabn_split
     if not target.any():
         raise ValueError(f"{folder}/margins.npz has no split == 'eval' entries (the left-out source)")
     labels = arrays["labels"][target]
     if adapted.any() and not np.array_equal(arrays["labels"][adapted], labels):
-        raise ValueError(f"{folder}/margins.npz: its eval_adabn tiles are not its eval tiles")
+        raise ValueError(f"{folder}/margins.npz: its {adabn_split} tiles are not its eval tiles")
     return (arrays["margins"][:, target], labels, "+".join(sorted(set(arrays["sources"][target]))), run["point"],
             arrays["margins"][:, adapted] if adapted.any() else None)
 
@@ -110,18 +113,20 @@ def adabn_variants(fits: list[str], priors: list[float], margins: np.ndarray, ad
 
 def curves(folders: list[str], ns: list[int], draws: int, fits: list[str], rule: str | None, seed: int,
            priors: list[float] = (0,), l2s: list[float] = (hr.DEFAULT_L2,), adabn: bool = False,
-           adabn_by: float = 0.0) -> list[dict]:
+           adabn_by: float = 0.0, adabn_split: str = "eval_adabn") -> list[dict]:
     """Rows of every run x fit x prior (x l2 for ``last_layer``); ``fit`` reads "<fit>, prior <k>" for a
     prior of k > 0 tiles and "last_layer, l2 <l2>" for more than one ``l2``. ``adabn``: also the margin
-    fits after AdaBN (:func:`adabn_variants`) for the runs whose margins hold them."""
+    fits after AdaBN (:func:`adabn_variants`; the margins of ``adabn_split``) for the runs whose
+    margins hold them."""
     rows = []
     for folder in folders:
-        margins, labels, left_out, point, adapted = read_left_out(folder)
+        margins, labels, left_out, point, adapted = read_left_out(folder, adabn_split)
         feats = read_features(folder, labels) if "last_layer" in fits else None
         groups = read_groups(folder, labels)  # photos known: draws by photo, all fits alike
         variants = []  # (label, fit, prior, margins, few_shot_curve's extra arguments)
         if adabn and adapted is None:
-            print(f"few_shot_curve: {folder} has no AdaBN margins (train with --adabn_eval_crops): no AdaBN curve",
+            print(f"few_shot_curve: {folder} has no AdaBN margins ({adabn_split}; train with --adabn_eval_crops): "
+                  "no AdaBN curve",
                   file=sys.stderr)
         elif adabn:
             variants += [(label, fit, prior, m, {**groups, **extra}) for label, fit, prior, m, extra
@@ -201,6 +206,9 @@ def main_args(argv: list[str]) -> list[dict]:
                         help="Also each margin fit after AdaBN (the runs' eval_adabn margins) and where the "
                              "sample ranks the AdaBN margins better (ROC AUC larger by more than --adabn_by).")
     parser.add_argument("--adabn_by", type=float, default=0.0, help="--adabn: the sample's ROC AUC margin.")
+    parser.add_argument("--adabn_split", default="eval_adabn",
+                        help="--adabn: the margins.npz split after AdaBN (eval_adabn_w0.5: the blend at target weight "
+                             "0.5 of a run trained with --adabn_target_weights=1,0.5).")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     folders = sorted(d for d in glob.glob(args.runs) if os.path.isdir(d))
@@ -213,7 +221,7 @@ def main_args(argv: list[str]) -> list[dict]:
     if unknown:
         raise ValueError(f"--fit={','.join(unknown)}: choose from {', '.join(sc.FITS)}")
     rows = curves(folders, ns, args.draws, fits, args.rule, args.seed, priors,
-                  [float(v) for v in args.l2.split(",") if v], args.adabn, args.adabn_by)
+                  [float(v) for v in args.l2.split(",") if v], args.adabn, args.adabn_by, args.adabn_split)
     if not rows:
         raise ValueError("no curve: every run lacked what its fits need (see above)")
     write_outputs(rows, args.out)

@@ -11,7 +11,8 @@
 #   2. loso_<row>.md / .csv: the row's val and leave-one-source-out tables over every run found
 #      (tools/ablate.py --report_only over links to them in one folder)
 #   3. few_shot_adabn_<row>/: a new site's calibration curve by photo, stored point, threshold with
-#      the prior of 50 tiles, AdaBN (tools/few_shot_curve.py --adabn; NS, DRAWS override 0,10,25,50,100 / 20)
+#      the prior of 50 tiles, AdaBN (tools/few_shot_curve.py --adabn; NS, DRAWS override 0,10,25,50,100 / 20);
+#      few_shot_adabn_w<w>_<row>/: the same after each AdaBN blend the runs scored (--adabn_target_weights)
 #   4. threshold_rules_<row>.md: every --threshold_rule on these runs (tools/threshold_rules.py)
 set -euo pipefail
 row=${1:?usage: loso_report.sh <row> <out dir> <results folder>...}
@@ -41,5 +42,16 @@ mv "$links/results.md" "$out/loso_$row.md"
 mv "$links/results.csv" "$out/loso_$row.csv"
 python tools/few_shot_curve.py --runs="$links/${row}_no_*" --adabn --out="$out/few_shot_adabn_$row" \
     --ns="${NS:-0,10,25,50,100}" --draws="${DRAWS:-20}" --fit=threshold --prior_tiles=50
+# the same curves after each AdaBN blend the runs scored (--adabn_target_weights: split eval_adabn_w<w>)
+blends=$(python3 -c 'import sys, numpy as np
+print(" ".join(sorted({s for run in sys.argv[1:] for s in np.load(run + "/margins.npz")["split"].tolist()
+                       if s.startswith("eval_adabn_w")})))' "${left_out[@]}")
+curves="$out/few_shot_adabn_$row/"
+for split in $blends; do
+  python tools/few_shot_curve.py --runs="$links/${row}_no_*" --adabn --adabn_split="$split" \
+      --out="$out/few_shot_${split#eval_}_$row" --ns="${NS:-0,10,25,50,100}" --draws="${DRAWS:-20}" --fit=threshold \
+      --prior_tiles=50
+  curves+=", $out/few_shot_${split#eval_}_$row/"
+done
 python tools/threshold_rules.py --runs="$links/${row}_*" --out="$out/threshold_rules_$row.md"
-echo "loso_report.sh: wrote $out/loso_$row.md, $out/few_shot_adabn_$row/, $out/threshold_rules_$row.md"
+echo "loso_report.sh: wrote $out/loso_$row.md, $curves, $out/threshold_rules_$row.md"
