@@ -13,6 +13,10 @@ every other weight (kernels, gamma, beta) stays as it was. Two methods:
   combination: the between-batch spread counts too). ~30x cheaper; the deeper layers' inputs
   differ slightly from inference (batch instead of target statistics upstream).
 
+With ``target_weight`` w < 1 each layer's statistics become ``(1 - w)`` times its own (the training
+sources') plus ``w`` times the target's, measured as above with every earlier layer already blended
+(the prior of Schneider et al. 2020): a new site's shift taken only in part.
+
 Layers are found wherever they sit (nested models, layers inside custom layers such as ASPP) by
 running the model once eagerly with their ``call`` temporarily wrapped. The passes themselves
 (``passes``):
@@ -206,16 +210,18 @@ def adapt_batchnorm(model: keras.Model, images: np.ndarray, batch_size: int = 64
                 log(f"adabn: {k + 1}/{len(order)} layers, {time.time() - started:.0f}s")
     if log:
         unused = len(layers) - len(order)
-        log(f"adabn ({method}, {passes} passes{'' if target_weight == 1 else f', target weight {target_weight:g}'}): {len(order)} BatchNormalization layers re-estimated on {len(images)} images in "
-            f"{time.time() - started:.1f}s" + (f"; {unused} never called, left as they were" if unused else ""))
+        blend = "" if target_weight == 1 else f", target weight {target_weight:g}"
+        log(f"adabn ({method}, {passes} passes{blend}): {len(order)} BatchNormalization layers re-estimated on "
+            f"{len(images)} images in {time.time() - started:.1f}s"
+            + (f"; {unused} never called, left as they were" if unused else ""))
     return model
 
 
 def adaptation_record(photos, crops: int, crop_side, image_size: int, seed: int, method: str, inputs: str,
                       model: keras.Model, passes: str = "eager", target_weight: float = 1.0) -> dict:
     """What the metadata of an adapted model records about its adaptation."""
-    return {"method": method, "passes": passes, "target_weight": float(target_weight), "inputs": inputs, "photos": len(photos.paths), "files_sha256": photos.digest(),
-            "crops": int(crops), "crop_side": [int(v) for v in crop_side], "image_size": int(image_size),
+    return {"method": method, "passes": passes, "target_weight": float(target_weight), "inputs": inputs,
+            "photos": len(photos.paths), "files_sha256": photos.digest(), "crops": int(crops), "crop_side": [int(v) for v in crop_side], "image_size": int(image_size),
             "seed": int(seed), "bn_layers": len(batchnorm_layers(model)), "backend": keras.backend.backend(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
