@@ -5,6 +5,7 @@ shell logic (row filter, grid folder, reused runs) without training anything.
 """
 
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -255,3 +256,24 @@ def test_finish_speed_scores_each_fold_side_by_side_once_per_pass_kind(job_tree)
                              env=dict(env, FOLDS="no_uav75,no_such"), timeout=60)
     assert refused.returncode == 2 and "unknown fold no_such" in refused.stdout
     assert "bench_finish.py" not in calls.read_text()  # refused before any fold started
+
+
+def test_fold_backbones_share_the_machines_loader_processes(job_tree):
+    """Each fold backbone's --data_workers: the machine's cores less two, shared by the folds (4 each
+    for three on 16 cores, as before; 14 for one fold alone), at least 2."""
+    repo, env, calls = job_tree
+    (repo.parent / "bin" / "python3").write_text(
+        RECORDER + 'for a in "$@"; do case $a in --output=*) o="${a#--output=}"; touch "$o";; esac; done\n')
+    workers = {}
+    for cores, folds in ((16, "no_uav75,no_uavcrack,no_deepcrack"), (16, "no_uav75"), (3, "no_uav75,no_deepcrack")):
+        (repo.parent / "bin" / "nproc").write_text(f"#!/usr/bin/env bash\necho {cores}\n")
+        (repo.parent / "bin" / "nproc").chmod(0o755)
+        shutil.rmtree(repo / "runs", ignore_errors=True)
+        calls.write_text("")
+        done = subprocess.run(["bash", "-c", f"source tools/gpu_jobs/common.sh && fold_backbones synth_crack {folds}"],
+                              cwd=repo, capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        fold_calls = [c for c in calls.read_text().splitlines() if "--init=runs/pretrain/synthetic.weights.h5" in c]
+        assert len(fold_calls) == len(folds.split(","))
+        workers[(cores, folds)] = {c.split("--data_workers=")[1].split()[0] for c in fold_calls}
+    assert list(workers.values()) == [{"4"}, {"14"}, {"2"}]

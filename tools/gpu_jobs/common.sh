@@ -76,10 +76,15 @@ fold_backbones() {
   fi
   local steps=${FOLD_STEPS:-1000} resumable=""
   [ "$steps" = 1000 ] || { stem+=$steps; resumable="--checkpoint_every=500"; }
+  # the machine's loader processes shared by the folds (4 each for three on 16 cores, 14 for one alone:
+  # the batches do not depend on the count, tools/pretrain.py Batches)
+  local n_folds; n_folds=$(tr ',' '\n' <<< "$folds" | grep -c .)
+  local workers=$(( ($(nproc) - 2) / (n_folds > 0 ? n_folds : 1) ))
+  workers=$(( workers < 2 ? 2 : (workers > 14 ? 14 : workers) ))
   for fold in ${folds//,/ }; do  # each with a fifth of the GPU's memory
     [ -n "${FOLD_SOURCES[$fold]:-}" ] || { echo "unknown fold $fold: choose from ${!FOLD_SOURCES[*]}"; return 1; }
     XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 PRETRAIN_DATA="${FOLD_SOURCES[$fold]}" PRETRAIN_INIT="$init" \
-        PRETRAIN_OUT="runs/pretrain/${stem}_$fold.weights.h5" PRETRAIN_WORKERS=4 PRETRAIN_STEPS="$steps" \
+        PRETRAIN_OUT="runs/pretrain/${stem}_$fold.weights.h5" PRETRAIN_WORKERS=$workers PRETRAIN_STEPS="$steps" \
         PRETRAIN_EXTRA="${PRETRAIN_EXTRA:-}${resumable:+ $resumable}" \
         PRETRAIN_LOG="runs/pretrain_logs/${stem}_$fold.log" pretrain_backbone $(( 300 * steps / 1000 )) > /dev/null &
     pids+=($!)
