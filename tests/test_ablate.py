@@ -98,7 +98,7 @@ def test_robustaug_rows_get_the_robust_augment_flagfile(monkeypatch):
     train_flags.FLAGS.unparse_flags()
     robust = [name for name in parsed if "robustaug" in name]
     assert sorted(robust) == ["robustaug", "synthpre3000_robustaug_epochs48", "synthpre_robustaug",
-                              "synthpre_robustaug_epochs48"]
+                              "synthpre_robustaug_epochs48", "synthpre_robustaug_epochs48_mixstyle"]
     for name in robust:
         cfg = parsed[name]
         assert (cfg.gamma, cfg.grayscale, cfg.hue, cfg.noise, cfg.jpeg, cfg.contrast) == (0.3, 0.1, 0.03, 6, 0.3, 0.3)
@@ -106,6 +106,10 @@ def test_robustaug_rows_get_the_robust_augment_flagfile(monkeypatch):
     longer = parsed["synthpre3000_robustaug_epochs48"]
     assert longer.epochs == 48 and longer.weights == "runs/pretrain/loso_synth3000_all.weights.h5"
     assert parsed["synthpre"].gamma != 0.3 and parsed["synthpre"].jpeg != 0.3
+    mixstyle = parsed["synthpre_robustaug_epochs48_mixstyle"]  # the recommended row with MixStyle, nothing else
+    assert mixstyle.mixstyle == ["layer1", "layer2"] and mixstyle.epochs == 48
+    assert mixstyle.weights == parsed["synthpre_robustaug_epochs48"].weights
+    assert all(not parsed[name].mixstyle for name in parsed if name != "synthpre_robustaug_epochs48_mixstyle")
 
 
 def _fake_run(model_dir, acc, seed, lr=0.01):

@@ -11,12 +11,13 @@ from collections.abc import Callable
 import keras
 
 from crack_tf.models.aspp import ASPP
+from crack_tf.models.mixstyle import MixStyle
 from crack_tf.models.resnet_aspp import STAGE_ENDS, CaffePreprocess, build_model
 from crack_tf.models.zhang2016 import build_zhang2016
 
 
 def _resnet50(**kwargs) -> keras.Model:
-    for key in ("insert_after", "rates", "depth_multiplier", "fusion", "filters", "aspp_impl"):
+    for key in ("insert_after", "rates", "depth_multiplier", "fusion", "filters", "aspp_impl"):  # (mixstyle kept)
         kwargs.pop(key, None)
     return build_model(insert_after=None, **kwargs)
 
@@ -26,7 +27,7 @@ def _resnet50_aspp(**kwargs) -> keras.Model:
 
 
 def _zhang2016(**kwargs) -> keras.Model:
-    allowed = {"input_shape", "num_classes", "dropout", "name"}  # no BN, no backbone
+    allowed = {"input_shape", "num_classes", "dropout", "name"}  # no BN, no backbone, no stages to mix
     return build_zhang2016(**{k: v for k, v in kwargs.items() if k in allowed})
 
 
@@ -53,4 +54,4 @@ def get(name: str, **kwargs) -> keras.Model:
     return _REGISTRY[name](**kwargs)
 
 
-__all__ = ["ASPP", "CaffePreprocess", "STAGE_ENDS", "build_model", "build_zhang2016", "get", "names"]
+__all__ = ["ASPP", "CaffePreprocess", "MixStyle", "STAGE_ENDS", "build_model", "build_zhang2016", "get", "names"]

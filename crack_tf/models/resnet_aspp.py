@@ -14,6 +14,7 @@ import keras
 from keras import ops
 
 from crack_tf.models.aspp import ASPP
+from crack_tf.models.mixstyle import MixStyle
 
 #: Stage-end layer names of ``keras.applications.ResNet50`` (see shared/PAPER.md).
 STAGE_ENDS = {
@@ -100,6 +101,9 @@ def build_model(
     num_classes: int = 2,
     aspp_impl: str = "auto",
     bn_momentum: float | None = None,
+    mixstyle: Sequence[str] = (),
+    mixstyle_p: float = 0.5,
+    mixstyle_alpha: float = 0.1,
     name: str | None = None,
 ) -> keras.Model:
     """Builds ResNet50 (+ ASPP after ``insert_after``) taking raw 0-255 RGB images.
@@ -114,6 +118,10 @@ def build_model(
         bn_momentum: if set, the moving-average momentum of every BatchNorm (Keras'
             ResNet50 uses 0.99; from scratch on small data 0.9 tracks the fast-changing
             statistics better, so evaluation-mode outputs follow training sooner).
+        mixstyle: stages (``"conv1"`` ... ``"layer3"``) after whose end (after ASPP where it is
+            spliced at the same stage) a :class:`MixStyle` layer mixes the feature statistics of
+            a training batch's samples (``mixstyle_p``, ``mixstyle_alpha``); the identity at
+            inference.
     """
     if insert_after is not None and insert_after not in STAGE_ENDS:
         raise ValueError(
@@ -121,6 +129,11 @@ def build_model(
         )
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    unknown = sorted(set(mixstyle) - (set(STAGE_ENDS) - {"layer4"}))
+    if unknown:
+        raise ValueError(f"mixstyle stages {unknown}: choose from {sorted(set(STAGE_ENDS) - {'layer4'})} (not the "
+                         "last stage, whose statistics are the classifier's input)")
+    mixers = {STAGE_ENDS[stage]: MixStyle(mixstyle_p, mixstyle_alpha, name=f"mixstyle_{stage}") for stage in mixstyle}
     weights_path = resolve_weights_path(weights)
     # Validate ASPP arguments before the (slow) backbone build.
     aspp = None
@@ -142,14 +155,15 @@ def build_model(
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = CaffePreprocess(name="caffe_preprocess")(inputs)
-    if aspp is None:
+    if aspp is None and not mixers:
         features = base(x)  # plain ResNet50: the backbone as one nested model.
     else:
-        stage_end = STAGE_ENDS[insert_after]
+        stage_end = STAGE_ENDS[insert_after] if aspp is not None else None
 
         def call_layer(layer, *args, **kwargs):
             out = layer(*args, **kwargs)
-            return aspp(out) if layer.name == stage_end else out
+            out = aspp(out) if layer.name == stage_end else out
+            return mixers[layer.name](out) if layer.name in mixers else out
 
         spliced = keras.models.clone_model(
             base, clone_function=lambda layer: layer, call_function=call_layer

@@ -79,6 +79,9 @@ def build_model(cfg: TrainConfig) -> keras.Model:
         weights=m.weights or None,
         dropout=m.dropout,
         bn_momentum=m.bn_momentum or None,
+        mixstyle=tuple(m.mixstyle),
+        mixstyle_p=m.mixstyle_p,
+        mixstyle_alpha=m.mixstyle_alpha,
         num_classes=len(CLASS_NAMES),
     )
 

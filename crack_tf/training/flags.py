@@ -45,6 +45,11 @@ _GROUPS: dict[str, list[tuple]] = {"model": [
     ("string", "weights", "", "Backbone weights: '' (from scratch), 'imagenet' (Keras cache file) or a path.", None),
     ("float", "dropout", 0.0, "Dropout rate before the classifier.", None),
     ("float", "bn_momentum", 0.0, "BatchNorm moving-average momentum; 0 keeps Keras' 0.99.", None),
+    ("list", "mixstyle", [], "Backbone stages (conv1, layer1, layer2, layer3) after which MixStyle mixes the "
+     "feature statistics of a training batch's samples (Zhou et al. 2021; the identity at inference): styles "
+     "between the sources, for sources never trained on. Empty = off.", None),
+    ("float", "mixstyle_p", 0.5, "With --mixstyle: probability that a training batch is mixed.", None),
+    ("float", "mixstyle_alpha", 0.1, "With --mixstyle: Beta(alpha, alpha) of the mixing weight.", None),
 ], "data": [
     ("enum", "data_source", "synthetic", "Where images come from.", DATA_SOURCES),
     ("string", "data_dir", "", "Image folder root / TFRecord dir / TFDS manual dir; for synthetic, "
@@ -222,6 +227,12 @@ def validate(cfg) -> None:
             raise ValueError
     except ValueError:
         problems.append(f"--rates must be a comma-separated list of integers >= 1, got {cfg.rates}")
+    stages = ("conv1", "layer1", "layer2", "layer3")
+    if cfg.mixstyle and (cfg.model == "zhang2016" or not set(cfg.mixstyle) <= set(stages)):
+        problems.append(f"--mixstyle={','.join(cfg.mixstyle)}: choose ResNet50 stages from {','.join(stages)} "
+                        "(zhang2016 has none)")
+    if not 0 <= cfg.mixstyle_p <= 1 or cfg.mixstyle_alpha <= 0:
+        problems.append("--mixstyle_p must be in [0, 1] and --mixstyle_alpha > 0")
     if not 0 <= cfg.bn_momentum < 1:
         problems.append("--bn_momentum must be in [0, 1) (0 = keep the default 0.99)")
     if cfg.depth_multiplier < 1:
