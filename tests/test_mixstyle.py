@@ -77,30 +77,36 @@ def test_bfloat16_in_bfloat16_out_and_bad_arguments_refused():
             MixStyle(**kwargs)
 
 
-def test_serialises_and_a_saved_model_resumes_the_same_random_draws(tmp_path):
+def test_serialises_and_a_checkpoint_resumes_the_same_random_draws(tmp_path):
+    """The trainer's checkpoints keep every seed generator's state (crack_tf/training/checkpoints.py),
+    MixStyle's among them: a model restored from one draws what the original goes on to draw."""
+    from crack_tf.training import checkpoints
+
     layer = MixStyle(p=0.3, alpha=0.2, seed=5, name="ms")
     again = MixStyle.from_config(layer.get_config())
     assert (again.p, again.alpha, again.seed, again.name) == (0.3, 0.2, 5, "ms")
 
     def model():
         inputs = keras.Input((7, 7, 3))
-        return keras.Model(inputs, MixStyle(p=1.0, seed=3, name="ms")(keras.layers.Conv2D(3, 1, name="c")(inputs)))
+        m = keras.Model(inputs, MixStyle(p=1.0, seed=3, name="ms")(keras.layers.Conv2D(3, 1, name="c")(inputs)))
+        m.compile(optimizer="sgd", loss="mse")
+        m.optimizer.build(m.trainable_variables)
+        return m
 
     x = _batch(4)
     trained = model()
     for _ in range(3):  # the random state moves on with every training batch
         trained(x, training=True)
-    trained.save_weights(tmp_path / "w.weights.h5")
-    trained.save(tmp_path / "m.keras")
+    checkpoints.save_checkpoint(trained, str(tmp_path), {"global_step": 3})
     expected = keras.ops.convert_to_numpy(trained(x, training=True))
-    resumed = model()
-    resumed.load_weights(tmp_path / "w.weights.h5")
-    loaded = keras.saving.load_model(tmp_path / "m.keras")
-    fresh = model()
+    resumed, fresh = model(), model()
+    checkpoints.restore(resumed, checkpoints.checkpoints(str(tmp_path))[0])
     fresh.set_weights(trained.get_weights())  # the kernels without the random state
-    for m in (resumed, loaded):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(m(x, training=True)), expected)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(resumed(x, training=True)), expected)
     assert not np.array_equal(keras.ops.convert_to_numpy(fresh(x, training=True)), expected)
+    trained.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(trained(x)))
 
 
 def test_resnet50_aspp_with_mixstyle_keeps_its_weights_and_inference_and_refuses_the_last_stage():

@@ -55,19 +55,6 @@ class MixStyle(keras.layers.Layer):
         apply = keras.random.uniform((), seed=self.seed_generator) < self.p
         return ops.cast(ops.where(apply, mixed, x), inputs.dtype)
 
-    def save_own_variables(self, store):
-        """Also the random state, so that a run resumed from a checkpoint draws what the uninterrupted
-        run would have (Keras leaves a seed generator's state out of the saved variables)."""
-        super().save_own_variables(store)
-        store["seed_state"] = keras.ops.convert_to_numpy(self.seed_generator.state.value)
-
-    def load_own_variables(self, store):
-        try:
-            state = store["seed_state"]
-        except KeyError:  # a file saved without it
-            return
-        self.seed_generator.state.assign(state)
-
     def compute_output_shape(self, input_shape):
         return input_shape
 
