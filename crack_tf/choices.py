@@ -5,6 +5,7 @@ from __future__ import annotations
 CLASS_NAMES = ("background", "crack")  # label 0, label 1: crack is the positive class
 MODELS = ("resnet50", "resnet50_aspp", "zhang2016")
 STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")  # where the ASPP module can be spliced
+MIXSTYLE_STAGES = STAGES[:-1]  # where MixStyle can follow (not the last: its statistics feed the classifier)
 FUSIONS = ("max", "sum", "concat")  # ASPP branch fusion
 ASPP_IMPLS = ("auto", "separable", "dense", "dense_s2b", "separable_s2b", "taps")
 DATA_SOURCES = ("synthetic", "folder", "tfrecord", "tfds", "photos")  # the trainer's --data_source

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from crack_tf.choices import MIXSTYLE_STAGES
 from crack_tf.models.aspp import ASPP
 from crack_tf.models.mixstyle import MixStyle
 
@@ -129,10 +130,10 @@ def build_model(
         )
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    unknown = sorted(set(mixstyle) - (set(STAGE_ENDS) - {"layer4"}))
+    unknown = sorted(set(mixstyle) - set(MIXSTYLE_STAGES))
     if unknown:
-        raise ValueError(f"mixstyle stages {unknown}: choose from {sorted(set(STAGE_ENDS) - {'layer4'})} (not the "
-                         "last stage, whose statistics are the classifier's input)")
+        raise ValueError(f"mixstyle stages {unknown}: choose from {list(MIXSTYLE_STAGES)} (not the last stage, "
+                         "whose statistics are the classifier's input)")
     mixers = {STAGE_ENDS[stage]: MixStyle(mixstyle_p, mixstyle_alpha, name=f"mixstyle_{stage}") for stage in mixstyle}
     weights_path = resolve_weights_path(weights)
     # Validate ASPP arguments before the (slow) backbone build.

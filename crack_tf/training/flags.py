@@ -21,6 +21,7 @@ from crack_tf.choices import (
     JIT,
     LOADERS,
     LR_SCALING,
+    MIXSTYLE_STAGES,
     MODELS,
     OPTIMIZERS,
     PRECISIONS,
@@ -227,9 +228,8 @@ def validate(cfg) -> None:
             raise ValueError
     except ValueError:
         problems.append(f"--rates must be a comma-separated list of integers >= 1, got {cfg.rates}")
-    stages = ("conv1", "layer1", "layer2", "layer3")
-    if cfg.mixstyle and (cfg.model == "zhang2016" or not set(cfg.mixstyle) <= set(stages)):
-        problems.append(f"--mixstyle={','.join(cfg.mixstyle)}: choose ResNet50 stages from {','.join(stages)} "
+    if cfg.mixstyle and (cfg.model == "zhang2016" or not set(cfg.mixstyle) <= set(MIXSTYLE_STAGES)):
+        problems.append(f"--mixstyle={','.join(cfg.mixstyle)}: choose ResNet50 stages from {','.join(MIXSTYLE_STAGES)} "
                         "(zhang2016 has none)")
     if not 0 <= cfg.mixstyle_p <= 1 or cfg.mixstyle_alpha <= 0:
         problems.append("--mixstyle_p must be in [0, 1] and --mixstyle_alpha > 0")
