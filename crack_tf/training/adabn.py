@@ -56,7 +56,7 @@ import numpy as np
 from keras import ops
 
 from crack_tf.choices import ADABN_PASSES as PASSES
-from crack_tf.training.adabn_hooks import _forward, _Moments, _recording, _wrapped
+from crack_tf.training.adabn_hooks import _batches, _forward, _Moments, _recording, _wrapped
 
 METHODS = ("exact", "batch")
 
@@ -137,8 +137,8 @@ def _measure(model: keras.Model, order: list, images: np.ndarray, batch_size: in
 
         def measure(indices: list[int]) -> dict[int, _Moments]:
             pooled = {k: _Moments() for k in indices}
-            for start in range(0, len(images), batch_size):
-                out = probe.predict_on_batch(np.asarray(images[start : start + batch_size], np.float32))
+            for batch in _batches(images, batch_size):
+                out = probe.predict_on_batch(batch)
                 for k, moments in pooled.items():
                     moments.add(out[3 * k], out[3 * k + 1], out[3 * k + 2])
             return pooled

@@ -146,10 +146,6 @@ class CachedExact:
         self.computed_calls = 0  # node calls run (tests, logs)
         self.no_cache = False  # set once keeping cuts ran out of device memory: passes from the images
 
-    def _batches(self):
-        for start in range(0, len(self.images), self.batch_size):
-            yield np.asarray(self.images[start:start + self.batch_size], np.float32)
-
     def _replay(self, cut: int, stop: int, target, stored: dict[int, list], record) -> None:
         """Every batch from the kept outputs of ``cut`` up to the layer measured at ``stop``."""
         for b in range(len(self.kept[cut])):
@@ -189,7 +185,7 @@ class CachedExact:
             return call
 
         with hooks._wrapped(self.nodes, node):
-            for batch in self._batches():
+            for batch in hooks._batches(self.images, self.batch_size):
                 state["p"] = 0
                 hooks._forward(self.model, batch, len(batch))
 

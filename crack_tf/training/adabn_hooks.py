@@ -61,10 +61,16 @@ def _wrapped(layers: list, make_call: Callable) -> Iterator[None]:
                 object.__delattr__(layer, "call")
 
 
-def _forward(model: keras.Model, images: np.ndarray, batch_size: int) -> None:
+def _batches(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """``images`` in float32 batches of ``batch_size`` (the last one shorter), as every pass feeds them."""
     for start in range(0, len(images), batch_size):
+        yield np.asarray(images[start : start + batch_size], np.float32)
+
+
+def _forward(model: keras.Model, images: np.ndarray, batch_size: int) -> None:
+    for batch in _batches(images, batch_size):
         try:
-            model(np.asarray(images[start : start + batch_size], np.float32), training=False)
+            model(batch, training=False)
         except _Stop:
             pass
 
