@@ -1,0 +1,186 @@
+"""Two leave-one-source-out rows side by side: per left-out source, per seed, with Welch's test.
+
+  python tools/compare_loso.py \\
+      --a=synthpre3000_robustaug_epochs48:docs/results/h100_2026-12-07c \\
+      --b=synthpre_robustaug_epochs48:docs/results/h100_2026-12-06f,docs/results/h100_2026-12-06h \\
+      --out=docs/results/h100_2026-12-07c/compare_synthpre3000_vs_recommended.md
+
+Each side is ``<row>:<results folder>[,<results folder>...]``; a folder holds
+``ablation_loso/<row>_no_<source>_s<seed>/`` (``margins.npz`` + ``run.json``, as the LOSO grids bring
+them back). A run found in two folders is taken from the last one named (as ``tools/loso_report.sh``).
+
+For every left-out source and every split of its tiles the runs scored (``eval``: as trained;
+``eval_adabn``: after AdaBN; ``eval_adabn_w<w>``: after an AdaBN blend), from the margins at each run's
+stored operating point (temperature, threshold: the point it would ship with; decided as the project
+decides, ``p > float32(threshold)``):
+
+* accuracy per seed, mean ± sample std, A - B, and Welch's two-sided p (unequal variances; ``-`` with
+  fewer than two seeds on a side);
+* the ROC AUC of the shipped probability (the mean over test-time views), per seed: the ranking, free
+  of any threshold;
+* the mean over the left-out sources per seed (seeds with every source only), with its own test.
+
+Nothing is re-run: the margins are the models'. Seeds are few (2-3): a p-value here flags a
+difference worth more seeds, it does not settle one.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+import warnings
+
+import numpy as np
+from absl import app, flags
+from scipy import stats as scipy_stats
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from crack_tf.evaluation import run_margins, stats  # noqa: E402
+from crack_tf.evaluation import site_calibration as sc  # noqa: E402
+
+FLAGS = flags.FLAGS
+MEAN = "mean of the left-out sources"
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("a", None, "<row>:<results folder>[,...] of the candidate.", required=True)
+    flags.DEFINE_string("b", None, "<row>:<results folder>[,...] it is compared with.", required=True)
+    flags.DEFINE_string("out", None, "Write the Markdown table here (and <out>.json with every number).")
+
+
+def parse_side(spec: str) -> tuple[str, list[str]]:
+    """``"row:f1,f2"`` -> (row, [f1, f2]); ValueError naming what is missing."""
+    row, sep, folders = spec.partition(":")
+    if not sep or not row or not folders:
+        raise ValueError(f"{spec!r}: expected <row>:<results folder>[,<results folder>...]")
+    return row, [f for f in folders.split(",") if f]
+
+
+def find_runs(row: str, folders: list[str]) -> dict[str, str]:
+    """{run name: folder} of the row's left-out runs with margins; a later folder replaces an earlier one."""
+    runs: dict[str, str] = {}
+    pattern = re.compile(re.escape(row) + r"_no_[a-z0-9+]+_s\d+")
+    for folder in folders:
+        if not os.path.isdir(os.path.join(folder, "ablation_loso")):
+            raise ValueError(f"{folder}: no ablation_loso/ folder (a results folder of a LOSO grid)")
+        for run in sorted(glob.glob(os.path.join(folder, "ablation_loso", f"{glob.escape(row)}_no_*_s*"))):
+            name = os.path.basename(run)
+            if pattern.fullmatch(name) and os.path.isfile(os.path.join(run, "margins.npz")):
+                runs[name] = run
+    return runs
+
+
+def score_run(folder: str) -> dict:
+    """``{"seed", "left_out", "splits": {split: {"accuracy", "roc_auc", "tiles"}}}`` of one left-out run."""
+    run = run_margins.read_run(folder)
+    a, point = run["arrays"], run["point"]
+    eval_tiles = a["split"] == "eval"
+    if not eval_tiles.any():
+        raise ValueError(f"{folder}: margins.npz has no split == 'eval' tiles (not a left-out run)")
+    splits = {}
+    for split in sorted(s for s in set(a["split"].tolist()) if s == "eval" or s.startswith("eval_adabn")):
+        keep = a["split"] == split
+        probs, labels = sc.predictions(a["margins"][:, keep], point), a["labels"][keep].astype(int)
+        decided = probs > np.float32(point["threshold"])
+        splits[split] = {"accuracy": float(np.mean(decided == (labels == 1))),
+                         "roc_auc": float(stats.roc_auc(probs, labels)), "tiles": int(keep.sum())}
+    return {"seed": int(run["config"].get("seed", 0)),
+            "left_out": "+".join(sorted(set(a["sources"][eval_tiles].tolist()))), "splits": splits}
+
+
+def side_values(runs: dict[str, str]) -> dict[str, dict[str, dict[int, dict]]]:
+    """{left-out source: {split: {seed: {"accuracy", "roc_auc"}}}}, plus the per-seed mean over sources."""
+    out: dict[str, dict[str, dict[int, dict]]] = {}
+    for folder in runs.values():
+        scored = score_run(folder)
+        for split, values in scored["splits"].items():
+            out.setdefault(scored["left_out"], {}).setdefault(split, {})[scored["seed"]] = values
+    sources = sorted(out)
+    for split in sorted({s for by_split in out.values() for s in by_split}):
+        seeds = set.intersection(*(set(out[src].get(split, {})) for src in sources)) if sources else set()
+        if seeds:
+            out.setdefault(MEAN, {})[split] = {seed: {k: float(np.mean([out[src][split][seed][k] for src in sources]))
+                                                      for k in ("accuracy", "roc_auc")} for seed in sorted(seeds)}
+    return out
+
+
+def welch_p(a: list[float], b: list[float]) -> float | None:
+    """Welch's two-sided p (unequal variances); None with fewer than two values on a side or no spread."""
+    if len(a) < 2 or len(b) < 2 or (statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0):
+        return None
+    with warnings.catch_warnings():  # two near-equal seeds: scipy warns of precision loss, the p is still right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def compare(a: dict, b: dict) -> list[dict]:
+    """One row per (left-out source, split) both sides have: per-seed accuracy and AUC, means, A - B, p."""
+    rows = []
+    for source in [s for s in sorted(a) if s != MEAN] + ([MEAN] if MEAN in a else []):
+        for split in sorted(set(a[source]) & set(b.get(source, {}))):
+            per_seed = {side: [v for _, v in sorted(vals[source][split].items())] for side, vals in (("a", a), ("b", b))}
+            acc = {side: [100 * v["accuracy"] for v in values] for side, values in per_seed.items()}
+            auc = {side: [v["roc_auc"] for v in values] for side, values in per_seed.items()}
+            rows.append({"left_out": source, "split": split, "accuracy": acc, "roc_auc": auc,
+                         "seeds": {side: sorted(vals[source][split]) for side, vals in (("a", a), ("b", b))},
+                         "difference": statistics.fmean(acc["a"]) - statistics.fmean(acc["b"]),
+                         "welch_p": welch_p(acc["a"], acc["b"]), "auc_welch_p": welch_p(auc["a"], auc["b"])})
+    return rows
+
+
+def _ms(values: list[float], digits: int = 2) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def markdown(rows: list[dict], row_a: str, row_b: str) -> str:
+    lines = [f"### `{row_a}` (A) against `{row_b}` (B), left out, at each run's stored point (percent)", "",
+             "| left out | A accuracy (per seed) | B accuracy (per seed) | A - B | Welch p | "
+             "ROC AUC A (per seed) | ROC AUC B (per seed) | AUC Welch p |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p, auc_p = ("-" if r[k] is None else f"{r[k]:.3f}" for k in ("welch_p", "auc_welch_p"))
+        per = {s: " / ".join(f"{v:.1f}" for v in r["accuracy"][s]) for s in ("a", "b")}
+        auc = {s: " / ".join(f"{v:.3f}" for v in r["roc_auc"][s]) for s in ("a", "b")}
+        label = r["left_out"] + ("" if r["split"] == "eval" else f", {r['split'].removeprefix('eval_')}")
+        lines.append(f"| {label} | {_ms(r['accuracy']['a'])} ({per['a']}) | "
+                     f"{_ms(r['accuracy']['b'])} ({per['b']}) | {r['difference']:+.2f} | {p} | {auc['a']} | {auc['b']} | {auc_p} |")
+    lines += ["", "Seeds: A " + ", ".join(sorted({str(s) for r in rows for s in r["seeds"]["a"]})) + "; B "
+              + ", ".join(sorted({str(s) for r in rows for s in r["seeds"]["b"]})) + ". `adabn`: after AdaBN on the "
+              "left-out source's unlabelled crops; `adabn_w<w>`: its blend with the trained statistics. The mean row "
+              "averages each seed's left-out sources (seeds with all of them)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    sides = {}
+    for key, spec in (("a", FLAGS.a), ("b", FLAGS.b)):
+        try:
+            row, folders = parse_side(spec)
+            runs = find_runs(row, folders)
+        except ValueError as e:
+            raise SystemExit(f"compare_loso: --{key}: {e}") from None
+        if not runs:
+            raise SystemExit(f"compare_loso: no left-out run of {row!r} with margins.npz in {folders}")
+        print(f"compare_loso: {key.upper()} = {row}: {len(runs)} runs", flush=True)
+        sides[key] = (row, side_values(runs))
+    rows = compare(sides["a"][1], sides["b"][1])
+    if not rows:
+        raise SystemExit("compare_loso: the two rows share no left-out source")
+    text = markdown(rows, sides["a"][0], sides["b"][0])
+    print(text)
+    if FLAGS.out:
+        with open(FLAGS.out, "w", encoding="utf-8") as f:
+            f.write(text)
+        with open(FLAGS.out + ".json", "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
