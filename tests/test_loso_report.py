@@ -47,7 +47,9 @@ def test_report_joins_slices_and_writes_every_table(tmp_path, shared_data):
                          if k not in ("margins", "split")},
              margins=np.concatenate([arrays["margins"], arrays["margins"][:, plain]], axis=1),
              split=np.concatenate([arrays["split"], np.full(int(plain.sum()), "eval_adabn_w0.5")]))
-    done = _report(tmp_path / "out", first, second, env={"NS": "0,10", "DRAWS": "2", "DATA_ROOT": str(shared_data)})
+    baseline = f"synthpre_epochs48:{RESULTS / 'h100_2026-12-07b'}"  # the plain 48-epoch recipe, RESULTS 000000000000000
+    done = _report(tmp_path / "out", first, second, env={"NS": "0,10", "DRAWS": "2", "DATA_ROOT": str(shared_data),
+                                                         "BASELINE": baseline})
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"loso_report.sh: 9 runs of {ROW} (seeds 0,1,2)" in done.stdout
     again = np.load(groups)
@@ -65,6 +67,9 @@ def test_report_joins_slices_and_writes_every_table(tmp_path, shared_data):
         [ln for ln in plain_rows if f"{ROW}_no_uav75_s1 | uav75 | AdaBN," in ln] != []
     assert "AdaBN" not in "".join(ln for ln in blend.splitlines() if f"{ROW}_no_uav75_s0 " in ln)
     assert f"few_shot_adabn_w0.5_{ROW}/" in done.stdout
+    # against the baseline, from the same runs (the stale copy loses here too): per seed, Welch's p
+    compared = (tmp_path / "out" / f"compare_{ROW}_vs_synthpre_epochs48.md").read_text()
+    assert "| uav75 | 91.06 ± 1.40 (92.1 / 90.1) | 86.42 ± 0.47 (86.1 / 86.8) | +4.64 | 0.107 |" in compared
     rules = (tmp_path / "out" / f"threshold_rules_{ROW}.md").read_text()
     assert "| `f1` | 87.4 ± 0.1 |" in rules and sum(line.startswith("| `") for line in rules.splitlines()) == 7
 
