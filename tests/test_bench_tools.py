@@ -61,3 +61,11 @@ def test_crop_render_rates_cover_each_setting_and_refuse_unknown_ones(tmp_path):
     assert list(rates) == ["recipe", "robust", "simclr"] and all(r > 0 for r in rates.values())
     with pytest.raises(ValueError, match="unknown"):
         crops.rates("site", str(tmp_path), 20, 32, ["sharpen"])
+    # "robust" is the shipped add-on's options, read from the file (noise and saturation included)
+    assert crops.SETTINGS["robust"]["noise"] == 6.0 and crops.SETTINGS["robust"]["saturation"] == 0.3
+    bad = tmp_path / "addon.cfg"
+    bad.write_text("# comment\n--gamma=0.2\n--epochs=48\n")
+    with pytest.raises(ValueError, match="--epochs is not a crop option"):
+        crops.addon_options(str(bad))
+    ms = crops.noise_draw_ms(32, 3)
+    assert set(ms) == {"rng.normal", "gaussian_noise"} and all(v > 0 for v in ms.values())

@@ -10,8 +10,9 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import stats
 
-from crack_tf.data.crops import CropOptions, CropSampler, render_crop
+from crack_tf.data.crops import CropOptions, CropSampler, gaussian_noise, render_crop
 from crack_tf.data.photos import SourceSpec, load_photo_set
 from crack_tf.training import config as train_config
 from tests.photo_data import write_source
@@ -52,7 +53,7 @@ def _previous_crops_module(tmp_path):
 
 @pytest.mark.parametrize("settings", [
     {},  # the trainer's defaults: flips, rot90, brightness / contrast 0.1
-    dict(saturation=0.3, blur=0.5, noise=8.0, jpeg=0.5, brightness=0.2, contrast=0.3),
+    dict(saturation=0.3, blur=0.5, jpeg=0.5, brightness=0.2, contrast=0.3),  # noise: its draw changed, below
     dict(flips=False, rot90=False, brightness=0.0, contrast=0.0),
 ])
 def test_settings_without_the_new_options_render_the_crops_they_rendered_before(src, tmp_path, settings):
@@ -147,3 +148,35 @@ def test_augmentation_flags_reach_the_crop_options():
     options = crop_options(data_config(cfg))
     assert (options.gamma, options.grayscale, options.hue, options.contrast, options.blur, options.jpeg) == (
         0.3, 0.1, 0.05, 0.2, 0.25, 0.3)
+
+
+def test_gaussian_noise_is_normal_independent_and_scaled():
+    rng = np.random.default_rng(0)
+    z = gaussian_noise(rng, (224, 224, 3), 1.0)
+    assert z.dtype == np.float32 and z.shape == (224, 224, 3)
+    flat = z.ravel().astype(np.float64)
+    # against scipy's normal law (an independent reference): KS distance of 150,528 draws, moments
+    assert stats.kstest(flat, "norm").statistic < 0.005
+    assert abs(flat.mean()) < 0.01 and abs(flat.std() - 1) < 0.01 and abs(stats.kurtosis(flat)) < 0.05
+    assert np.abs(flat).max() < 4.4  # the table's tails: 2**16 quantiles reach 4.3
+    # neighbouring pixels and channels uncorrelated; the next crop's noise is new
+    assert abs(np.corrcoef(z[:, :-1].ravel(), z[:, 1:].ravel())[0, 1]) < 0.01
+    assert abs(np.corrcoef(z[..., 0].ravel(), z[..., 1].ravel())[0, 1]) < 0.01
+    assert not np.array_equal(z, gaussian_noise(rng, (224, 224, 3), 1.0))
+    # sigma scales it; the same generator state gives the same noise
+    a = gaussian_noise(np.random.default_rng(5), (8, 8, 3), 6.0)
+    np.testing.assert_allclose(a, 6.0 * gaussian_noise(np.random.default_rng(5), (8, 8, 3), 1.0), rtol=1e-6)
+
+
+def test_noise_option_adds_zero_mean_noise_up_to_its_sigma(colourful):
+    big = np.full((256, 256, 3), 128, np.uint8)  # mid-grey: no clipping, so the residual is the noise
+    residuals = []
+    for seed in range(40):
+        clean = render_crop(big, 0, 0, 224, CropOptions(**PLAIN | {"image_size": 224}), np.random.default_rng(seed))
+        noisy = render_crop(big, 0, 0, 224, CropOptions(**PLAIN | {"image_size": 224, "noise": 6.0}),
+                            np.random.default_rng(seed))
+        residuals.append(noisy.astype(float) - clean.astype(float))
+    sds = np.array([r.std() for r in residuals])
+    # sigma is drawn per crop, uniform in [0, 6]; rounding to uint8 adds at most half a level
+    assert sds.max() <= 6.0 * 1.05 + 0.5 and sds.min() < 1.5 and np.ptp(sds) > 3
+    assert all(abs(r.mean()) < 0.05 for r in residuals)  # rounded, not truncated: no darkening
