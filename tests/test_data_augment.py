@@ -168,7 +168,7 @@ def test_gaussian_noise_is_normal_independent_and_scaled():
     np.testing.assert_allclose(a, 6.0 * gaussian_noise(np.random.default_rng(5), (8, 8, 3), 1.0), rtol=1e-6)
 
 
-def test_noise_option_adds_zero_mean_noise_up_to_its_sigma(colourful):
+def test_noise_option_adds_zero_mean_noise_up_to_its_sigma():
     big = np.full((256, 256, 3), 128, np.uint8)  # mid-grey: no clipping, so the residual is the noise
     residuals = []
     for seed in range(40):
