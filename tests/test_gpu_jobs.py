@@ -121,6 +121,22 @@ def test_uav75_cv_job_pretrains_without_uav75_then_runs_the_cv_grid(job_tree):
     grids = [a.split() for a in calls.read_text().splitlines() if a.startswith("tools/ablate.py")]
     assert grids and all("--only=^fold4$" in a and "--seeds=2" in a for a in grids)
     assert "uav75_cv.sh: 0 of 1 runs finished" in done.stdout
+    assert all("--base_flagfile" not in " ".join(a) for a in grids)  # the grid's own recipe by default
+    calls.write_text("")  # the same folds for the recommended recipe, in a folder of its own
+    (repo / "runs" / "ablation_uav75_cv" / "fold0_s0").mkdir(parents=True)  # the other recipe's: not counted
+    (repo / "runs" / "ablation_uav75_cv" / "fold0_s0" / "run.json").write_text("{}")
+    done = subprocess.run(["bash", "tools/gpu_jobs/uav75_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, JOB_S="200", SEEDS="0", CV_BASE="configs/crackmix_synthpre_robust48.cfg",
+                                   CV_DIR="runs/ablation_uav75_cv_robust48"), timeout=90)
+    grids = [a.split() for a in calls.read_text().splitlines() if a.startswith("tools/ablate.py")]
+    assert len(grids) == 2 and all("--base_flagfile=configs/crackmix_synthpre_robust48.cfg" in a and
+                                   "--output_dir=runs/ablation_uav75_cv_robust48" in a for a in grids)
+    assert grids[0].index("--base_flagfile=configs/crackmix_synthpre_robust48.cfg") > grids[0].index(
+        "--flagfile=configs/ablation_uav75_cv.cfg")  # after the grid file: it wins
+    assert "uav75_cv.sh: 0 of 5 runs finished" in done.stdout
+    bad = subprocess.run(["bash", "tools/gpu_jobs/uav75_cv.sh"], cwd=repo, capture_output=True, text=True,
+                         env=dict(env, JOB_S="200", CV_BASE="configs/nope.cfg"), timeout=90)
+    assert bad.returncode == 2 and "CV_BASE=configs/nope.cfg: no such trainer flagfile" in bad.stdout
 
 
 PRETRAIN_RECORDER = """#!/usr/bin/env bash

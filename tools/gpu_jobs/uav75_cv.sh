@@ -8,28 +8,33 @@
 #   bash tools/gpu_jobs/stage_data.sh uav75 uavcrack deepcrack     # here, once: .data/ travels
 #   JOB_S=565 bash tools/gpu_jobs/uav75_cv.sh                       # there; SEEDS=0,1,2, PARALLEL=15 (or what fits)
 #   ROWS='^fold4$' SEEDS=2: only the runs a fresh machine still lacks (ablate's --only row regex)
+#   CV_BASE=configs/crackmix_synthpre_robust48.cfg CV_DIR=runs/ablation_uav75_cv_robust48: the same folds
+#   for another recipe (the grid's --base_flagfile; its backbone stays the no-UAV75 one), in its own folder
 SECONDS=0
 source tools/gpu_jobs/common.sh
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-$RUN_FRACTION}
 exec > >(tee -a "$OUT/uav75_cv.log") 2>&1
 grid=configs/ablation_uav75_cv.cfg
 seeds=${SEEDS:-0,1,2}
+cv_dir=${CV_DIR:-runs/ablation_uav75_cv}
+recipe=(${CV_BASE:+--base_flagfile="$CV_BASE"})
+[ -z "${CV_BASE:-}" ] || [ -f "$CV_BASE" ] || { echo "uav75_cv.sh: CV_BASE=$CV_BASE: no such trainer flagfile"; exit 2; }
 pack() {
-  cp runs/ablation_uav75_cv/results.md "$OUT/uav75_cv_results.md" 2>/dev/null
-  pack_runs uav75_cv runs/ablation_uav75_cv runs/pretrain_logs
+  cp "$cv_dir/results.md" "$OUT/uav75_cv_results.md" 2>/dev/null
+  pack_runs uav75_cv "$cv_dir" runs/pretrain_logs
 }
 start_packer pack
 fold_backbones synth_crack no_uav75 || exit 1
 echo "backbone ready at ${SECONDS}s"
 parallel=${PARALLEL:-$(( RUNS_FIT < 15 ? RUNS_FIT : 15 ))}
 budget=$(( ${JOB_S:-565} - SECONDS - 25 ))  # what is left for training, packing included
-timeout -k 10 --signal=TERM "$budget" python3 tools/ablate.py --flagfile=$grid --seeds="$seeds" ${ROWS:+--only=$ROWS} \
-    --parallel="$parallel" "$(loader_extra "${LOADER_RUNS:-$parallel}")" --output_dir=runs/ablation_uav75_cv
-python3 tools/ablate.py --flagfile=$grid --seeds="$seeds" ${ROWS:+--only=$ROWS} --output_dir=runs/ablation_uav75_cv \
+timeout -k 10 --signal=TERM "$budget" python3 tools/ablate.py --flagfile=$grid "${recipe[@]}" --seeds="$seeds" \
+    ${ROWS:+--only=$ROWS} --parallel="$parallel" "$(loader_extra "${LOADER_RUNS:-$parallel}")" --output_dir="$cv_dir"
+python3 tools/ablate.py --flagfile=$grid "${recipe[@]}" --seeds="$seeds" ${ROWS:+--only=$ROWS} --output_dir="$cv_dir" \
     --report_only >/dev/null 2>&1
 kill $PACKER 2>/dev/null
 pack
 wanted=$(( $(grid_rows $grid "${ROWS:-.}") * $(csv_len "$seeds") ))
-finished=$(count_runs runs/ablation_uav75_cv "${ROWS:-.}" "$seeds")
+finished=$(count_runs "$cv_dir" "${ROWS:-.}" "$seeds")
 echo "uav75_cv.sh: $finished of $wanted runs finished at ${SECONDS}s"
 [ "$finished" -ge "$wanted" ] && echo "uav75_cv.sh: done" || echo "uav75_cv.sh: call again"
