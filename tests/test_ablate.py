@@ -98,7 +98,8 @@ def test_robustaug_rows_get_the_robust_augment_flagfile(monkeypatch):
     train_flags.FLAGS.unparse_flags()
     robust = [name for name in parsed if "robustaug" in name]
     assert sorted(robust) == ["robustaug", "synthpre3000_robustaug_epochs48", "synthpre_robustaug",
-                              "synthpre_robustaug_epochs48", "synthpre_robustaug_epochs48_mixstyle"]
+                              "synthpre_robustaug_epochs48", "synthpre_robustaug_epochs48_ema",
+                              "synthpre_robustaug_epochs48_mixstyle"]
     for name in robust:
         cfg = parsed[name]
         assert (cfg.gamma, cfg.grayscale, cfg.hue, cfg.noise, cfg.jpeg, cfg.contrast) == (0.3, 0.1, 0.03, 6, 0.3, 0.3)
@@ -110,6 +111,11 @@ def test_robustaug_rows_get_the_robust_augment_flagfile(monkeypatch):
     assert mixstyle.mixstyle == ["layer1", "layer2"] and mixstyle.epochs == 48
     assert mixstyle.weights == parsed["synthpre_robustaug_epochs48"].weights
     assert all(not parsed[name].mixstyle for name in parsed if name != "synthpre_robustaug_epochs48_mixstyle")
+    averaged = parsed["synthpre_robustaug_epochs48_ema"]  # the recommended row with the averaged weights
+    assert (averaged.ema_momentum, averaged.ema_bn_crops, averaged.epochs) == (0.998, 1024, 48)
+    assert averaged.weights == parsed["synthpre_robustaug_epochs48"].weights and not averaged.mixstyle
+    train_flags.validate(averaged)
+    assert all(not parsed[name].ema_momentum for name in parsed if name != "synthpre_robustaug_epochs48_ema")
 
 
 def _fake_run(model_dir, acc, seed, lr=0.01):

@@ -132,6 +132,10 @@ _GROUPS: dict[str, list[tuple]] = {"model": [
     ("float", "threshold", 0.5, "Crack-probability threshold of the R/MA/P/FA metrics during training.", None),
     ("float", "ema_momentum", 0.0, "Exponential moving average of the weights (e.g. 0.99; 0 = off): val, "
      "best.keras and the final model use the average.", None),
+    ("integer", "ema_bn_crops", 0, "With --ema_momentum (photos source, one process): the final model's "
+     "BatchNorm statistics re-estimated for the averaged weights on this many random crops of the training "
+     "photos, as SWA does (0 = off: the statistics of the raw weights, which need not fit the average); "
+     "per-epoch val and best.keras then use the raw weights.", None),
     ("string", "threshold_rule", "f1", "Rule picking the operating threshold on val after training (after "
      "temperature scaling), stored with the model: f1 (pooled val), precision@R (best precision with recall >= R), "
      "or source-balanced: <mean|min>_source_<accuracy|balanced_accuracy|f1> over the val sources (no source "
@@ -212,6 +216,10 @@ def validate(cfg) -> None:
         problems.append("--threshold must be in (0, 1)")
     if not 0 <= cfg.ema_momentum < 1:
         problems.append("--ema_momentum must be in [0, 1) (0 = no weight averaging)")
+    if cfg.ema_bn_crops < 0 or (cfg.ema_bn_crops and (not cfg.ema_momentum or cfg.data_source != "photos"
+                                                        or cfg.model == "zhang2016")):
+        problems.append(f"--ema_bn_crops={cfg.ema_bn_crops}: must be >= 0; it re-estimates the BatchNorm statistics "
+                        "of --ema_momentum's average on training photos (--data_source=photos, a ResNet50 model)")
     from crack_tf.evaluation.stats import check_rule
 
     try:

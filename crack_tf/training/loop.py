@@ -62,12 +62,29 @@ def _describe_data(cfg, probe, val_input) -> None:
 
 def _ema_swapper(model: keras.Model, cfg: TrainConfig):
     """With ``--ema_momentum``: Keras' SwapEMAWeights, used around val and best.keras saves so
-    they see the averaged weights while training goes on with the raw ones."""
-    if not cfg.ema_momentum:
+    they see the averaged weights while training goes on with the raw ones. None with
+    ``--ema_bn_crops``: the average's BatchNorm statistics are only right after their re-estimation
+    at the end (:func:`_ema_batchnorm`), so val and best.keras keep the raw weights."""
+    if not cfg.ema_momentum or cfg.ema_bn_crops:
         return None
     swapper = keras.callbacks.SwapEMAWeights(swap_on_epoch=False)
     swapper.set_model(model)
     return swapper
+
+
+def _ema_batchnorm(model: keras.Model, cfg: TrainConfig) -> dict:
+    """``--ema_bn_crops``: the averaged weights' BatchNorm statistics re-estimated on random crops of
+    the training photos (SWA's BN update; AdaBN's exact passes, the seed's crops), in place; returns
+    the adaptation record for run.json."""
+    from crack_tf.training.adabn import adapt_to_source
+
+    _, record = adapt_to_source(model, cfg.data_dir, cfg.data_root, cfg.train_split, crops=cfg.ema_bn_crops,
+                                crop_side=tuple(cfg.crop_side), seed=cfg.seed, batch_size=cfg.adabn_batch_size,
+                                copy=False, val_fraction=cfg.val_fraction, image_size=cfg.image_size,
+                                passes=cfg.adabn_passes)
+    print(f"EMA: BatchNorm statistics of the averaged weights re-estimated on {record['crops']} crops of "
+          f"{record['photos']} training photos ({record['bn_layers']} layers)", flush=True)
+    return record
 
 
 def _store_operating_point(model, cfg, val_input, out_dir: str, runtime, eval_input=None,
@@ -260,6 +277,8 @@ def train(cfg: TrainConfig, runtime: Runtime) -> dict:
         writer.images("train/sample_batch", _sample_batch(probe.dataset), 0)
     clock = cb.StepClock()
     health = cb.Health()
+    if cfg.ema_bn_crops and runtime.num_processes > 1:
+        raise ValueError("--ema_bn_crops: one process only (each process would see part of the crops)")
     ema = _ema_swapper(model, cfg)
     sources = tuple(val_input.by_source) if val_input else ()
     progress = cb.ProgressLogger(cfg.model_dir, clock, steps_per_epoch, cfg.epochs, cfg.batch_size, cfg.log_every,
@@ -304,17 +323,20 @@ def train(cfg: TrainConfig, runtime: Runtime) -> dict:
         done += (end_epoch - first_epoch - 1) * steps_per_epoch + steps
         if health.failure is not None:
             _record_failure(cfg, runtime, health, started)
-        if ema is not None and i + 1 < len(segments):
+        if cfg.ema_momentum and i + 1 < len(segments):
             # fit() ended by writing the averages into the weights; go on from the raw ones,
             # exactly as a run resumed from this (epoch-end) checkpoint would.
             checkpoints.restore(model, checkpoints.checkpoints(out_dir)[0])
-    if ema is not None:
+    ema_bn = None
+    if cfg.ema_momentum:
         if not segments:  # resumed after the last epoch: the final model is the average
             model.optimizer.finalize_variable_values(model.trainable_weights)
         # finalize assigned the averages' own arrays to the weights: give the weights copies, or
         # a later donating step (JAX) would delete the buffers the optimizer still holds.
         for var in model.trainable_variables:
             var.assign(keras.ops.convert_to_numpy(var))
+        if cfg.ema_bn_crops:
+            ema_bn = _ema_batchnorm(model, cfg)
 
     phases.end("fit")
     eval_input = finish.eval_sources_input(cfg, dcfg)
@@ -345,6 +367,7 @@ def train(cfg: TrainConfig, runtime: Runtime) -> dict:
             "versions": rundir.versions(), "data": {**train_summary, "steps_per_epoch": steps_per_epoch},
             "wall_seconds": time.time() - started, "phase_seconds": phases.seconds,
             "operating_point_seconds": point_seconds, "weights_sha256": digest,
+            **({"ema_batchnorm": ema_bn} if ema_bn else {}),
         })
         print(phases.line(point_seconds), flush=True)
     return results
