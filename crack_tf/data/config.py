@@ -110,6 +110,7 @@ class InputSplit:
     by_source: dict[str, InputSplit] = dataclasses.field(default_factory=dict)  # photos source: each source's part
     info: dict[str, Any] = dataclasses.field(default_factory=dict)  # what the split is made of (for logs, run.json)
     groups: list[str] = dataclasses.field(default_factory=list)  # photos eval tiles: each one's source-image group
+    sampler: Any = None  # photos training: the CropSampler behind the batches (any loader)
 
 
 def class_counts(labels: np.ndarray | list[int]) -> dict[int, int]:

@@ -56,7 +56,7 @@ def _training(config, split, global_batch, batch, seed, backend, num_shards, sha
     skipped = [item for s in sets for item in s.skipped]
     info = {"sources": source_info(sets, weights), "crops_per_epoch": n, "crop_side": list(config.crop_side)}
     return InputSplit(ds, n, steps, counts, class_weight(counts) if config.balance == "class_weight" else None,
-                      [], skipped, info=info)
+                      [], skipped, info=info, sampler=sampler)
 
 
 _TILES: dict[tuple, tuple[tuple, list[Tiles]]] = {}

@@ -133,8 +133,8 @@ _GROUPS: dict[str, list[tuple]] = {"model": [
     ("float", "ema_momentum", 0.0, "Exponential moving average of the weights (e.g. 0.99; 0 = off): val, "
      "best.keras and the final model use the average.", None),
     ("integer", "ema_bn_crops", 0, "With --ema_momentum (photos source, one process): the final model's "
-     "BatchNorm statistics re-estimated for the averaged weights on this many random crops of the training "
-     "photos, as SWA does (0 = off: the statistics of the raw weights, which need not fit the average); "
+     "BatchNorm statistics re-estimated for the averaged weights on the training stream's first this many "
+     "crops, as SWA does (0 = off: the statistics of the raw weights, which need not fit the average); "
      "per-epoch val and best.keras then use the raw weights.", None),
     ("string", "threshold_rule", "f1", "Rule picking the operating threshold on val after training (after "
      "temperature scaling), stored with the model: f1 (pooled val), precision@R (best precision with recall >= R), "

@@ -72,18 +72,19 @@ def _ema_swapper(model: keras.Model, cfg: TrainConfig):
     return swapper
 
 
-def _ema_batchnorm(model: keras.Model, cfg: TrainConfig) -> dict:
-    """``--ema_bn_crops``: the averaged weights' BatchNorm statistics re-estimated on random crops of
-    the training photos (SWA's BN update; AdaBN's exact passes, the seed's crops), in place; returns
-    the adaptation record for run.json."""
-    from crack_tf.training.adabn import adapt_to_source
+def _ema_batchnorm(model: keras.Model, cfg: TrainConfig, sampler) -> dict:
+    """``--ema_bn_crops``: the averaged weights' BatchNorm statistics re-estimated, in place, on the
+    training stream's first crops (augmented, as trained: SWA's BN update over the training data) with
+    AdaBN's exact passes; returns what run.json records."""
+    from crack_tf.training.adabn import adapt_batchnorm, batchnorm_layers
 
-    _, record = adapt_to_source(model, cfg.data_dir, cfg.data_root, cfg.train_split, crops=cfg.ema_bn_crops,
-                                crop_side=tuple(cfg.crop_side), seed=cfg.seed, batch_size=cfg.adabn_batch_size,
-                                copy=False, val_fraction=cfg.val_fraction, image_size=cfg.image_size,
-                                passes=cfg.adabn_passes)
-    print(f"EMA: BatchNorm statistics of the averaged weights re-estimated on {record['crops']} crops of "
-          f"{record['photos']} training photos ({record['bn_layers']} layers)", flush=True)
+    images, labels = sampler.batch(0, cfg.ema_bn_crops)
+    adapt_batchnorm(model, images, cfg.adabn_batch_size, passes=cfg.adabn_passes)
+    record = {"crops": int(len(images)), "crack_crops": int(sum(int(v) for v in labels)), "passes": cfg.adabn_passes,
+              "inputs": "the training stream's first crops (augmented as in training)",
+              "bn_layers": len(batchnorm_layers(model))}
+    print(f"EMA: BatchNorm statistics of the averaged weights re-estimated on {record['crops']} training crops "
+          f"({record['crack_crops']} with a crack; {record['bn_layers']} layers)", flush=True)
     return record
 
 
@@ -259,6 +260,7 @@ def train(cfg: TrainConfig, runtime: Runtime) -> dict:
                           shard_index=runtime.process_id, skip_batches=skip_batches)
 
     probe = split_input(cfg.train_split, training=True)
+    train_sampler = probe.sampler  # the photos source's crops (--ema_bn_crops)
     train_summary = {"train": probe.class_counts, "skipped": probe.skipped, **probe.info}
     steps_per_epoch = cfg.steps_per_epoch or probe.steps_per_epoch
     val_input = split_input(cfg.val_split, training=False) if cfg.val_split else None
@@ -336,7 +338,7 @@ def train(cfg: TrainConfig, runtime: Runtime) -> dict:
         for var in model.trainable_variables:
             var.assign(keras.ops.convert_to_numpy(var))
         if cfg.ema_bn_crops:
-            ema_bn = _ema_batchnorm(model, cfg)
+            ema_bn = _ema_batchnorm(model, cfg, train_sampler)
 
     phases.end("fit")
     eval_input = finish.eval_sources_input(cfg, dcfg)
