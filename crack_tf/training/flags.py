@@ -131,7 +131,7 @@ _GROUPS: dict[str, list[tuple]] = {"model": [
     ("integer", "freeze_backbone_epochs", 0, "Train only ASPP + head for the first N epochs.", None),
     ("float", "threshold", 0.5, "Crack-probability threshold of the R/MA/P/FA metrics during training.", None),
     ("float", "ema_momentum", 0.0, "Exponential moving average of the weights (e.g. 0.99; 0 = off): val, "
-     "best.keras and the final model use the average.", None),
+     "best.keras and the final model use the average (with --ema_bn_crops the final model only).", None),
     ("integer", "ema_bn_crops", 0, "With --ema_momentum (photos source, one process): the final model's "
      "BatchNorm statistics re-estimated for the averaged weights on the training stream's first this many "
      "crops, as SWA does (0 = off: the statistics of the raw weights, which need not fit the average); "

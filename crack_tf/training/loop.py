@@ -80,7 +80,7 @@ def _ema_batchnorm(model: keras.Model, cfg: TrainConfig, sampler) -> dict:
 
     images, labels = sampler.batch(0, cfg.ema_bn_crops)
     adapt_batchnorm(model, images, cfg.adabn_batch_size, passes=cfg.adabn_passes)
-    record = {"crops": int(len(images)), "crack_crops": int(sum(int(v) for v in labels)), "passes": cfg.adabn_passes,
+    record = {"crops": int(len(images)), "crack_crops": int(labels.sum()), "passes": cfg.adabn_passes,
               "inputs": "the training stream's first crops (augmented as in training)",
               "bn_layers": len(batchnorm_layers(model))}
     print(f"EMA: BatchNorm statistics of the averaged weights re-estimated on {record['crops']} training crops "
