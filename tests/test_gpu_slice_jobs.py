@@ -236,3 +236,20 @@ def test_slice_job_refuses_backbones_it_cannot_share_or_make(job_tree):
     done = _slice(repo, dict(base, CV="0", ONLY="^synthpre_robustaug_epochs48$"))
     assert done.returncode == 1 and "backbone pretraining failed" in done.stdout, done.stdout + done.stderr
     assert not any(line.startswith("tools/ablate.py") for line in calls.read_text().splitlines())
+
+
+def test_slice_job_counts_every_row_its_regex_names(job_tree):
+    """ONLY naming two rows (RESULTS 0d step 1b): the grid is done when both rows' runs are, not one's."""
+    repo, env, calls = job_tree
+    _slice_recorder(repo, finish_runs=False)
+    for fold in ("no_uav75", "no_uavcrack", "no_deepcrack"):  # one row's runs finished in an earlier call
+        run = repo / "runs" / "ablation_loso" / f"synthpre_robustaug_epochs48_mixstyle_{fold}_s0"
+        run.mkdir(parents=True)
+        (run / "run.json").write_text("{}")
+    done = _slice(repo, dict(env, ONLY="^synthpre_robustaug_epochs48_(mixstyle|ema)$", SEEDS="0", REPEAT="0",
+                             FOLDS="no_uav75,no_uavcrack,no_deepcrack", CV="0", AGREE="0", FINETUNE_CURVE="0",
+                             JOB_S="300"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "candidate grid 3 of 6 runs" in done.stdout and "call again" in done.stdout
+    grid = next(a for a in _calls(calls) if a[0] == "tools/ablate.py" and "--output_dir=runs/ablation_loso" in a)
+    assert "--only=^synthpre_robustaug_epochs48_(mixstyle|ema)$" in grid and "--seeds=0" in grid

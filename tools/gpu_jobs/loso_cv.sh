@@ -23,7 +23,7 @@ source tools/gpu_jobs/common.sh
 export SKIP_WHEELS=1  # installed once by common.sh above
 folds=${FOLDS:-all,no_uav75,no_uavcrack,no_deepcrack}  # a later session: only the folds still missing
 seeds=${SEEDS:-0,1,2} cv_seeds=${CV_SEEDS:-0,1,2}
-wanted=$(( $(csv_len "$seeds") * $(csv_len "$folds") ))
+wanted=$(( $(grid_rows configs/ablation_loso.cfg "$only") * $(csv_len "$seeds") * $(csv_len "$folds") ))  # every row ONLY names
 repeats=$(( ${REPEAT:-1} != 0 ))
 grid_done() { count_runs runs/ablation_loso "$only" "$seeds" "$folds"; }  # the wanted runs only
 repeat_done() { count_runs runs/ablation_loso_repeat "$only" 0 no_uav75; }
