@@ -39,6 +39,9 @@ from absl import app, flags
 from scipy import stats as scipy_stats
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ablate_report import _pct  # noqa: E402  (tools/ is not a package; the grids' "mean ± std" format)
+
 from crack_tf.evaluation import run_margins, stats  # noqa: E402
 from crack_tf.evaluation import site_calibration as sc  # noqa: E402
 
@@ -132,12 +135,6 @@ def compare(a: dict, b: dict) -> list[dict]:
     return rows
 
 
-def _ms(values: list[float], digits: int = 2) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
 def markdown(rows: list[dict], row_a: str, row_b: str) -> str:
     lines = [f"### `{row_a}` (A) against `{row_b}` (B), left out, at each run's stored point (percent)", "",
              "| left out | A accuracy (per seed) | B accuracy (per seed) | A - B | Welch p | "
@@ -147,8 +144,8 @@ def markdown(rows: list[dict], row_a: str, row_b: str) -> str:
         per = {s: " / ".join(f"{v:.1f}" for v in r["accuracy"][s]) for s in ("a", "b")}
         auc = {s: " / ".join(f"{v:.3f}" for v in r["roc_auc"][s]) for s in ("a", "b")}
         label = r["left_out"] + ("" if r["split"] == "eval" else f", {r['split'].removeprefix('eval_')}")
-        lines.append(f"| {label} | {_ms(r['accuracy']['a'])} ({per['a']}) | "
-                     f"{_ms(r['accuracy']['b'])} ({per['b']}) | {r['difference']:+.2f} | {p} | {auc['a']} | {auc['b']} | {auc_p} |")
+        lines.append(f"| {label} | {_pct(r['accuracy']['a'])} ({per['a']}) | "
+                     f"{_pct(r['accuracy']['b'])} ({per['b']}) | {r['difference']:+.2f} | {p} | {auc['a']} | {auc['b']} | {auc_p} |")
     lines += ["", "Seeds: A " + ", ".join(sorted({str(s) for r in rows for s in r["seeds"]["a"]})) + "; B "
               + ", ".join(sorted({str(s) for r in rows for s in r["seeds"]["b"]})) + ". `adabn`: after AdaBN on the "
               "left-out source's unlabelled crops; `adabn_w<w>`: its blend with the trained statistics. The mean row "

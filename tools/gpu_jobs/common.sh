@@ -78,7 +78,7 @@ fold_backbones() {
   [ "$steps" = 1000 ] || { stem+=$steps; resumable="--checkpoint_every=500"; }
   # the machine's loader processes shared by the folds (4 each for three on 16 cores, 14 for one alone:
   # the batches do not depend on the count, tools/pretrain.py Batches)
-  local n_folds; n_folds=$(tr ',' '\n' <<< "$folds" | grep -c .)
+  local n_folds; n_folds=$(csv_len "$folds")
   local workers=$(( ($(nproc) - 2) / (n_folds > 0 ? n_folds : 1) ))
   workers=$(( workers < 2 ? 2 : (workers > 14 ? 14 : workers) ))
   for fold in ${folds//,/ }; do  # each with a fifth of the GPU's memory
