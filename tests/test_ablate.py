@@ -97,8 +97,8 @@ def test_robustaug_rows_get_the_robust_augment_flagfile(monkeypatch):
     parsed = {r.row: train_config.parse_args(r.args) for r in runs if r.fold == "all"}
     train_flags.FLAGS.unparse_flags()
     robust = [name for name in parsed if "robustaug" in name]
-    assert sorted(robust) == ["robustaug", "synthpre3000_robustaug_epochs48", "synthpre_robustaug",
-                              "synthpre_robustaug_epochs48", "synthpre_robustaug_epochs48_ema",
+    assert sorted(robust) == ["robustaug", "simclrpre_robustaug_epochs48", "synthpre3000_robustaug_epochs48",
+                              "synthpre_robustaug", "synthpre_robustaug_epochs48", "synthpre_robustaug_epochs48_ema",
                               "synthpre_robustaug_epochs48_mixstyle"]
     for name in robust:
         cfg = parsed[name]
@@ -106,6 +106,11 @@ def test_robustaug_rows_get_the_robust_augment_flagfile(monkeypatch):
     assert parsed["synthpre_robustaug_epochs48"].epochs == 48 and parsed["synthpre_robustaug"].epochs == 16
     longer = parsed["synthpre3000_robustaug_epochs48"]
     assert longer.epochs == 48 and longer.weights == "runs/pretrain/loso_synth3000_all.weights.h5"
+    simclr = parsed["simclrpre_robustaug_epochs48"]  # the recommended recipe, only the backbone differs
+    assert simclr.weights == "runs/pretrain/loso_simclr_all.weights.h5"
+    own = ("weights", "model_dir")
+    assert {k: v for k, v in vars(simclr).items() if k not in own} == {
+        k: v for k, v in vars(parsed["synthpre_robustaug_epochs48"]).items() if k not in own}
     assert parsed["synthpre"].gamma != 0.3 and parsed["synthpre"].jpeg != 0.3
     mixstyle = parsed["synthpre_robustaug_epochs48_mixstyle"]  # the recommended row with MixStyle, nothing else
     assert mixstyle.mixstyle == ["layer1", "layer2"] and mixstyle.epochs == 48

@@ -94,7 +94,7 @@ def test_loso_job_synth_crack_backbones_start_from_one_synthetic_backbone(job_tr
     assert "--output=runs/pretrain/loso_synth_no_deepcrack.weights.h5" in pre[1]
     bad = subprocess.run(["bash", "tools/gpu_jobs/loso.sh"], cwd=repo, capture_output=True, text=True,
                          env=dict(env, BACKBONE="imagenet"), timeout=60)
-    assert bad.returncode == 2 and "choose crack (default) or synth_crack" in bad.stdout
+    assert bad.returncode == 2 and "choose crack (default), synth_crack or simclr_crack" in bad.stdout
 
 
 def test_uav75_cv_job_pretrains_without_uav75_then_runs_the_cv_grid(job_tree):

@@ -220,13 +220,49 @@ def test_slice_job_makes_the_longer_backbones_a_row_names_over_two_calls(job_tre
     assert "--only=^synthpre3000_robustaug_epochs48$" in grid
 
 
+def test_slice_job_makes_simclr_fold_backbones_without_the_left_out_source_over_two_calls(job_tree):
+    """A row on loso_simclr_{fold} backbones: synthetic, then SimCLR on the train photos of the fold's
+    sources only, then crack mode from it; SimCLR cut off at the call's end goes on at the next call
+    and no crack stage starts before its SimCLR weights exist."""
+    repo, env, calls = job_tree
+    env = dict(env, ONLY="^simclrpre_robustaug_epochs48$", JOB_S="300", FOLDS="no_uav75,no_deepcrack",
+               REPEAT="0", CV="0", AGREE="0", SEEDS="0")
+    cut_off = ('for a in "$@"; do case $a in --mode=*) mode=${a#--mode=};; --output=*) out=${a#--output=};; esac; done\n'
+               'if [ -n "${out:-}" ]; then if [ "$mode" = simclr ]; then mkdir -p "$out.ckpt"; else touch "$out"; fi; fi\n')
+    (repo.parent / "bin" / "python3").write_text("#!/usr/bin/env bash\necho \"$*\" >> \"$CALLS\"\n" + cut_off)
+    done = _slice(repo, env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "backbones not finished" in done.stdout and "call again" in done.stdout
+    pre = {next(x for x in a if x.startswith("--output=")): a for a in _calls(calls) if a[0] == "tools/pretrain.py"}
+    assert "--mode=synthetic" in pre["--output=runs/pretrain/synthetic.weights.h5"]
+    for fold, sources in (("no_uav75", "uavcrack,deepcrack"), ("no_deepcrack", "uav75,uavcrack")):
+        args = pre[f"--output=runs/pretrain/simclr_{fold}.weights.h5"]
+        assert {"--mode=simclr", f"--data_dir={sources}", "--init=runs/pretrain/synthetic.weights.h5", "--crop=128",
+                "--steps=1000", "--checkpoint_every=250"} <= set(args), args
+    assert len(pre) == 3 and not any(a[0] == "tools/ablate.py" for a in _calls(calls))  # no crack stage, no run
+    out, lines = _next_call(repo, env, calls)  # SimCLR finishes, then the crack stage from it, then the runs
+    assert "candidate grid 2 of 2 runs" in out and "loso_cv.sh: done" in out
+    pre = {next(x for x in a if x.startswith("--output=")): a for a in lines if a[0] == "tools/pretrain.py"}
+    assert "--output=runs/pretrain/synthetic.weights.h5" not in pre  # kept from the first call
+    for fold, sources in (("no_uav75", "uavcrack,deepcrack"), ("no_deepcrack", "uav75,uavcrack")):
+        assert "--mode=simclr" in pre[f"--output=runs/pretrain/simclr_{fold}.weights.h5"]  # resumed
+        args = pre[f"--output=runs/pretrain/loso_simclr_{fold}.weights.h5"]
+        assert {"--mode=crack", f"--data_dir={sources}", f"--init=runs/pretrain/simclr_{fold}.weights.h5",
+                "--steps=1000", "--checkpoint_every=500"} <= set(args), args
+    grid = next(a for a in lines if a[0] == "tools/ablate.py" and "--output_dir=runs/ablation_loso" in a)
+    assert "--only=^simclrpre_robustaug_epochs48$" in grid
+    # the UAV75 5-fold trains on the 1,000-step synthetic-crack backbone: not with this kind
+    done = _slice(repo, dict(env, CV="1"))
+    assert done.returncode == 2 and "CV=0 with simclr_crack:1000 backbones" in done.stdout, done.stdout
+
+
 def test_slice_job_refuses_backbones_it_cannot_share_or_make(job_tree):
     repo, env, calls = job_tree
     base = dict(env, JOB_S="300", FOLDS="no_uav75", REPEAT="0", AGREE="0", SEEDS="0")
     cases = [  # the CV trains on 1,000-step backbones; one job pretrains one kind of fold backbone
-        (dict(base, ONLY="^synthpre3000_robustaug_epochs48$"), 2, "CV=0 with 3000-step backbones"),
+        (dict(base, ONLY="^synthpre3000_robustaug_epochs48$"), 2, "CV=0 with synth_crack:3000 backbones"),
         (dict(base, CV="0", ONLY="^synthpre3000_robustaug_epochs48$", BESIDE_ONLY="^synthpre_epochs48$"), 2,
-         "backbones of '1000 3000' steps: one kind a job"),
+         "backbones 'synth_crack:1000 synth_crack:3000' (kind:steps): one kind a job"),
     ]
     for case_env, rc, message in cases:
         done = _slice(repo, case_env)

@@ -51,12 +51,17 @@ pretrain_backbone() {
 }
 
 # Leave-one-source-out backbones, side by side on the one GPU:
-#   fold_backbones <crack | synth_crack> <fold,fold,...>  -> runs/pretrain/<loso | loso_synth>_<fold>.weights.h5
+#   fold_backbones <crack | synth_crack | simclr_crack> <fold,fold,...>
+#       -> runs/pretrain/<loso | loso_synth | loso_simclr>_<fold>.weights.h5
 # Each fold's backbone is pretrained (crack mode) on that fold's sources only (FOLD_SOURCES); with
 # synth_crack all start from one backbone pretrained on synthetic cracks (SYNTH_STEPS=1000, no real
-# source seen). Logs and sidecars in runs/pretrain_logs/. Existing backbones are kept. BACKBONE_REPEAT=1
-# (synth_crack): the synthetic backbone pretrained a second time beside the folds, and whether the two
-# are identical (same_backbone), the check that --deterministic makes a seed one backbone.
+# source seen); simclr_crack puts self-supervised contrastive pretraining (SimCLR, SIMCLR_STEPS=1000 of
+# 128 pairs, masks unused) on the train photos of that fold's sources between the two, so that no stage
+# sees the left-out source (runs/pretrain/simclr_<fold>.weights.h5, checkpoints every 250 steps, the
+# crack stage's every 500: the chain goes on over calls). Logs and sidecars in runs/pretrain_logs/.
+# Existing backbones are kept. BACKBONE_REPEAT=1 (synth_crack): the synthetic backbone pretrained a
+# second time beside the folds, and whether the two are identical (same_backbone), the check that
+# --deterministic makes a seed one backbone.
 # FOLD_STEPS (default 1000): each fold's crack-mode steps; another count makes backbones of their own,
 # <stem><steps>_<fold> (e.g. loso_synth3000_no_uav75: the longer-pretraining candidate), with a
 # checkpoint every 500 steps so that one cut off at its time limit goes on at the next call.
@@ -66,8 +71,10 @@ declare -A FOLD_SOURCES=([all]=uav75,uavcrack,deepcrack [no_uav75]=uavcrack,deep
 fold_backbones() {
   local kind=$1 folds=$2 stem=loso init="" fold pids=()
   mkdir -p runs/pretrain runs/pretrain_logs
-  if [ "$kind" = synth_crack ]; then
-    stem=loso_synth init=runs/pretrain/synthetic.weights.h5
+  case $kind in crack) ;; synth_crack) stem=loso_synth;; simclr_crack) stem=loso_simclr;;
+    *) echo "fold_backbones: unknown kind $kind: crack, synth_crack or simclr_crack"; return 1;; esac
+  if [ "$kind" != crack ]; then
+    init=runs/pretrain/synthetic.weights.h5
     XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 PRETRAIN_MODE=synthetic PRETRAIN_STEPS="${SYNTH_STEPS:-1000}" \
         PRETRAIN_OUT=$init PRETRAIN_LOG=runs/pretrain_logs/synthetic.log pretrain_backbone 200 > /dev/null
     tail -1 runs/pretrain_logs/synthetic.log 2>/dev/null
@@ -76,6 +83,7 @@ fold_backbones() {
   fi
   local steps=${FOLD_STEPS:-1000} resumable=""
   [ "$steps" = 1000 ] || { stem+=$steps; resumable="--checkpoint_every=500"; }
+  [ "$kind" = simclr_crack ] && resumable="--checkpoint_every=500"
   # the machine's loader processes shared by the folds (4 each for three on 16 cores, 14 for one alone:
   # the batches do not depend on the count, tools/pretrain.py Batches)
   local n_folds; n_folds=$(csv_len "$folds")
@@ -83,10 +91,23 @@ fold_backbones() {
   workers=$(( workers < 2 ? 2 : (workers > 14 ? 14 : workers) ))
   for fold in ${folds//,/ }; do  # each with a fifth of the GPU's memory
     [ -n "${FOLD_SOURCES[$fold]:-}" ] || { echo "unknown fold $fold: choose from ${!FOLD_SOURCES[*]}"; return 1; }
-    XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 PRETRAIN_DATA="${FOLD_SOURCES[$fold]}" PRETRAIN_INIT="$init" \
-        PRETRAIN_OUT="runs/pretrain/${stem}_$fold.weights.h5" PRETRAIN_WORKERS=$workers PRETRAIN_STEPS="$steps" \
-        PRETRAIN_EXTRA="${PRETRAIN_EXTRA:-}${resumable:+ $resumable}" \
-        PRETRAIN_LOG="runs/pretrain_logs/${stem}_$fold.log" pretrain_backbone $(( 300 * steps / 1000 )) > /dev/null &
+    (  # the fold's chain: [SimCLR on its sources' train photos ->] crack mode on its sources
+      export XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 PRETRAIN_DATA="${FOLD_SOURCES[$fold]}" PRETRAIN_WORKERS=$workers
+      fold_init=$init start=$SECONDS
+      if [ "$kind" = simclr_crack ]; then
+        fold_init=runs/pretrain/simclr_$fold.weights.h5
+        PRETRAIN_MODE=simclr PRETRAIN_INIT="$init" PRETRAIN_OUT=$fold_init PRETRAIN_STEPS="${SIMCLR_STEPS:-1000}" \
+            PRETRAIN_EXTRA="--crop=128 --checkpoint_every=250" PRETRAIN_LOG="runs/pretrain_logs/simclr_$fold.log" \
+            pretrain_backbone 900 > /dev/null
+        cp "$fold_init.json" "runs/pretrain_logs/simclr_$fold.pretrain.json" 2>/dev/null
+        [ -f "$fold_init" ] || exit 0  # cut off (its checkpoint kept) or failed: told apart below
+        [ -z "${PRETRAIN_S:-}" ] || export PRETRAIN_S=$(( PRETRAIN_S - (SECONDS - start) ))  # the call's rest
+        [ "${PRETRAIN_S:-1}" -gt 0 ] || exit 0
+      fi
+      PRETRAIN_INIT="$fold_init" PRETRAIN_OUT="runs/pretrain/${stem}_$fold.weights.h5" PRETRAIN_STEPS="$steps" \
+          PRETRAIN_EXTRA="${PRETRAIN_EXTRA:-}${resumable:+ $resumable}" \
+          PRETRAIN_LOG="runs/pretrain_logs/${stem}_$fold.log" pretrain_backbone $(( 300 * steps / 1000 )) > /dev/null
+    ) &
     pids+=($!)
   done
   if [ "$kind" = synth_crack ] && [ "${BACKBONE_REPEAT:-0}" != 0 ]; then  # the synthetic backbone again, beside
@@ -106,7 +127,12 @@ fold_backbones() {
     tail -1 "runs/pretrain_logs/${stem}_$fold.log" 2>/dev/null
     cp "$out.json" "runs/pretrain_logs/${stem}_$fold.pretrain.json" 2>/dev/null
     [ -f "$out" ] && continue
-    [ -n "$resumable" ] && [ -d "$out.ckpt" ] || { echo "pretraining $fold failed: no weights"; return 1; }
+    if [ "$kind" = simclr_crack ]; then  # the chain goes on where it stopped: SimCLR's checkpoint or weights
+      [ -d "$out.ckpt" ] || [ -d "runs/pretrain/simclr_$fold.weights.h5.ckpt" ] ||
+          [ -f "runs/pretrain/simclr_$fold.weights.h5" ] || { echo "pretraining $fold failed: no weights"; return 1; }
+    else
+      [ -n "$resumable" ] && [ -d "$out.ckpt" ] || { echo "pretraining $fold failed: no weights"; return 1; }
+    fi
     echo "pretraining $fold stopped at its time limit, checkpoint kept: call again"
     rc=3
   done

@@ -12,13 +12,15 @@
 #   BACKBONE=synth_crack: every fold's backbone starts from one pretrained on synthetic cracks
 #   (SYNTH_STEPS=1000; runs/pretrain/loso_synth_<fold>.weights.h5, the grid's `synthpre` row).
 #   FOLD_STEPS=3000: longer fold backbones, runs/pretrain/loso_synth3000_<fold>.weights.h5 (common.sh)
+#   BACKBONE=simclr_crack: SimCLR on the fold's train photos between the two (loso_simclr_<fold>)
 #   GRID_EXTRA=--adabn_eval_crops=0: more trainer flags for every run of both grids (after the grid's
 #   own --extra, so they win; e.g. rows whose AdaBN column is not the question, without its minutes)
 # At most 8 files come back from $OUT, so $OUT gets only: machine.txt, loso.log (this job's output),
 # the results of both grids and runs.tgz (run.json, margins.npz, history, logs, runs/few_shot and
 # runs/few_shot_finetune; no models).
 SECONDS=0
-case ${BACKBONE:-crack} in crack|synth_crack) ;; *) echo "BACKBONE=${BACKBONE}: choose crack (default) or synth_crack"; exit 2;; esac
+case ${BACKBONE:-crack} in crack|synth_crack|simclr_crack) ;;
+  *) echo "BACKBONE=${BACKBONE}: choose crack (default), synth_crack or simclr_crack"; exit 2;; esac
 source tools/gpu_jobs/common.sh
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-$RUN_FRACTION}
 # 12 runs side by side (and the repeated run) where they fit the GPU's memory (common.sh: RUNS_FIT)

@@ -45,19 +45,24 @@ gpu_memory() { echo "gpu memory used / total, utilisation at ${SECONDS}s: $(nvid
     --query-gpu=memory.used,memory.total,utilization.gpu --format=csv,noheader 2>/dev/null)"; }
 
 # 0. every backbone this job needs, side by side (the CV's is the no_uav75 fold's; none with CV=0).
-# A row names its fold backbones' steps (weights=runs/pretrain/loso_synth<steps>_{fold}..., none:
-# 1,000); the grid and the rows beside it share one kind, and the CV needs the 1,000-step one.
-row_steps() {
-  sed -n 's/^--row=\([^:]*\):.*weights=runs\/pretrain\/loso_synth\([0-9]*\)_{fold}.*/\1 \2/p' configs/ablation_loso.cfg |
-      awk -v re="$1" '$1 ~ re {print ($2 == "" ? 1000 : $2)}' | sort -u | paste -sd' '
+# A row names its fold backbones' kind and steps in its weights path: loso_synth<steps>_{fold} (synthetic
+# cracks, then crack mode), loso_simclr<steps>_{fold} (synthetic, SimCLR, crack mode); no steps: 1,000.
+# The grid and the rows beside it share one kind, and the CV needs the 1,000-step synth_crack one.
+row_backbones() {
+  sed -n 's/^--row=\([^:]*\):.*weights=runs\/pretrain\/loso_\(synth\|simclr\)\([0-9]*\)_{fold}.*/\1 \2 \3/p' \
+      configs/ablation_loso.cfg |
+      awk -v re="$1" '$1 ~ re {print ($2 == "synth" ? "synth_crack" : "simclr_crack") ":" ($3 == "" ? 1000 : $3)}' |
+      sort -u | paste -sd' '
 }
-FOLD_STEPS=$(row_steps "$only${BESIDE_ONLY:+|$BESIDE_ONLY}")
-[[ $FOLD_STEPS =~ ^[0-9]+$ ]] || { echo "loso_cv.sh: the rows want backbones of '$FOLD_STEPS' steps: one kind a job"; exit 2; }
-[ "$FOLD_STEPS" = 1000 ] || [ "${CV:-1}" = 0 ] || { echo "loso_cv.sh: CV=0 with $FOLD_STEPS-step backbones"; exit 2; }
+backbone=$(row_backbones "$only${BESIDE_ONLY:+|$BESIDE_ONLY}")
+[[ $backbone =~ ^[a-z_]+:[0-9]+$ ]] ||
+    { echo "loso_cv.sh: the rows want backbones '$backbone' (kind:steps): one kind a job"; exit 2; }
+FOLD_KIND=${backbone%:*} FOLD_STEPS=${backbone#*:}
+[ "$backbone" = synth_crack:1000 ] || [ "${CV:-1}" = 0 ] || { echo "loso_cv.sh: CV=0 with $backbone backbones"; exit 2; }
 export FOLD_STEPS
 cv_fold=$([ "${CV:-1}" != 0 ] && [[ ,$folds, != *,no_uav75,* ]] && echo ,no_uav75)
 backbones=$(tr ',' '\n' <<< "$folds$cv_fold${BESIDE_ONLY:+,$beside_folds}" | awk 'NF && !seen[$0]++' | paste -sd,)
-PRETRAIN_S=$(( $(left) - 20 )) fold_backbones synth_crack "$backbones" > /dev/null
+PRETRAIN_S=$(( $(left) - 20 )) fold_backbones "$FOLD_KIND" "$backbones" > /dev/null
 case $? in
   0) ;;
   3) repack; echo "loso_cv.sh: backbones not finished at ${SECONDS}s (checkpoints kept): call again"; exit 0;;
@@ -99,7 +104,7 @@ if [ "$(grid_done)" -lt "$wanted" ] || [ "$(repeat_done)" -lt "$repeats" ] ||
    { [ "${FINETUNE_CURVE:-1}" != 0 ] && [ ! -f runs/few_shot_finetune/done ]; }; then
   every 60 gpu_memory
   watch=$!
-  BACKBONE=synth_crack FOLDS=$folds ONLY=$only REPEAT=$repeats PARALLEL=$grid_parallel LOADER_RUNS=$loader_runs JOB_S=$(left) \
+  BACKBONE=$FOLD_KIND FOLDS=$folds ONLY=$only REPEAT=$repeats PARALLEL=$grid_parallel LOADER_RUNS=$loader_runs JOB_S=$(left) \
       bash tools/gpu_jobs/loso.sh > /dev/null
   kill $watch 2>/dev/null
   tail -4 "$OUT/loso.log"
