@@ -239,6 +239,7 @@ def test_slice_job_makes_simclr_fold_backbones_without_the_left_out_source_over_
         args = pre[f"--output=runs/pretrain/simclr_{fold}.weights.h5"]
         assert {"--mode=simclr", f"--data_dir={sources}", "--init=runs/pretrain/synthetic.weights.h5", "--crop=128",
                 "--steps=1000", "--checkpoint_every=250"} <= set(args), args
+        assert args.index("--batch_size=64") > args.index("--batch_size=128")  # absl: the last one wins
     assert len(pre) == 3 and not any(a[0] == "tools/ablate.py" for a in _calls(calls))  # no crack stage, no run
     out, lines = _next_call(repo, env, calls)  # SimCLR finishes, then the crack stage from it, then the runs
     assert "candidate grid 2 of 2 runs" in out and "loso_cv.sh: done" in out

@@ -56,9 +56,10 @@ pretrain_backbone() {
 # Each fold's backbone is pretrained (crack mode) on that fold's sources only (FOLD_SOURCES); with
 # synth_crack all start from one backbone pretrained on synthetic cracks (SYNTH_STEPS=1000, no real
 # source seen); simclr_crack puts self-supervised contrastive pretraining (SimCLR, SIMCLR_STEPS=1000 of
-# 128 pairs, masks unused) on the train photos of that fold's sources between the two, so that no stage
-# sees the left-out source (runs/pretrain/simclr_<fold>.weights.h5, checkpoints every 250 steps, the
-# crack stage's every 500: the chain goes on over calls). Logs and sidecars in runs/pretrain_logs/.
+# 64 pairs: the 128 images of a crack step, which fit the fold's fifth of an H100; masks unused) on the
+# train photos of that fold's sources between the two, so that no stage sees the left-out source
+# (runs/pretrain/simclr_<fold>.weights.h5, checkpoints every 250 steps, the crack stage's every 500:
+# the chain goes on over calls). Logs and sidecars in runs/pretrain_logs/.
 # Existing backbones are kept. BACKBONE_REPEAT=1 (synth_crack): the synthetic backbone pretrained a
 # second time beside the folds, and whether the two are identical (same_backbone), the check that
 # --deterministic makes a seed one backbone.
@@ -97,7 +98,7 @@ fold_backbones() {
       if [ "$kind" = simclr_crack ]; then
         fold_init=runs/pretrain/simclr_$fold.weights.h5
         PRETRAIN_MODE=simclr PRETRAIN_INIT="$init" PRETRAIN_OUT=$fold_init PRETRAIN_STEPS="${SIMCLR_STEPS:-1000}" \
-            PRETRAIN_EXTRA="--crop=128 --checkpoint_every=250" PRETRAIN_LOG="runs/pretrain_logs/simclr_$fold.log" \
+            PRETRAIN_EXTRA="--crop=128 --batch_size=64 --checkpoint_every=250" PRETRAIN_LOG="runs/pretrain_logs/simclr_$fold.log" \
             pretrain_backbone 900 > /dev/null
         cp "$fold_init.json" "runs/pretrain_logs/simclr_$fold.pretrain.json" 2>/dev/null
         [ -f "$fold_init" ] || exit 0  # cut off (its checkpoint kept) or failed: told apart below
