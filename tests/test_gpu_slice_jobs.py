@@ -191,29 +191,43 @@ def test_slice_job_keeps_each_runs_loader_workers_from_call_to_call(job_tree):
     assert {x for _, _, x in second} == {x for _, _, x in first}, (first, second)
 
 
+def _pretrain_calls(lines) -> dict[str, list[str]]:
+    """The recorded tools/pretrain.py calls by their --output=."""
+    return {next(x for x in a if x.startswith("--output=")): a for a in lines if a[0] == "tools/pretrain.py"}
+
+
+def _cut_off_call(repo, env, calls, flag: str, value: str) -> dict[str, list[str]]:
+    """A first call in which each pretraining with --<flag>=<value> stops at its time limit (a checkpoint,
+    no weights) and any other finishes: the job says call again and trains nothing; returns its
+    pretraining calls by output."""
+    cut_off = (f'for a in "$@"; do case $a in --{flag}=*) v=${{a#--{flag}=}};; --output=*) out=${{a#--output=}};; '
+               f'esac; done\nif [ -n "${{out:-}}" ]; then if [ "$v" = {value} ]; then mkdir -p "$out.ckpt"; '
+               'else touch "$out"; fi; fi\n')
+    (repo.parent / "bin" / "python3").write_text("#!/usr/bin/env bash\necho \"$*\" >> \"$CALLS\"\n" + cut_off)
+    done = _slice(repo, env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "backbones not finished" in done.stdout and "call again" in done.stdout
+    lines = _calls(calls)
+    assert not any(a[0] == "tools/ablate.py" for a in lines)  # no run before its backbone
+    return _pretrain_calls(lines)
+
+
 def test_slice_job_makes_the_longer_backbones_a_row_names_over_two_calls(job_tree):
     """A row on loso_synth3000_{fold} backbones: FOLD_STEPS follows from its path; the fold backbones
     pretrain 3,000 steps with checkpoints; one cut off at the call's end resumes at the next call."""
     repo, env, calls = job_tree
     env = dict(env, ONLY="^synthpre3000_robustaug_epochs48$", JOB_S="300", FOLDS="no_uav75,no_deepcrack",
                REPEAT="0", CV="0", AGREE="0", SEEDS="0")
-    cut_off = ('for a in "$@"; do case $a in --steps=*) steps=${a#--steps=};; --output=*) out=${a#--output=};; esac; done\n'
-               'if [ -n "${out:-}" ]; then if [ "$steps" = 3000 ]; then mkdir -p "$out.ckpt"; else touch "$out"; fi; fi\n')
-    (repo.parent / "bin" / "python3").write_text("#!/usr/bin/env bash\necho \"$*\" >> \"$CALLS\"\n" + cut_off)
-    done = _slice(repo, env)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "backbones not finished" in done.stdout and "call again" in done.stdout
-    lines = _calls(calls)
-    pre = {next(x for x in a if x.startswith("--output=")): a for a in lines if a[0] == "tools/pretrain.py"}
+    pre = _cut_off_call(repo, env, calls, "steps", "3000")
     assert "--steps=1000" in pre["--output=runs/pretrain/synthetic.weights.h5"]
     for fold in ("no_uav75", "no_deepcrack"):
         args = pre[f"--output=runs/pretrain/loso_synth3000_{fold}.weights.h5"]
         assert "--steps=3000" in args and "--checkpoint_every=500" in args
         assert "--init=runs/pretrain/synthetic.weights.h5" in args
-    assert len(pre) == 3 and not any(a[0] == "tools/ablate.py" for a in lines)  # no run before its backbone
+    assert len(pre) == 3
     out, lines = _next_call(repo, env, calls)  # the next call: the backbones finish, then the runs
     assert "candidate grid 2 of 2 runs" in out and "loso_cv.sh: done" in out
-    assert {next(x for x in a if x.startswith("--output=")) for a in lines if a[0] == "tools/pretrain.py"} == {
+    assert set(_pretrain_calls(lines)) == {
         "--output=runs/pretrain/loso_synth3000_no_uav75.weights.h5",
         "--output=runs/pretrain/loso_synth3000_no_deepcrack.weights.h5"}  # the synthetic one kept
     grid = next(a for a in lines if a[0] == "tools/ablate.py" and "--output_dir=runs/ablation_loso" in a)
@@ -227,23 +241,17 @@ def test_slice_job_makes_simclr_fold_backbones_without_the_left_out_source_over_
     repo, env, calls = job_tree
     env = dict(env, ONLY="^simclrpre_robustaug_epochs48$", JOB_S="300", FOLDS="no_uav75,no_deepcrack",
                REPEAT="0", CV="0", AGREE="0", SEEDS="0")
-    cut_off = ('for a in "$@"; do case $a in --mode=*) mode=${a#--mode=};; --output=*) out=${a#--output=};; esac; done\n'
-               'if [ -n "${out:-}" ]; then if [ "$mode" = simclr ]; then mkdir -p "$out.ckpt"; else touch "$out"; fi; fi\n')
-    (repo.parent / "bin" / "python3").write_text("#!/usr/bin/env bash\necho \"$*\" >> \"$CALLS\"\n" + cut_off)
-    done = _slice(repo, env)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "backbones not finished" in done.stdout and "call again" in done.stdout
-    pre = {next(x for x in a if x.startswith("--output=")): a for a in _calls(calls) if a[0] == "tools/pretrain.py"}
+    pre = _cut_off_call(repo, env, calls, "mode", "simclr")
     assert "--mode=synthetic" in pre["--output=runs/pretrain/synthetic.weights.h5"]
     for fold, sources in (("no_uav75", "uavcrack,deepcrack"), ("no_deepcrack", "uav75,uavcrack")):
         args = pre[f"--output=runs/pretrain/simclr_{fold}.weights.h5"]
         assert {"--mode=simclr", f"--data_dir={sources}", "--init=runs/pretrain/synthetic.weights.h5", "--crop=128",
                 "--steps=1000", "--checkpoint_every=250"} <= set(args), args
         assert args.index("--batch_size=64") > args.index("--batch_size=128")  # absl: the last one wins
-    assert len(pre) == 3 and not any(a[0] == "tools/ablate.py" for a in _calls(calls))  # no crack stage, no run
+    assert len(pre) == 3  # no crack stage before its SimCLR weights
     out, lines = _next_call(repo, env, calls)  # SimCLR finishes, then the crack stage from it, then the runs
     assert "candidate grid 2 of 2 runs" in out and "loso_cv.sh: done" in out
-    pre = {next(x for x in a if x.startswith("--output=")): a for a in lines if a[0] == "tools/pretrain.py"}
+    pre = _pretrain_calls(lines)
     assert "--output=runs/pretrain/synthetic.weights.h5" not in pre  # kept from the first call
     for fold, sources in (("no_uav75", "uavcrack,deepcrack"), ("no_deepcrack", "uav75,uavcrack")):
         assert "--mode=simclr" in pre[f"--output=runs/pretrain/simclr_{fold}.weights.h5"]  # resumed
