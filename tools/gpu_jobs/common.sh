@@ -98,8 +98,8 @@ fold_backbones() {
       if [ "$kind" = simclr_crack ]; then
         fold_init=runs/pretrain/simclr_$fold.weights.h5
         PRETRAIN_MODE=simclr PRETRAIN_INIT="$init" PRETRAIN_OUT=$fold_init PRETRAIN_STEPS="${SIMCLR_STEPS:-1000}" \
-            PRETRAIN_EXTRA="--crop=128 --batch_size=64 --checkpoint_every=250" PRETRAIN_LOG="runs/pretrain_logs/simclr_$fold.log" \
-            pretrain_backbone 900 > /dev/null
+            PRETRAIN_EXTRA="--crop=128 --batch_size=64 --checkpoint_every=250" \
+            PRETRAIN_LOG="runs/pretrain_logs/simclr_$fold.log" pretrain_backbone 900 > /dev/null
         cp "$fold_init.json" "runs/pretrain_logs/simclr_$fold.pretrain.json" 2>/dev/null
         [ -f "$fold_init" ] || exit 0  # cut off (its checkpoint kept) or failed: told apart below
         [ -z "${PRETRAIN_S:-}" ] || export PRETRAIN_S=$(( PRETRAIN_S - (SECONDS - start) ))  # the call's rest
