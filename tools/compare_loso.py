@@ -87,10 +87,10 @@ def score_run(folder: str) -> dict:
     splits = {}
     for split in sorted(s for s in set(a["split"].tolist()) if s == "eval" or s.startswith("eval_adabn")):
         keep = a["split"] == split
-        probs, labels = sc.predictions(a["margins"][:, keep], point), a["labels"][keep].astype(int)
-        decided = probs > np.float32(point["threshold"])
-        splits[split] = {"accuracy": float(np.mean(decided == (labels == 1))),
-                         "roc_auc": float(stats.roc_auc(probs, labels)), "tiles": int(keep.sum())}
+        metrics = stats.all_metrics(sc.predictions(a["margins"][:, keep], point), a["labels"][keep].astype(int),
+                                    float(np.float32(point["threshold"])))
+        splits[split] = {"accuracy": metrics["accuracy"], "roc_auc": float(metrics["roc_auc"]),
+                         "tiles": int(keep.sum())}
     return {"seed": int(run["config"].get("seed", 0)),
             "left_out": "+".join(sorted(set(a["sources"][eval_tiles].tolist()))), "splits": splits}
 
