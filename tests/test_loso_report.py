@@ -72,6 +72,10 @@ def test_report_joins_slices_and_writes_every_table(tmp_path, shared_data):
     assert "| uav75 | 91.06 ± 1.40 (92.1 / 90.1) | 86.42 ± 0.47 (86.1 / 86.8) | +4.64 | 0.107 |" in compared
     rules = (tmp_path / "out" / f"threshold_rules_{ROW}.md").read_text()
     assert "| `f1` | 87.4 ± 0.1 |" in rules and sum(line.startswith("| `") for line in rules.splitlines()) == 7
+    # where the errors are (tools/error_anatomy.py), of the same two left-out seeds (not the stale copy's)
+    anatomy = (tmp_path / "out" / f"error_anatomy_{ROW}.md").read_text()
+    assert f"| {ROW} | left out | uav75 | 2 | missed crack | 100-299 crack px | 40 | 13.8 ± 1.8 | 40.8 ± 1.2 |" in anatomy
+    assert f"| {ROW} | val | uavcrack | 4 | missed crack |" in anatomy  # the folds that trained on it
 
 
 def test_report_refuses_folders_without_the_row(tmp_path):

@@ -14,7 +14,9 @@
 #      the prior of 50 tiles, AdaBN (tools/few_shot_curve.py --adabn; NS, DRAWS override 0,10,25,50,100 / 20);
 #      few_shot_adabn_w<w>_<row>/: the same after each AdaBN blend the runs scored (--adabn_target_weights)
 #   4. threshold_rules_<row>.md: every --threshold_rule on these runs (tools/threshold_rules.py)
-#   5. with BASELINE=<row>:<folder>[,<folder>...]: compare_<row>_vs_<baseline row>.md, the row against
+#   5. error_anatomy_<row>.md: where the runs' errors are, left out and on the trained sources' val
+#      (misses by crack pixels, false alarms by distance to a crack and joints; tools/error_anatomy.py)
+#   6. with BASELINE=<row>:<folder>[,<folder>...]: compare_<row>_vs_<baseline row>.md, the row against
 #      that one per left-out source and seed, Welch's p, ROC AUC (tools/compare_loso.py); the
 #      recommended recipe: BASELINE=synthpre_robustaug_epochs48:docs/results/h100_2026-12-06f,docs/results/h100_2026-12-06h
 set -euo pipefail
@@ -57,9 +59,11 @@ for split in $blends; do
   curves+=", $out/few_shot_${split#eval_}_$row/"
 done
 python tools/threshold_rules.py --runs="$links/${row}_*" --out="$out/threshold_rules_$row.md"
+python tools/error_anatomy.py --runs="$links/${row}_no_*" --split=eval,val --data_root="${DATA_ROOT:-../shared/data}" \
+    --out="$out/error_anatomy_$row.md" > /dev/null
 compared=""
 if [ -n "${BASELINE:-}" ]; then
   compared=", $out/compare_${row}_vs_${BASELINE%%:*}.md"
   python tools/compare_loso.py --a="$row:$(IFS=,; echo "$*")" --b="$BASELINE" --out="${compared#, }"
 fi
-echo "loso_report.sh: wrote $out/loso_$row.md, $curves, $out/threshold_rules_$row.md$compared"
+echo "loso_report.sh: wrote $out/loso_$row.md, $curves, $out/threshold_rules_$row.md, $out/error_anatomy_$row.md$compared"

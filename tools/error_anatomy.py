@@ -1,0 +1,207 @@
+"""Where a model's errors are: misses by the crack's size in the tile, false alarms by the background
+tile's distance to the nearest crack; on a left-out source (``--split=eval``) or the trained sources' val.
+
+  python tools/error_anatomy.py --runs='docs/results/h100_2026-12-06[fh]/ablation_loso/synthpre_robustaug_epochs48_no_*' \\
+      --data_root=../shared/data --split=eval,val --out=docs/results/h100_2026-12-07e/error_anatomy_recommended.md
+
+Each run folder holds ``margins.npz`` + ``run.json`` (``config.json``) of a photos run, e.g. a
+leave-one-source-out grid's (``<row>_no_<source>_s<seed>``). The tiles of a split are cut again as the
+trainer cut them (``tools/tile_groups.py``: ``eval``, the ``--eval_sources`` tiles; ``val``, the
+``--data_dir`` sources' val tiles; checked against the margins' labels) and measured on their photo's
+mask: a crack tile's crack pixels (the fixed tiles' rule: >= 40 of them, a background tile none,
+anything between dropped) and a background tile's gap, the distance in pixels from the tile's edge to
+the nearest crack pixel of its photo (none: a photo without any). Each run is scored at its stored
+operating point (``p > float32(threshold)``, as ``tools/compare_loso.py``); per row, split and source
+the table gives each bin's tiles, its error rate (mean ± std over the runs) and its share of that
+source's errors. Nothing is re-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tile_groups import check_labels, left_out_tiles  # noqa: E402  (tools/ is not a package)
+
+from crack_tf.data.photos import list_photos, load_sources, parse_sources  # noqa: E402
+from crack_tf.data.prep import read_mask  # noqa: E402
+from crack_tf.evaluation import run_margins  # noqa: E402
+from crack_tf.evaluation import site_calibration as sc  # noqa: E402
+
+CRACK_BINS = (40, 100, 300, 1000)  # crack pixels in the tile: [40, 100), [100, 300), [300, 1000), >= 1000
+GAP_BINS = (0, 16, 64, 256)  # px from the tile's edge to the nearest crack: [0, 16), ..., >= 256, none
+JOINT_VALUE = 204  # UAV75 masks' planking joints (background that looks like a crack; docs: ../shared/data)
+SPLITS = {"eval": "eval_sources", "val": "data_dir"}  # margins' split -> the config key naming its sources
+NAME = re.compile(r"^(?P<source>[^/]+)/(?P<stem>.+)_y(?P<y>\d+)_x(?P<x>\d+)$")
+SEED = re.compile(r"_s(?P<seed>\d+)$")
+
+
+def bin_labels(edges: tuple[int, ...], unit: str) -> list[str]:
+    """``(40, 100, 300)`` -> ["40-99 px", "100-299 px", ">= 300 px"] (``unit`` after each)."""
+    return [f"{lo}-{hi - 1} {unit}" for lo, hi in zip(edges, edges[1:])] + [f">= {edges[-1]} {unit}"]
+
+
+def crack_gap(points: np.ndarray, y: int, x: int, side: int) -> float:
+    """Euclidean distance from the square tile at (``y``, ``x``) to the nearest of ``points`` [K, 2]
+    (row, col); 0 inside it, inf without points."""
+    if len(points) == 0:
+        return float("inf")
+    dy = np.maximum(np.maximum(y - points[:, 0], points[:, 0] - (y + side - 1)), 0)
+    dx = np.maximum(np.maximum(x - points[:, 1], points[:, 1] - (x + side - 1)), 0)
+    return float(np.sqrt(np.min(dy.astype(np.float64) ** 2 + dx.astype(np.float64) ** 2)))
+
+
+def tile_facts(config: dict, split: str = "eval", data_root: str | None = None) -> dict[str, np.ndarray]:
+    """``labels``, ``crack_pixels``, ``gap`` and ``joint_pixels`` (mask value 204) [N] of a run's
+    ``split`` tiles (``eval``: the ``--eval_sources``' tiles; ``val``: the ``--data_dir`` sources'), in
+    margins order."""
+    sources = config.get(SPLITS[split])
+    if not sources:
+        raise ValueError(f"the run has no --{SPLITS[split]} (split {split!r} has no tiles to cut)")
+    as_eval = {**config, "eval_sources": sources}  # val tiles are cut by the same rule as the eval ones
+    labels, _, names = left_out_tiles(as_eval, data_root)
+    specs = parse_sources(sources, data_root or config.get("data_root", ""))
+    split_name, fraction = config.get("val_split") or "val", config.get("val_fraction", 0.2)
+    sets = load_sources(specs, split_name, fraction, need_cracks=False)
+    masks = {image: mask for spec in specs for image, mask in list_photos(spec, split_name, fraction).pairs}
+    photos = {(s.name, os.path.splitext(os.path.basename(p.path))[0]): p for s in sets for p in s.photos}
+    side = int(config.get("val_tile", 128))
+    pixels, gaps, joints = np.zeros(len(names), np.int64), np.zeros(len(names)), np.zeros(len(names), np.int64)
+    mask_of: dict[str, np.ndarray] = {}
+    for i, name in enumerate(names):
+        m = NAME.match(name)
+        photo = photos[(m["source"], m["stem"])]
+        y, x = int(m["y"]), int(m["x"])
+        pixels[i] = np.count_nonzero(photo.crack[y : y + side, x : x + side])
+        gaps[i] = crack_gap(photo.crack_points, y, x, side)
+        if photo.path not in mask_of:
+            mask_of[photo.path] = read_mask(masks[photo.path])
+        joints[i] = np.count_nonzero(mask_of[photo.path][y : y + side, x : x + side] == JOINT_VALUE)
+    return {"labels": labels, "crack_pixels": pixels, "gap": gaps, "joint_pixels": joints}
+
+
+def run_errors(folder: str, splits: tuple[str, ...] = ("eval",), data_root: str | None = None) -> list[dict]:
+    """One run's tiles per (split, source): its row (the folder name less ``_no_<source>`` and
+    ``_s<seed>``), seed, each tile's facts and whether the run is wrong on it."""
+    run = run_margins.read_run(folder)
+    a, point, name = run["arrays"], run["point"], run["name"]
+    seed = SEED.search(name)
+    row = re.sub(r"(_no_[a-z0-9+]+)?_s\d+$", "", name)
+    out = []
+    for split in splits:
+        keep = a["split"] == split
+        if not keep.any():
+            raise ValueError(f"{folder}: margins.npz has no split == {split!r} tiles")
+        facts = tile_facts(run["config"], split, data_root)
+        check_labels(folder, facts["labels"], a["labels"][keep])
+        wrong = (sc.predictions(a["margins"][:, keep], point) > np.float32(point["threshold"])) != (facts["labels"] == 1)
+        sources = a["sources"][keep]
+        for source in sorted(set(sources.tolist())):
+            sel = sources == source
+            out.append({"row": row, "split": split, "source": source, "seed": int(seed["seed"]) if seed else 0,
+                        "wrong": wrong[sel], **{k: v[sel] for k, v in facts.items()}})
+    return out
+
+
+def bins_of(tiles: dict) -> list[tuple[str, str, np.ndarray]]:
+    """(kind, bin label, tile mask) of the misses' and the false alarms' bins of one run's tiles."""
+    crack, pixels, gap = tiles["labels"] == 1, tiles["crack_pixels"], tiles["gap"]
+    out = []
+    for label, lo, hi in zip(bin_labels(CRACK_BINS, "crack px"), CRACK_BINS, (*CRACK_BINS[1:], np.inf)):
+        out.append(("missed crack", label, crack & (pixels >= lo) & (pixels < hi)))
+    for label, lo, hi in zip(bin_labels(GAP_BINS, "px away"), GAP_BINS, (*GAP_BINS[1:], np.inf)):
+        out.append(("false alarm", label, ~crack & (gap >= lo) & (gap < hi)))
+    out.append(("false alarm", "no crack in the photo", ~crack & np.isinf(gap)))
+    joint = tiles["joint_pixels"] > 0
+    if joint.any():  # sources that mark joints (UAV75): the background tiles with one, and without
+        out += [("false alarm", "a joint in the tile", ~crack & joint), ("false alarm", "no joint in the tile", ~crack & ~joint)]
+    return out
+
+
+def anatomy(parts: list[dict]) -> list[dict]:
+    """Per (row, split, source, bin): tiles, error rate and share of the source's errors, mean ± std
+    over the runs."""
+    table = []
+    for key in sorted({(p["row"], p["split"], p["source"]) for p in parts}):
+        group = [p for p in parts if (p["row"], p["split"], p["source"]) == key]
+        per_run = [bins_of(p) for p in group]
+        for b, (kind, label, _) in enumerate(per_run[0]):
+            masks = [bins[b][2] for bins in per_run]
+            tiles = sorted({int(m.sum()) for m in masks})
+            rates = [float(p["wrong"][m].mean()) for p, m in zip(group, masks) if m.any()]
+            shares = [float(p["wrong"][m].sum() / max(1, p["wrong"].sum())) for p, m in zip(group, masks)]
+            table.append({"row": key[0], "split": key[1], "source": key[2], "runs": len(group),
+                          "seeds": sorted(p["seed"] for p in group), "kind": kind, "bin": label,
+                          "tiles": tiles[0] if len(tiles) == 1 else tiles,
+                          "error_rate": _mean_std(rates), "error_share": _mean_std(shares)})
+    return table
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None] | None:
+    """(mean, sample std; None for one value), None for no value."""
+    if not values:
+        return None
+    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+
+
+def _pct(value: tuple[float, float | None] | None) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value[0]:.1f}" + ("" if value[1] is None else f" ± {100 * value[1]:.1f}")
+
+
+def markdown(table: list[dict]) -> str:
+    lines = ["| row | tiles of | source | runs | error | bin | tiles | error rate % | share of the source's errors % |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for t in table:
+        of = "left out" if t["split"] == "eval" else t["split"]
+        lines.append(f"| {t['row']} | {of} | {t['source']} | {t['runs']} | {t['kind']} | {t['bin']} | {t['tiles']} | "
+                     f"{_pct(t['error_rate'])} | {_pct(t['error_share'])} |")
+    return ("\n".join(lines) + "\n\nMean ± sample std over the runs (seeds); each run at its stored operating point. "
+            "`left out`: the source the run never trained on (`--eval_sources`); `val`: a trained source's val tiles.\n")
+
+
+def main_args(argv: list[str]) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", required=True, help="Glob of leave-one-source-out run folders (quote it).")
+    parser.add_argument("--data_root", default=None, help="Replaces the runs' --data_root (e.g. ../shared/data).")
+    parser.add_argument("--split", default="eval", help="eval (the left-out tiles), val (the trained sources'), "
+                        "or both: eval,val.")
+    parser.add_argument("--out", default=None, help="Write the Markdown table here (and <out>.json).")
+    args = parser.parse_args(argv)
+    splits = tuple(s for s in args.split.split(",") if s)
+    if not splits or set(splits) - set(SPLITS):
+        raise ValueError(f"--split={args.split!r}: choose from {sorted(SPLITS)} (comma-separated)")
+    folders = sorted(d for d in glob.glob(args.runs) if os.path.isfile(os.path.join(d, "margins.npz")))
+    if not folders:
+        raise ValueError(f"--runs={args.runs!r} matches no run folder with a margins.npz")
+    parts = []
+    for folder in folders:
+        found = run_errors(folder, splits, args.data_root)
+        parts += found
+        print(f"{folder}: " + ", ".join(f"{p['split']} {p['source']} {int(p['wrong'].sum())} of {p['wrong'].size} wrong"
+                                        for p in found), flush=True)
+    table = anatomy(parts)
+    text = markdown(table)
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text)
+        with open(args.out + ".json", "w", encoding="utf-8") as f:
+            json.dump(table, f, indent=1)
+    return table
+
+
+if __name__ == "__main__":
+    from crack_tf.cli import run_tool
+
+    sys.exit(run_tool(main_args, lambda table: f"error_anatomy: {len(table)} rows"))
