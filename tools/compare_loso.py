@@ -27,7 +27,6 @@ difference worth more seeds, it does not settle one.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 import statistics
@@ -172,10 +171,7 @@ def main(argv: list[str]) -> None:
     text = markdown(rows, sides["a"][0], sides["b"][0])
     print(text)
     if FLAGS.out:
-        with open(FLAGS.out, "w", encoding="utf-8") as f:
-            f.write(text)
-        with open(FLAGS.out + ".json", "w", encoding="utf-8") as f:
-            json.dump(rows, f, indent=1)
+        run_margins.write_table(FLAGS.out, text, rows)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ sampling error is larger).
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 import sys
@@ -131,10 +130,7 @@ def main(argv: list[str]) -> None:
     text = markdown(result, FLAGS.source)
     print(text + (f"\n({skipped} folder(s) without margins.npz skipped)" if skipped else ""))
     if FLAGS.out:
-        with open(FLAGS.out, "w", encoding="utf-8") as f:
-            f.write(text)
-        with open(FLAGS.out + ".json", "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1, default=str)
+        run_margins.write_table(FLAGS.out, text, result, default=str)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import re
 import sys
@@ -193,11 +192,7 @@ def main_args(argv: list[str]) -> list[dict]:
     text = markdown(table)
     print(text)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text)
-        with open(args.out + ".json", "w", encoding="utf-8") as f:
-            json.dump(table, f, indent=1)
+        run_margins.write_table(args.out, text, table)
     return table
 
 

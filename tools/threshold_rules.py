@@ -16,7 +16,6 @@ left-out sources (per seed, then over seeds). Nothing is re-run: the margins are
 from __future__ import annotations
 
 import glob
-import json
 import os
 import statistics
 import sys
@@ -118,11 +117,7 @@ def main(argv: list[str]) -> int:
     print(f"{len(runs)} runs: " + ", ".join(r["name"] for r in runs))
     print(md)
     if FLAGS.out:
-        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-        with open(FLAGS.out, "w", encoding="utf-8") as f:
-            f.write(md)
-        with open(FLAGS.out + ".json", "w", encoding="utf-8") as f:
-            json.dump(numbers, f, indent=1)
+        run_margins.write_table(FLAGS.out, md, numbers)
     return 0
 
 

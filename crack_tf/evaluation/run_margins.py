@@ -28,6 +28,16 @@ def read_json(path: str) -> dict | None:
         return None
 
 
+def write_table(out: str, text: str, numbers, default=None) -> None:
+    """An offline tool's result: the Markdown ``text`` at ``out`` and ``numbers`` as JSON at
+    ``<out>.json`` (``default``: ``json.dump``'s, for values JSON lacks); makes the folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        f.write(text)
+    with open(out + ".json", "w", encoding="utf-8") as f:
+        json.dump(numbers, f, indent=1, default=default)
+
+
 def read_run(folder: str) -> dict:
     """``{"name", "config", "point", "arrays", "recomputed"}`` of a run folder with ``margins.npz``.
 
