@@ -87,6 +87,30 @@ def test_bins_count_the_tiles_and_errors_the_masks_say(tmp_path):
     assert json.loads((tmp_path / "out.md.json").read_text())[0]["runs"] == 2
 
 
+def test_gallery_shows_the_tiles_of_highest_and_lowest_mean_probability(tmp_path):
+    root = tmp_path / "data"
+    write_source(root / "site", {"train": 1, "val": 3}, size=128, seed=3)
+    labels = _reference(root)[0]
+    rng = np.random.default_rng(1)
+    for seed in range(2):
+        _run(tmp_path / "runs" / f"r_no_site_s{seed}", root, labels, rng.random(labels.size) < 0.3, seed)
+    tool = load_tool("error_anatomy")
+    parts = [part for seed in range(2) for part in tool.run_errors(str(tmp_path / "runs" / f"r_no_site_s{seed}"))]
+    worst, p = tool.worst_tiles(parts, 3)
+    expected_p = np.mean([part["p"] for part in parts], axis=0)  # each run's p(crack): sigmoid(+-3)
+    np.testing.assert_allclose(p, expected_p)
+    background, crack = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+    assert p[worst["false alarms"]].min() >= np.sort(p[background])[-3] and labels[worst["false alarms"]].max() == 0
+    assert p[worst["misses"]].max() <= np.sort(p[crack])[2] and labels[worst["misses"]].min() == 1
+    tool.main_args([f"--runs={tmp_path / 'runs' / 'r_no_site_s*'}", f"--gallery={tmp_path / 'gallery'}",
+                    "--gallery_tiles=3"])
+    image = Image.open(tmp_path / "gallery" / "r_eval_site.png")
+    assert image.size[0] > 300 and image.size[1] > 200  # two blocks of three tiles with their captions
+    parts[1]["p"] = parts[1]["p"][:-1]  # runs that scored other tiles cannot be averaged
+    with pytest.raises(ValueError, match="different tiles"):
+        tool.worst_tiles(parts, 3)
+
+
 def test_refusals_name_what_is_wrong(tmp_path):
     root = tmp_path / "data"
     write_source(root / "site", {"train": 1, "val": 2}, size=96, seed=4)

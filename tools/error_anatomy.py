@@ -28,11 +28,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tile_groups import check_labels, left_out_tiles  # noqa: E402  (tools/ is not a package)
+from tile_groups import check_labels, left_out_tile_sets, left_out_tiles  # noqa: E402  (tools/ is not a package)
 
 from crack_tf.data.photos import list_photos, load_sources, parse_sources  # noqa: E402
 from crack_tf.data.prep import read_mask  # noqa: E402
-from crack_tf.evaluation import run_margins  # noqa: E402
+from crack_tf.evaluation import plots, run_margins  # noqa: E402
 from crack_tf.evaluation import site_calibration as sc  # noqa: E402
 
 CRACK_BINS = (40, 100, 300, 1000)  # crack pixels in the tile: [40, 100), [100, 300), [300, 1000), >= 1000
@@ -101,12 +101,14 @@ def run_errors(folder: str, splits: tuple[str, ...] = ("eval",), data_root: str 
             raise ValueError(f"{folder}: margins.npz has no split == {split!r} tiles")
         facts = tile_facts(run["config"], split, data_root)
         check_labels(folder, facts["labels"], a["labels"][keep])
-        wrong = (sc.predictions(a["margins"][:, keep], point) > np.float32(point["threshold"])) != (facts["labels"] == 1)
+        p = sc.predictions(a["margins"][:, keep], point)
+        wrong = (p > np.float32(point["threshold"])) != (facts["labels"] == 1)
         sources = a["sources"][keep]
         for source in sorted(set(sources.tolist())):
             sel = sources == source
             out.append({"row": row, "split": split, "source": source, "seed": int(seed["seed"]) if seed else 0,
-                        "wrong": wrong[sel], **{k: v[sel] for k, v in facts.items()}})
+                        "config": run["config"], "p": p[sel], "wrong": wrong[sel],
+                        **{k: v[sel] for k, v in facts.items()}})
     return out
 
 
@@ -144,6 +146,55 @@ def anatomy(parts: list[dict]) -> list[dict]:
     return table
 
 
+def worst_tiles(group: list[dict], k: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """({"false alarms": the ``k`` background tiles of highest mean p(crack) over the runs, "misses": the
+    ``k`` crack tiles of lowest}, the mean p [N]) of one (row, split, source)'s runs, which share tiles."""
+    if len({g["p"].size for g in group}) != 1:
+        raise ValueError(f"{group[0]['row']} {group[0]['split']} {group[0]['source']}: the runs scored different tiles")
+    p = np.mean([g["p"] for g in group], axis=0)
+    labels = group[0]["labels"]
+    background, crack = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+    return {"false alarms": background[np.argsort(-p[background], kind="stable")][:k],
+            "misses": crack[np.argsort(p[crack], kind="stable")][:k]}, p
+
+
+def gallery_blocks(group: list[dict], tiles, k: int) -> list[tuple[str, list[tuple[np.ndarray, str]]]]:
+    """The worst false alarms and misses of one (row, split, source)'s runs as
+    :func:`crack_tf.evaluation.plots.error_grid_png` blocks; ``tiles``: their ``Tiles``, cut again."""
+    worst, p = worst_tiles(group, k)
+    first, wrong = group[0], np.sum([g["wrong"] for g in group], axis=0)
+    if tiles.labels.tolist() != first["labels"].tolist():
+        raise ValueError(f"{first['row']} {first['split']} {first['source']}: the tiles cut again are not the runs'")
+    where = {"false alarms": [f"{first['gap'][i]:.0f} px from a crack" + (", a joint" if first["joint_pixels"][i] else "")
+                              for i in worst["false alarms"]],
+             "misses": [f"{first['crack_pixels'][i]} crack px" for i in worst["misses"]]}
+    of = "left out" if first["split"] == "eval" else first["split"]
+    return [(f"{first['source']} ({of}), {name}: {'highest' if name == 'false alarms' else 'lowest'} mean p(crack) "
+             f"over {len(group)} runs",
+             [(tiles.images[i], f"{_short(tiles.names[i].split('/', 1)[1])}\np={p[i]:.2f}, wrong {wrong[i]}/{len(group)}\n{w}")
+              for i, w in zip(idx, where[name])])
+            for name, idx in worst.items()]
+
+
+def _short(name: str, width: int = 26) -> str:
+    """A tile's name cut to ``width`` characters from its end (the position and photo suffix stay)."""
+    return name if len(name) <= width else "..." + name[3 - width:]
+
+
+def write_galleries(parts: list[dict], out_dir: str, data_root: str | None = None, k: int = 16) -> list[str]:
+    """One PNG per (row, split, source): its worst false alarms and misses, averaged over the runs,
+    each tile cut again from its photo; returns the paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for key in sorted({(p["row"], p["split"], p["source"]) for p in parts}):
+        group = [p for p in parts if (p["row"], p["split"], p["source"]) == key]
+        config = group[0]["config"]
+        cut = left_out_tile_sets({**config, "eval_sources": config[SPLITS[key[1]]]}, data_root)
+        paths.append(os.path.join(out_dir, f"{key[0]}_{key[1]}_{key[2]}.png"))
+        plots.error_grid_png(gallery_blocks(group, next(t for t in cut if t.name == key[2]), k), paths[-1])
+    return paths
+
+
 def _mean_std(values: list[float]) -> tuple[float, float | None] | None:
     """(mean, sample std; None for one value), None for no value."""
     if not values:
@@ -175,6 +226,9 @@ def main_args(argv: list[str]) -> list[dict]:
     parser.add_argument("--split", default="eval", help="eval (the left-out tiles), val (the trained sources'), "
                         "or both: eval,val.")
     parser.add_argument("--out", default=None, help="Write the Markdown table here (and <out>.json).")
+    parser.add_argument("--gallery", default=None, help="Write here one PNG per row, split and source: its worst "
+                        "false alarms and misses (mean p(crack) over the runs), the tiles cut again.")
+    parser.add_argument("--gallery_tiles", type=int, default=16, help="Tiles of each kind in a gallery.")
     args = parser.parse_args(argv)
     splits = tuple(s for s in args.split.split(",") if s)
     if not splits or set(splits) - set(SPLITS):
@@ -193,6 +247,9 @@ def main_args(argv: list[str]) -> list[dict]:
     print(text)
     if args.out:
         run_margins.write_table(args.out, text, table)
+    if args.gallery:
+        for path in write_galleries(parts, args.gallery, args.data_root, args.gallery_tiles):
+            print(f"gallery: {path}")
     return table
 
 

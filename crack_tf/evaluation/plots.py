@@ -71,10 +71,12 @@ def error_grid_png(
     fig, axes = plt.subplots(sum(rows_per), cols, figsize=(1.7 * cols, 1.9 * sum(rows_per)), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    row = 0
+    row, headings = 0, []
     for (title, items), n_rows in zip(groups, rows_per):
-        axes[row, 0].set_title(f"{title} ({len(items)})" if items else f"{title}: none", loc="left",
-                               fontsize=10, fontweight="bold")  # fmt: skip
+        # room for the heading above the block's first row; the text itself is placed after the layout,
+        # since a heading wider than one axes, as its title, would shrink every image to fit it
+        axes[row, 0].set_title(" ", fontsize=10, fontweight="bold", pad=14)
+        headings.append((row, f"{title} ({len(items)})" if items else f"{title}: none"))
         for k, (image, caption) in enumerate(items):
             ax = axes[row + k // cols, k % cols]
             ax.imshow(np.asarray(image, np.uint8))
@@ -85,5 +87,8 @@ def error_grid_png(
             ax.axis("on")
         row += n_rows
     fig.tight_layout()
+    for row, text in headings:
+        box = axes[row, 0].get_position()
+        fig.text(box.x0, box.y1 + 0.01, text, fontsize=10, fontweight="bold", va="bottom")
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
