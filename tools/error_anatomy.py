@@ -58,16 +58,28 @@ def crack_gap(points: np.ndarray, y: int, x: int, side: int) -> float:
     return float(np.sqrt(np.min(dy.astype(np.float64) ** 2 + dx.astype(np.float64) ** 2)))
 
 
+def split_as_eval(config: dict, split: str) -> dict:
+    """The run's config with ``eval_sources`` naming ``split``'s sources (val tiles are cut by the same
+    rule as the left-out ones), for :mod:`tile_groups`' cutting."""
+    sources = config.get(SPLITS[split])
+    if not sources:
+        raise ValueError(f"the run has no --{SPLITS[split]} (split {split!r} has no tiles to cut)")
+    return {**config, "eval_sources": sources}
+
+
+def groups_of(parts: list[dict]):
+    """((row, split, source), that key's parts: one per run), in sorted order."""
+    for key in sorted({(p["row"], p["split"], p["source"]) for p in parts}):
+        yield key, [p for p in parts if (p["row"], p["split"], p["source"]) == key]
+
+
 def tile_facts(config: dict, split: str = "eval", data_root: str | None = None) -> dict[str, np.ndarray]:
     """``labels``, ``crack_pixels``, ``gap`` and ``joint_pixels`` (mask value 204) [N] of a run's
     ``split`` tiles (``eval``: the ``--eval_sources``' tiles; ``val``: the ``--data_dir`` sources'), in
     margins order."""
-    sources = config.get(SPLITS[split])
-    if not sources:
-        raise ValueError(f"the run has no --{SPLITS[split]} (split {split!r} has no tiles to cut)")
-    as_eval = {**config, "eval_sources": sources}  # val tiles are cut by the same rule as the eval ones
+    as_eval = split_as_eval(config, split)
     labels, _, names = left_out_tiles(as_eval, data_root)
-    specs = parse_sources(sources, data_root or config.get("data_root", ""))
+    specs = parse_sources(as_eval["eval_sources"], data_root or config.get("data_root", ""))
     split_name, fraction = config.get("val_split") or "val", config.get("val_fraction", 0.2)
     sets = load_sources(specs, split_name, fraction, need_cracks=False)
     masks = {image: mask for spec in specs for image, mask in list_photos(spec, split_name, fraction).pairs}
@@ -131,8 +143,7 @@ def anatomy(parts: list[dict]) -> list[dict]:
     """Per (row, split, source, bin): tiles, error rate and share of the source's errors, mean ± std
     over the runs."""
     table = []
-    for key in sorted({(p["row"], p["split"], p["source"]) for p in parts}):
-        group = [p for p in parts if (p["row"], p["split"], p["source"]) == key]
+    for key, group in groups_of(parts):
         per_run = [bins_of(p) for p in group]
         for b, (kind, label, _) in enumerate(per_run[0]):
             masks = [bins[b][2] for bins in per_run]
@@ -186,10 +197,8 @@ def write_galleries(parts: list[dict], out_dir: str, data_root: str | None = Non
     each tile cut again from its photo; returns the paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = []
-    for key in sorted({(p["row"], p["split"], p["source"]) for p in parts}):
-        group = [p for p in parts if (p["row"], p["split"], p["source"]) == key]
-        config = group[0]["config"]
-        cut = left_out_tile_sets({**config, "eval_sources": config[SPLITS[key[1]]]}, data_root)
+    for key, group in groups_of(parts):
+        cut = left_out_tile_sets(split_as_eval(group[0]["config"], key[1]), data_root)
         paths.append(os.path.join(out_dir, f"{key[0]}_{key[1]}_{key[2]}.png"))
         plots.error_grid_png(gallery_blocks(group, next(t for t in cut if t.name == key[2]), k), paths[-1])
     return paths
