@@ -54,7 +54,7 @@ def fold_verdicts(folder: str, source: str) -> dict | None:
     keep = (a["split"] == "val") & (a["sources"] == source)
     if not keep.any():
         raise ValueError(f"{folder}: no val tiles of source {source!r} (sources: {sorted(set(a['sources']))})")
-    decided = sc.predictions(a["margins"][:, keep], point) > np.float32(point["threshold"])
+    decided = sc.says_crack(sc.predictions(a["margins"][:, keep], point), point)
     fold = run["config"].get("val_split") or run["name"].split("_s")[0]
     return {"seed": int(run["config"].get("seed", 0)), "fold": str(fold), "labels": a["labels"][keep].astype(int),
             "predicted": decided.astype(int), "threshold": float(point["threshold"])}

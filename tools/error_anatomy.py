@@ -114,7 +114,7 @@ def run_errors(folder: str, splits: tuple[str, ...] = ("eval",), data_root: str 
         facts = tile_facts(run["config"], split, data_root)
         check_labels(folder, facts["labels"], a["labels"][keep])
         p = sc.predictions(a["margins"][:, keep], point)
-        wrong = (p > np.float32(point["threshold"])) != (facts["labels"] == 1)
+        wrong = sc.says_crack(p, point) != (facts["labels"] == 1)
         sources = a["sources"][keep]
         for source in sorted(set(sources.tolist())):
             sel = sources == source

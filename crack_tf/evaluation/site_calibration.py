@@ -129,7 +129,7 @@ def clearly_better(margins: np.ndarray, labels: np.ndarray, point: dict, base_po
     than c with ``base_point``, b - c > 2 sqrt(b + c)): the stored point is then wrong for the
     site, and the prior is dropped."""
     y = np.asarray(labels).reshape(-1).astype(bool)
-    right = [(predictions(margins, p) > np.float32(p["threshold"])) == y for p in (point, base_point)]
+    right = [says_crack(predictions(margins, p), p) == y for p in (point, base_point)]
     b, c = int((right[0] & ~right[1]).sum()), int((right[1] & ~right[0]).sum())
     return b - c > 2 * np.sqrt(b + c) if b + c else False
 
@@ -149,6 +149,11 @@ def shrunk_threshold(point: dict, base_point: dict, n: int, prior_tiles: float) 
 def predictions(margins: np.ndarray, point: dict) -> np.ndarray:
     """Calibrated p(crack) as float32 (what the predictor compares) [N]."""
     return calibration.calibrated_probability(margins, float(point.get("temperature", 1.0))).astype(np.float32)
+
+
+def says_crack(probabilities: np.ndarray, point: dict) -> np.ndarray:
+    """The decision at ``point``, as the predictor makes it: ``p > float32(threshold)`` [N] bool."""
+    return np.asarray(probabilities) > np.float32(point["threshold"])
 
 
 def scored(scores: np.ndarray, labels: np.ndarray, threshold: float, n_resamples: int = 1000, seed: int = 0) -> dict:
@@ -186,7 +191,7 @@ def cross_validated_scores(labels: np.ndarray, fold_fit: Callable[[np.ndarray], 
     for f in np.unique(fold):
         test, train = fold == f, np.flatnonzero(fold != f)
         margins, point = fold_fit(train) if len(np.unique(y[train])) == 2 else base
-        out[test] = predictions(margins[:, test], point) > np.float32(point["threshold"])
+        out[test] = says_crack(predictions(margins[:, test], point), point)
     return out
 
 
