@@ -191,6 +191,44 @@ def test_pretrain_backbone_defaults_and_the_pretraining_recipes(job_tree):
     assert crack[-1] == "--output=" + weights.strip().split("=", 1)[1]
 
 
+def _flags(line: str, drop: tuple[str, ...]) -> dict[str, str]:
+    """A pretrain.py command's flags (last one wins, as absl reads them), less the named ones."""
+    flags = dict(a.split("=", 1) if "=" in a else (a, "") for a in line.split()[1:])
+    return {k: v for k, v in flags.items() if k not in drop}
+
+
+def test_synth_simclr_crack_recipe_is_the_all_folds_simclr_chain(job_tree):
+    """pretrain.sh RECIPE=synth_simclr_crack (configs/crackmix_simclrpre_robust48.cfg's backbone) runs
+    the three commands fold_backbones simclr_crack runs for the `all` fold, the one measured by leave one
+    source out: same modes, sources, steps, crops, batch sizes, each stage from the one before; only the
+    file names, loader processes and checkpoint cadence may differ."""
+    repo, env, calls = job_tree
+    (repo.parent / "bin" / "python3").write_text(PRETRAIN_RECORDER)
+    done = subprocess.run(["bash", "tools/gpu_jobs/pretrain.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, RECIPE="synth_simclr_crack", FINISH="1"), timeout=60)
+    assert "pretrain.sh: done" in done.stdout, done.stdout + done.stderr
+    recipe = _pretrain_calls(calls)
+    calls.write_text("")
+    shutil.rmtree(repo / "runs" / "pretrain")
+    done = subprocess.run(["bash", "-c", "source tools/gpu_jobs/common.sh && fold_backbones simclr_crack all"],
+                          cwd=repo, capture_output=True, text=True, env=dict(env, FINISH="1"), timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    fold = _pretrain_calls(calls)
+    assert len(recipe) == len(fold) == 3
+    drop = ("--output", "--init", "--data_workers", "--checkpoint_every", "--data_dir")
+    for ours, theirs in zip(recipe, fold):
+        assert _flags(ours, drop) == _flags(theirs, drop)
+    for ours, theirs in zip(recipe[1:], fold[1:]):  # the real stages read the three sources' train photos
+        assert _flags(ours, ())["--data_dir"] == _flags(theirs, ())["--data_dir"] == "uav75,uavcrack,deepcrack"
+    assert [_flags(c, ())["--mode"] for c in recipe] == ["synthetic", "simclr", "crack"]
+    assert {"--crop": "128", "--batch_size": "64"}.items() <= _flags(recipe[1], ()).items()
+    outputs = [_flags(c, ())["--output"] for c in recipe]
+    assert [_flags(c, ()).get("--init") for c in recipe] == [None, *outputs[:2]]  # a chain
+    weights = next(line for line in open(os.path.join(REPO, "configs", "crackmix_simclrpre_robust48.cfg"))
+                   if line.startswith("--weights="))
+    assert outputs[-1] == weights.strip().split("=", 1)[1]
+
+
 def test_packed_runs_leave_models_and_features_on_the_machine(job_tree):
     import tarfile
 

@@ -95,6 +95,18 @@ def test_the_recommended_robust48_config_is_the_ablation_row_it_was_measured_as(
     assert candidate.threshold_rule == row.threshold_rule == "f1"  # docs/RESULTS.md 000000000000
 
 
+def test_the_simclr_candidate_config_is_the_robust48_recipe_on_its_own_backbone():
+    """configs/crackmix_simclrpre_robust48.cfg (the row `simclrpre_robustaug_epochs48`): every training
+    flag of the recommended robust48 recipe, only the backbone (pretrain.sh RECIPE=synth_simclr_crack's
+    output) and the model folder differ."""
+    configs = os.path.join(REPO, "configs")
+    simclr, robust48 = (vars(train_config.parse_args([f"--flagfile={os.path.join(configs, name)}"]))
+                        for name in ("crackmix_simclrpre_robust48.cfg", "crackmix_synthpre_robust48.cfg"))
+    differ = {k for k in robust48 if simclr[k] != robust48[k]}
+    assert differ == {"weights", "model_dir"}
+    assert simclr["weights"] == "runs/pretrain/synth_simclr_crack.weights.h5"
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [

@@ -11,6 +11,10 @@
 #                        (gamma, grayscale, hue, blur, JPEG) -> runs/pretrain/crack_robust.weights.h5
 #   RECIPE=synth_crack   the recommended backbone (configs/crackmix_synthpre.cfg): synthetic cracks
 #                        (1,000 steps), then crack mode from it (1,000) -> runs/pretrain/synth_crack.weights.h5
+#   RECIPE=synth_simclr_crack  the leave-one-source-out SimCLR fold chain (common.sh fold_backbones
+#                        simclr_crack) on the three sources: synthetic cracks (1,000 steps), SimCLR from it
+#                        (1,000 steps of 64 pairs, 128-px crops), crack mode from that (1,000)
+#                        -> runs/pretrain/synth_simclr_crack.weights.h5 (configs/crackmix_simclrpre_robust48.cfg)
 #   DATA=<sources> replaces the three sources (e.g. uavcrack,deepcrack for a leave-uav75-out run).
 SECONDS=0
 source tools/gpu_jobs/common.sh
@@ -30,7 +34,12 @@ case ${RECIPE:-long} in
                 step crack 1000 runs/pretrain/simclr_crack.weights.h5 runs/pretrain/simclr.weights.h5 || exit 0 ;;
   synth_crack) step synthetic 1000 runs/pretrain/synthetic.weights.h5 || exit 0
                step crack 1000 runs/pretrain/synth_crack.weights.h5 runs/pretrain/synthetic.weights.h5 || exit 0 ;;
+  synth_simclr_crack) step synthetic 1000 runs/pretrain/synthetic.weights.h5 || exit 0
+                      step simclr 1000 runs/pretrain/synth_simclr.weights.h5 runs/pretrain/synthetic.weights.h5 \
+                          "--crop=128 --batch_size=64" || exit 0
+                      step crack 1000 runs/pretrain/synth_simclr_crack.weights.h5 runs/pretrain/synth_simclr.weights.h5 \
+                          || exit 0 ;;
   robust) step crack 1000 runs/pretrain/crack_robust.weights.h5 "" "$robust" || exit 0 ;;
-  *) echo "RECIPE=${RECIPE}: use long, simclr_crack, synth_crack or robust"; exit 2 ;;
+  *) echo "RECIPE=${RECIPE}: use long, simclr_crack, synth_crack, synth_simclr_crack or robust"; exit 2 ;;
 esac
 echo "pretrain.sh: done in ${SECONDS}s"
