@@ -99,9 +99,14 @@ if [ "$taken" -gt 0 ]; then
 fi
 
 # 1. the candidate's grid: folds x 3 seeds, and the repeat of (no_uav75, seed 0) unless REPEAT=0
-if [ "$(grid_done)" -lt "$wanted" ] || [ "$(repeat_done)" -lt "$repeats" ] ||
-   [ ! -f runs/few_shot/few_shot.csv ] ||  # (the grid's few-shot curves run once it is complete)
-   { [ "${FINETUNE_CURVE:-1}" != 0 ] && [ ! -f runs/few_shot_finetune/done ]; }; then
+# (the grid's few-shot curves run once it is complete, on its left-out folds, unless CURVE_S < 30 /
+# FINETUNE_CURVE=0 turn them off: loso.sh's conditions)
+left_out_folds() { [[ ,$folds, == *,no_* ]]; }
+curves_missing() {
+  left_out_folds && { { [ "${CURVE_S:-240}" -ge 30 ] && [ ! -f runs/few_shot/few_shot.csv ]; } ||
+                      { [ "${FINETUNE_CURVE:-1}" != 0 ] && [ ! -f runs/few_shot_finetune/done ]; }; }
+}
+if [ "$(grid_done)" -lt "$wanted" ] || [ "$(repeat_done)" -lt "$repeats" ] || curves_missing; then
   every 60 gpu_memory
   watch=$!
   BACKBONE=$FOLD_KIND FOLDS=$folds ONLY=$only REPEAT=$repeats PARALLEL=$grid_parallel LOADER_RUNS=$loader_runs JOB_S=$(left) \
