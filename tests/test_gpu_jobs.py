@@ -137,6 +137,20 @@ def test_uav75_cv_job_pretrains_without_uav75_then_runs_the_cv_grid(job_tree):
     bad = subprocess.run(["bash", "tools/gpu_jobs/uav75_cv.sh"], cwd=repo, capture_output=True, text=True,
                          env=dict(env, JOB_S="200", CV_BASE="configs/nope.cfg"), timeout=90)
     assert bad.returncode == 2 and "CV_BASE=configs/nope.cfg: no such trainer flagfile" in bad.stdout
+    calls.write_text("")  # the SimCLR candidate's folds: its own no-UAV75 backbone, which wins the grid's
+    done = subprocess.run(["bash", "tools/gpu_jobs/uav75_cv.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, JOB_S="200", SEEDS="0", CV_BACKBONE="simclr_crack",
+                                   CV_BASE="configs/crackmix_simclrpre_robust48.cfg",
+                                   CV_DIR="runs/ablation_uav75_cv_simclr48"), timeout=90)
+    lines = [a.split() for a in calls.read_text().splitlines()]
+    pre = {next(x for x in a if x.startswith("--output=")): a for a in lines if a[0] == "tools/pretrain.py"}
+    assert {"--mode=simclr", "--data_dir=uavcrack,deepcrack"} <= set(pre["--output=runs/pretrain/simclr_no_uav75.weights.h5"])
+    grid = next(a for a in lines if a[0] == "tools/ablate.py" and "--report_only" not in a)
+    weights = "--extra=--weights=runs/pretrain/loso_simclr_no_uav75.weights.h5"
+    assert grid.index(weights) > grid.index("--base_flagfile=configs/crackmix_simclrpre_robust48.cfg")
+    bad = subprocess.run(["bash", "tools/gpu_jobs/uav75_cv.sh"], cwd=repo, capture_output=True, text=True,
+                         env=dict(env, JOB_S="200", CV_BACKBONE="crack"), timeout=90)
+    assert bad.returncode == 2 and "CV_BACKBONE=crack: choose synth_crack (default) or simclr_crack" in bad.stdout
 
 
 PRETRAIN_RECORDER = """#!/usr/bin/env bash

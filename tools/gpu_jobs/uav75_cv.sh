@@ -10,6 +10,9 @@
 #   ROWS='^fold4$' SEEDS=2: only the runs a fresh machine still lacks (ablate's --only row regex)
 #   CV_BASE=configs/crackmix_synthpre_robust48.cfg CV_DIR=runs/ablation_uav75_cv_robust48: the same folds
 #   for another recipe (the grid's --base_flagfile; its backbone stays the no-UAV75 one), in its own folder
+#   CV_BACKBONE=simclr_crack: the no-UAV75 backbone of that kind instead (fold_backbones in common.sh:
+#   synthetic, SimCLR, then crack mode, none of them on UAV75; the row simclrpre_robustaug_epochs48's),
+#   e.g. with CV_BASE=configs/crackmix_simclrpre_robust48.cfg CV_DIR=runs/ablation_uav75_cv_simclr48
 SECONDS=0
 source tools/gpu_jobs/common.sh
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-$RUN_FRACTION}
@@ -19,12 +22,18 @@ seeds=${SEEDS:-0,1,2}
 cv_dir=${CV_DIR:-runs/ablation_uav75_cv}
 recipe=(${CV_BASE:+--base_flagfile="$CV_BASE"})
 [ -z "${CV_BASE:-}" ] || [ -f "$CV_BASE" ] || { echo "uav75_cv.sh: CV_BASE=$CV_BASE: no such trainer flagfile"; exit 2; }
+kind=${CV_BACKBONE:-synth_crack}
+case $kind in
+  synth_crack) ;;  # the grid file's --weights (loso_synth_no_uav75)
+  simclr_crack) recipe+=(--extra=--weights=runs/pretrain/loso_simclr_no_uav75.weights.h5);;  # after it: wins
+  *) echo "uav75_cv.sh: CV_BACKBONE=$kind: choose synth_crack (default) or simclr_crack"; exit 2;;
+esac
 pack() {
   cp "$cv_dir/results.md" "$OUT/uav75_cv_results.md" 2>/dev/null
   pack_runs uav75_cv "$cv_dir" runs/pretrain_logs
 }
 start_packer pack
-fold_backbones synth_crack no_uav75 || exit 1
+fold_backbones "$kind" no_uav75 || exit 1
 echo "backbone ready at ${SECONDS}s"
 parallel=${PARALLEL:-$(( RUNS_FIT < 15 ? RUNS_FIT : 15 ))}
 budget=$(( ${JOB_S:-565} - SECONDS - 25 ))  # what is left for training, packing included
