@@ -108,9 +108,53 @@ def test_command_writes_the_table_and_refuses_bad_input(tmp_path):
     assert done.returncode == 0, done.stderr
     table = out.read_text()
     assert "| uav75 | 75.00 ± 35.36 (100.0 / 50.0) | 100.00 ± 0.00 (100.0 / 100.0) | -25.00 |" in table
-    assert json.loads((tmp_path / "cmp.md.json").read_text())[0]["accuracy"]["a"] == [100.0, 50.0]
+    assert json.loads((tmp_path / "cmp.md.json").read_text())["left_out"][0]["accuracy"]["a"] == [100.0, 50.0]
+    assert "whole mix" not in table  # no `all` runs on either side
     for args, message in (([f"--a=cand{tmp_path / 'a'}", f"--b=base:{tmp_path / 'b'}"], "expected <row>:"),
                           ([f"--a=cand:{tmp_path}", f"--b=base:{tmp_path / 'b'}"], "no ablation_loso/"),
                           ([f"--a=none:{tmp_path / 'a'}", f"--b=base:{tmp_path / 'b'}"], "no left-out run of 'none'")):
         bad = subprocess.run([sys.executable, "tools/compare_loso.py", *args], cwd=REPO, capture_output=True, text=True)
         assert bad.returncode != 0 and message in bad.stderr + bad.stdout, (args, bad.stderr[-500:])
+
+
+def _write_all_run(results, row, seed, margins_by_source, threshold=0.5):
+    """A whole-mix (`all`) run: val tiles of each source, one view, labels 1, 1, 0, 0 each."""
+    folder = results / "ablation_loso" / f"{row}_all_s{seed}"
+    folder.mkdir(parents=True)
+    sources = [s for s, m in margins_by_source.items() for _ in m]
+    np.savez(folder / "margins.npz", margins=np.concatenate([np.float32(m) for m in margins_by_source.values()])[None],
+             labels=np.array([1, 1, 0, 0] * len(margins_by_source)), sources=np.array(sources),
+             split=np.array(["val"] * len(sources)), tta=np.array("none"))
+    (folder / "run.json").write_text(json.dumps({"config": {"seed": seed},
+                                                 "operating_point": {"threshold": threshold, "temperature": 1.0}}))
+
+
+def test_whole_mix_val_per_source_with_precision_recall_and_pooled(tmp_path):
+    right, false_alarm, miss = [3.0, 3.0, -3.0, -3.0], [3.0, 3.0, 3.0, -3.0], [3.0, -3.0, -3.0, -3.0]
+    for seed in (0, 1):
+        _write_run(tmp_path / "a", "cand", "uav75", seed, right, [1, 1, 0, 0])  # the left-out table needs one
+        _write_run(tmp_path / "b", "base", "uav75", seed, right, [1, 1, 0, 0])
+        _write_all_run(tmp_path / "a", "cand", seed, {"uav75": right, "deepcrack": false_alarm if seed else right})
+        _write_all_run(tmp_path / "b", "base", seed, {"uav75": miss, "deepcrack": right, "other": right})
+    # a left-out run's folder is not an `all` run, and the other way round
+    assert sorted(cmp.find_runs("cand", [str(tmp_path / "a")], fold="all")) == ["cand_all_s0", "cand_all_s1"]
+    assert sorted(cmp.find_runs("cand", [str(tmp_path / "a")])) == ["cand_no_uav75_s0", "cand_no_uav75_s1"]
+    rows = {r["source"]: r for r in cmp.compare_val(cmp.find_runs("cand", [str(tmp_path / "a")], fold="all"),
+                                                   cmp.find_runs("base", [str(tmp_path / "b")], fold="all"))}
+    assert list(rows) == ["deepcrack", "uav75", cmp.POOLED]  # B's "other": A has none
+    dc, uav, pooled = rows["deepcrack"], rows["uav75"], rows[cmp.POOLED]
+    # seed 1's deepcrack: 2 cracks found, 1 of 2 backgrounds called a crack: accuracy 75, P 2/3, R 1
+    assert dc["a"]["accuracy"] == [100.0, 75.0] and dc["a"]["precision"] == [100.0, pytest.approx(200 / 3)]
+    assert dc["a"]["recall"] == [100.0, 100.0]
+    assert uav["b"] == {"accuracy": [75.0, 75.0], "precision": [100.0, 100.0], "recall": [50.0, 50.0]}
+    assert uav["difference"] == 25.0 and uav["welch_p"] is None  # no spread on either side
+    # pooled over every val source of the run (B's three sources, 12 tiles: one miss)
+    assert pooled["b"]["accuracy"] == [pytest.approx(1100 / 12)] * 2 and pooled["a"]["accuracy"] == [100.0, 87.5]
+    assert dc["welch_p"] == pytest.approx(_welch_reference([100.0, 75.0], [100.0, 100.0]), rel=1e-9)
+    done = subprocess.run([sys.executable, "tools/compare_loso.py", f"--a=cand:{tmp_path / 'a'}",
+                           f"--b=base:{tmp_path / 'b'}", f"--out={tmp_path / 'cmp.md'}"], cwd=REPO, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert "| uav75 | 100.00 ± 0.00 (100.0 / 100.0) | 75.00 ± 0.00 (75.0 / 75.0) | +25.00 | - |" in (
+        tmp_path / "cmp.md").read_text()
+    assert [r["source"] for r in json.loads((tmp_path / "cmp.md.json").read_text())["all_val"]] == list(rows)

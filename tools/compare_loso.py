@@ -18,7 +18,10 @@ decides, ``p > float32(threshold)``):
   fewer than two seeds on a side);
 * the ROC AUC of the shipped probability (the mean over test-time views), per seed: the ranking, free
   of any threshold;
-* the mean over the left-out sources per seed (seeds with every source only), with its own test.
+* the mean over the left-out sources per seed (seeds with every source only), with its own test;
+* where both rows have ``<row>_all_s<seed>`` runs (the whole mix: the model a recipe ships), their val
+  per source and pooled at the stored point: accuracy per seed with Welch's p, precision and recall
+  (the targets: every source >= 95 with P, R >= 90).
 
 Nothing is re-run: the margins are the models'. Seeds are few (2-3): a p-value here flags a
 difference worth more seeds, it does not settle one.
@@ -62,14 +65,15 @@ def parse_side(spec: str) -> tuple[str, list[str]]:
     return row, [f for f in folders.split(",") if f]
 
 
-def find_runs(row: str, folders: list[str]) -> dict[str, str]:
-    """{run name: folder} of the row's left-out runs with margins; a later folder replaces an earlier one."""
+def find_runs(row: str, folders: list[str], fold: str = "no_*") -> dict[str, str]:
+    """{run name: folder} of the row's left-out runs (``fold="all"``: its whole-mix runs) with margins;
+    a later folder replaces an earlier one."""
     runs: dict[str, str] = {}
-    pattern = re.compile(re.escape(row) + r"_no_[a-z0-9+]+_s\d+")
+    pattern = re.compile(re.escape(row) + (r"_all_s\d+" if fold == "all" else r"_no_[a-z0-9+]+_s\d+"))
     for folder in folders:
         if not os.path.isdir(os.path.join(folder, "ablation_loso")):
             raise ValueError(f"{folder}: no ablation_loso/ folder (a results folder of a LOSO grid)")
-        for run in sorted(glob.glob(os.path.join(folder, "ablation_loso", f"{glob.escape(row)}_no_*_s*"))):
+        for run in sorted(glob.glob(os.path.join(folder, "ablation_loso", f"{glob.escape(row)}_*_s*"))):
             name = os.path.basename(run)
             if pattern.fullmatch(name) and os.path.isfile(os.path.join(run, "margins.npz")):
                 runs[name] = run
@@ -108,6 +112,44 @@ def side_values(runs: dict[str, str]) -> dict[str, dict[str, dict[int, dict]]]:
             out.setdefault(MEAN, {})[split] = {seed: {k: float(np.mean([out[src][split][seed][k] for src in sources]))
                                                       for k in ("accuracy", "roc_auc")} for seed in sorted(seeds)}
     return out
+
+
+POOLED = "pooled"
+
+
+def score_val(folder: str) -> dict:
+    """``{"seed", "sources": {source or "pooled": {"accuracy", "precision", "recall", "tiles"}}}``: a
+    whole-mix run's val tiles at its stored point."""
+    run = run_margins.read_run(folder)
+    a, point = run["arrays"], run["point"]
+    val = a["split"] == "val"
+    if not val.any():
+        raise ValueError(f"{folder}: margins.npz has no split == 'val' tiles")
+    p = sc.predictions(a["margins"][:, val], point)
+    labels, sources = a["labels"][val].astype(int), a["sources"][val]
+    out = {}
+    for source in [*sorted(set(sources.tolist())), POOLED]:
+        keep = np.ones(len(labels), bool) if source == POOLED else sources == source
+        m = stats.all_metrics(p[keep], labels[keep], float(np.float32(point["threshold"])))
+        out[source] = {k: m[k] for k in ("accuracy", "precision", "recall")} | {"tiles": int(keep.sum())}
+    return {"seed": int(run["config"].get("seed", 0)), "sources": out}
+
+
+def compare_val(a_runs: dict[str, str], b_runs: dict[str, str]) -> list[dict]:
+    """Per val source both rows' whole-mix runs have (then pooled): accuracy, precision, recall per seed
+    (percent, seeds in order), A - B in accuracy, Welch's p."""
+    sides = {side: sorted((score_val(folder) for folder in runs.values()), key=lambda r: r["seed"])
+             for side, runs in (("a", a_runs), ("b", b_runs))}
+    common = set.intersection(*(set(r["sources"]) for runs in sides.values() for r in runs))
+    rows = []
+    for source in [*sorted(common - {POOLED}), POOLED]:
+        values = {side: {k: [100 * r["sources"][source][k] for r in runs] for k in ("accuracy", "precision", "recall")}
+                  for side, runs in sides.items()}
+        rows.append({"source": source, "a": values["a"], "b": values["b"],
+                     "seeds": {side: [r["seed"] for r in runs] for side, runs in sides.items()},
+                     "difference": statistics.fmean(values["a"]["accuracy"]) - statistics.fmean(values["b"]["accuracy"]),
+                     "welch_p": welch_p(values["a"]["accuracy"], values["b"]["accuracy"])})
+    return rows
 
 
 def welch_p(a: list[float], b: list[float]) -> float | None:
@@ -152,6 +194,21 @@ def markdown(rows: list[dict], row_a: str, row_b: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_val(rows: list[dict], row_a: str, row_b: str) -> str:
+    lines = [f"### The whole mix (`all` fold): val at each run's stored point, `{row_a}` (A) against `{row_b}` "
+             "(B), percent", "",
+             "| val of | A accuracy (per seed) | B accuracy (per seed) | A - B | Welch p | A P / R | B P / R |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        per = {s: " / ".join(f"{v:.1f}" for v in r[s]["accuracy"]) for s in ("a", "b")}
+        pr = {s: f"{_pct(r[s]['precision'])} / {_pct(r[s]['recall'])}" for s in ("a", "b")}
+        p = "-" if r["welch_p"] is None else f"{r['welch_p']:.3f}"
+        lines.append(f"| {r['source']} | {_pct(r['a']['accuracy'])} ({per['a']}) | {_pct(r['b']['accuracy'])} "
+                     f"({per['b']}) | {r['difference']:+.2f} | {p} | {pr['a']} | {pr['b']} |")
+    seeds = {s: ", ".join(str(k) for k in rows[0]["seeds"][s]) for s in ("a", "b")}
+    return "\n".join([*lines, "", f"Seeds: A {seeds['a']}; B {seeds['b']}."]) + "\n"
+
+
 def main(argv: list[str]) -> None:
     del argv
     sides = {}
@@ -163,15 +220,20 @@ def main(argv: list[str]) -> None:
             raise SystemExit(f"compare_loso: --{key}: {e}") from None
         if not runs:
             raise SystemExit(f"compare_loso: no left-out run of {row!r} with margins.npz in {folders}")
-        print(f"compare_loso: {key.upper()} = {row}: {len(runs)} runs", flush=True)
-        sides[key] = (row, side_values(runs))
-    rows = compare(sides["a"][1], sides["b"][1])
+        whole = find_runs(row, folders, fold="all")
+        print(f"compare_loso: {key.upper()} = {row}: {len(runs)} left-out runs, {len(whole)} `all` runs", flush=True)
+        sides[key] = (row, side_values(runs), whole)
+    (row_a, a, a_all), (row_b, b, b_all) = sides["a"], sides["b"]
+    rows = compare(a, b)
     if not rows:
         raise SystemExit("compare_loso: the two rows share no left-out source")
-    text = markdown(rows, sides["a"][0], sides["b"][0])
+    text = markdown(rows, row_a, row_b)
+    val_rows = compare_val(a_all, b_all) if a_all and b_all else []
+    if val_rows:
+        text += "\n" + markdown_val(val_rows, row_a, row_b)
     print(text)
     if FLAGS.out:
-        run_margins.write_table(FLAGS.out, text, rows)
+        run_margins.write_table(FLAGS.out, text, {"left_out": rows, "all_val": val_rows})
 
 
 if __name__ == "__main__":
