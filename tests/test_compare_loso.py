@@ -108,8 +108,9 @@ def test_command_writes_the_table_and_refuses_bad_input(tmp_path):
     assert done.returncode == 0, done.stderr
     table = out.read_text()
     assert "| uav75 | 75.00 ± 35.36 (100.0 / 50.0) | 100.00 ± 0.00 (100.0 / 100.0) | -25.00 |" in table
-    assert json.loads((tmp_path / "cmp.md.json").read_text())["left_out"][0]["accuracy"]["a"] == [100.0, 50.0]
-    assert "whole mix" not in table  # no `all` runs on either side
+    numbers = json.loads((tmp_path / "cmp.md.json").read_text())
+    assert numbers["left_out"][0]["accuracy"]["a"] == [100.0, 50.0]
+    assert numbers["all_val"] == [] and "whole mix" not in table  # no `all` runs on either side
     for args, message in (([f"--a=cand{tmp_path / 'a'}", f"--b=base:{tmp_path / 'b'}"], "expected <row>:"),
                           ([f"--a=cand:{tmp_path}", f"--b=base:{tmp_path / 'b'}"], "no ablation_loso/"),
                           ([f"--a=none:{tmp_path / 'a'}", f"--b=base:{tmp_path / 'b'}"], "no left-out run of 'none'")):
@@ -151,10 +152,7 @@ def test_whole_mix_val_per_source_with_precision_recall_and_pooled(tmp_path):
     # pooled over every val source of the run (B's three sources, 12 tiles: one miss)
     assert pooled["b"]["accuracy"] == [pytest.approx(1100 / 12)] * 2 and pooled["a"]["accuracy"] == [100.0, 87.5]
     assert dc["welch_p"] == pytest.approx(_welch_reference([100.0, 75.0], [100.0, 100.0]), rel=1e-9)
-    done = subprocess.run([sys.executable, "tools/compare_loso.py", f"--a=cand:{tmp_path / 'a'}",
-                           f"--b=base:{tmp_path / 'b'}", f"--out={tmp_path / 'cmp.md'}"], cwd=REPO, capture_output=True,
-                          text=True)
-    assert done.returncode == 0, done.stderr
-    assert "| uav75 | 100.00 ± 0.00 (100.0 / 100.0) | 75.00 ± 0.00 (75.0 / 75.0) | +25.00 | - |" in (
-        tmp_path / "cmp.md").read_text()
-    assert [r["source"] for r in json.loads((tmp_path / "cmp.md.json").read_text())["all_val"]] == list(rows)
+    table = cmp.markdown_val(list(rows.values()), "cand", "base")
+    assert "| uav75 | 100.00 ± 0.00 (100.0 / 100.0) | 75.00 ± 0.00 (75.0 / 75.0) | +25.00 | - |" in table
+    assert "| 100.00 ± 0.00 / 100.00 ± 0.00 | 100.00 ± 0.00 / 50.00 ± 0.00 |" in table  # P / R of A, of B
+    assert table.rstrip().endswith("Seeds: A 0, 1; B 0, 1.")
