@@ -158,19 +158,19 @@ def test_slice_job_trains_another_row_beside_the_grid(job_tree):
     assert not any("--only=^synthpre_robustaug_epochs48$" in line for line in calls.read_text().splitlines())
 
 
-def test_slice_job_splits_one_row_into_its_all_fold_and_a_seed_of_its_left_out_folds(job_tree):
-    """The same row as the grid (its `all` fold, 3 seeds) and beside it (the left-out folds, one more
+def test_slice_job_runs_a_seed_of_a_rows_left_out_folds_and_its_all_fold_beside_them(job_tree):
+    """The same row as the grid (its left-out folds, one more seed) and beside it (its `all` fold, one
     seed): section 0d's SimCLR command. Each half counts only its own runs, the four fold backbones are
-    made once, and a second call trains nothing again."""
+    made once, and a second call trains nothing again (no curves wanted: loso.sh not called again)."""
     repo, env, calls = job_tree
     _slice_recorder(repo, finish_runs=True)
     row = "^simclrpre_robustaug_epochs48$"
-    env = dict(env, ONLY=row, JOB_S="300", FOLDS="all", SEEDS="0,1,2", PARALLEL="6", REPEAT="0", CV="0",
-               AGREE="0", FINETUNE_CURVE="0", CURVE_S="0", BESIDE_ONLY=row,
-               BESIDE_FOLDS="no_uav75,no_uavcrack,no_deepcrack", BESIDE_SEEDS="2")
+    env = dict(env, ONLY=row, JOB_S="300", FOLDS="no_uav75,no_uavcrack,no_deepcrack", SEEDS="2", PARALLEL="4",
+               REPEAT="0", CV="0", AGREE="0", FINETUNE_CURVE="0", CURVE_S="0", BESIDE_ONLY=row, BESIDE_FOLDS="all",
+               BESIDE_SEEDS="0")
     done = _slice(repo, env)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "candidate grid 3 of 3 runs" in done.stdout and f"beside it ({row}) 3 of 3 runs" in done.stdout
+    assert "candidate grid 3 of 3 runs" in done.stdout and f"beside it ({row}) 1 of 1 runs" in done.stdout
     assert "loso_cv.sh: done" in done.stdout
     lines = _calls(calls)
     crack = {next(x for x in a if x.startswith("--output=")) for a in lines
@@ -179,10 +179,10 @@ def test_slice_job_splits_one_row_into_its_all_fold_and_a_seed_of_its_left_out_f
                      for f in ("all", "no_uav75", "no_uavcrack", "no_deepcrack")}
     grids = [a for a in lines if a[0] == "tools/ablate.py" and "--report_only" not in a]
     assert len(grids) == 2
-    grid = next(a for a in grids if "--folds=all" in a)
-    beside = next(a for a in grids if "--folds=no_uav75,no_uavcrack,no_deepcrack" in a)
-    assert "--seeds=0,1,2" in grid and "--parallel=3" in grid  # 6 slots less the 3 beside it
-    assert "--seeds=2" in beside and "--parallel=3" in beside
+    grid = next(a for a in grids if "--folds=no_uav75,no_uavcrack,no_deepcrack" in a)
+    beside = next(a for a in grids if "--folds=all" in a)
+    assert "--seeds=2" in grid and "--parallel=3" in grid  # 4 slots less the one beside it
+    assert "--seeds=0" in beside and "--parallel=1" in beside
     calls.write_text("")
     done = _slice(repo, env)
     assert "loso_cv.sh: done" in done.stdout
