@@ -97,7 +97,8 @@ def test_robustaug_rows_get_the_robust_augment_flagfile(monkeypatch):
     parsed = {r.row: train_config.parse_args(r.args) for r in runs if r.fold == "all"}
     train_flags.FLAGS.unparse_flags()
     robust = [name for name in parsed if "robustaug" in name]
-    assert sorted(robust) == ["robustaug", "simclrpre_robustaug_epochs48", "synthpre3000_robustaug_epochs48",
+    assert sorted(robust) == ["robustaug", "simclr3000pre_robustaug_epochs48", "simclrpre_robustaug_epochs48",
+                              "synthpre3000_robustaug_epochs48",
                               "synthpre_robustaug", "synthpre_robustaug_epochs48", "synthpre_robustaug_epochs48_ema",
                               "synthpre_robustaug_epochs48_mixstyle"]
     for name in robust:

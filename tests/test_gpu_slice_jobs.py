@@ -296,6 +296,27 @@ def test_slice_job_makes_simclr_fold_backbones_without_the_left_out_source_over_
     assert done.returncode == 2 and "CV=0 with simclr_crack:1000 backbones" in done.stdout, done.stdout
 
 
+def test_slice_job_counts_a_simclr_rows_steps_in_its_simclr_stage(job_tree):
+    """loso_simclr3000_{fold}: 3,000 SimCLR steps (files named by the count, so the 1,000-step row's
+    are neither reused nor overwritten), resumed over calls; the crack stage stays 1,000 steps."""
+    repo, env, calls = job_tree
+    (repo / "runs" / "pretrain" / "simclr_no_uav75.weights.h5").write_bytes(b"")  # the 1,000-step row's
+    env = dict(env, ONLY="^simclr3000pre_robustaug_epochs48$", JOB_S="300", FOLDS="no_uav75", REPEAT="0", CV="0",
+               AGREE="0", SEEDS="0")
+    pre = _cut_off_call(repo, env, calls, "mode", "simclr")
+    args = pre["--output=runs/pretrain/simclr3000_no_uav75.weights.h5"]
+    assert {"--mode=simclr", "--steps=3000", "--checkpoint_every=250", "--data_dir=uavcrack,deepcrack",
+            "--init=runs/pretrain/synthetic.weights.h5"} <= set(args), args
+    assert "--output=runs/pretrain/loso_simclr3000_no_uav75.weights.h5" not in pre  # not before SimCLR's weights
+    out, lines = _next_call(repo, env, calls)
+    assert "candidate grid 1 of 1 runs" in out and "loso_cv.sh: done" in out, out
+    pre = _pretrain_calls(lines)
+    assert "--steps=3000" in pre["--output=runs/pretrain/simclr3000_no_uav75.weights.h5"]  # resumed
+    crack = pre["--output=runs/pretrain/loso_simclr3000_no_uav75.weights.h5"]
+    assert {"--mode=crack", "--steps=1000", "--init=runs/pretrain/simclr3000_no_uav75.weights.h5"} <= set(crack)
+    assert (repo / "runs" / "pretrain" / "simclr_no_uav75.weights.h5").read_bytes() == b""  # left alone
+
+
 def test_slice_job_refuses_backbones_it_cannot_share_or_make(job_tree):
     repo, env, calls = job_tree
     base = dict(env, JOB_S="300", FOLDS="no_uav75", REPEAT="0", AGREE="0", SEEDS="0")

@@ -65,7 +65,9 @@ pretrain_backbone() {
 # --deterministic makes a seed one backbone.
 # FOLD_STEPS (default 1000): each fold's crack-mode steps; another count makes backbones of their own,
 # <stem><steps>_<fold> (e.g. loso_synth3000_no_uav75: the longer-pretraining candidate), with a
-# checkpoint every 500 steps so that one cut off at its time limit goes on at the next call.
+# checkpoint every 500 steps so that one cut off at its time limit goes on at the next call. For
+# simclr_crack the count is the SimCLR stage's steps instead (loso_simclr3000_<fold> from
+# simclr3000_<fold>: longer self-supervised pretraining; its crack stage stays 1,000 steps).
 # Returns 3 when a backbone stopped with its checkpoint kept (call again), 1 when one failed.
 declare -A FOLD_SOURCES=([all]=uav75,uavcrack,deepcrack [no_uav75]=uavcrack,deepcrack
                          [no_uavcrack]=uav75,deepcrack [no_deepcrack]=uav75,uavcrack)
@@ -82,9 +84,13 @@ fold_backbones() {
     cp $init.json runs/pretrain_logs/synthetic.pretrain.json 2>/dev/null
     [ -f $init ] || { echo "synthetic pretraining failed: no weights"; return 1; }
   fi
-  local steps=${FOLD_STEPS:-1000} resumable=""
+  local steps=${FOLD_STEPS:-1000} resumable="" crack_steps simclr_steps=${SIMCLR_STEPS:-1000} simclr=simclr
   [ "$steps" = 1000 ] || { stem+=$steps; resumable="--checkpoint_every=500"; }
-  [ "$kind" = simclr_crack ] && resumable="--checkpoint_every=500"
+  crack_steps=$steps
+  if [ "$kind" = simclr_crack ]; then  # the count is SimCLR's (its files named by it), crack mode 1,000
+    resumable="--checkpoint_every=500" crack_steps=1000
+    [ "$steps" = 1000 ] || { simclr_steps=$steps simclr=simclr$steps; }
+  fi
   # the machine's loader processes shared by the folds (4 each for three on 16 cores, 14 for one alone:
   # the batches do not depend on the count, tools/pretrain.py Batches)
   local n_folds; n_folds=$(csv_len "$folds")
@@ -96,18 +102,18 @@ fold_backbones() {
       export XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 PRETRAIN_DATA="${FOLD_SOURCES[$fold]}" PRETRAIN_WORKERS=$workers
       fold_init=$init start=$SECONDS
       if [ "$kind" = simclr_crack ]; then
-        fold_init=runs/pretrain/simclr_$fold.weights.h5
-        PRETRAIN_MODE=simclr PRETRAIN_INIT="$init" PRETRAIN_OUT=$fold_init PRETRAIN_STEPS="${SIMCLR_STEPS:-1000}" \
+        fold_init=runs/pretrain/${simclr}_$fold.weights.h5
+        PRETRAIN_MODE=simclr PRETRAIN_INIT="$init" PRETRAIN_OUT=$fold_init PRETRAIN_STEPS="$simclr_steps" \
             PRETRAIN_EXTRA="--crop=128 --batch_size=64 --checkpoint_every=250" \
-            PRETRAIN_LOG="runs/pretrain_logs/simclr_$fold.log" pretrain_backbone 900 > /dev/null
-        cp "$fold_init.json" "runs/pretrain_logs/simclr_$fold.pretrain.json" 2>/dev/null
+            PRETRAIN_LOG="runs/pretrain_logs/${simclr}_$fold.log" pretrain_backbone $(( 900 * simclr_steps / 1000 )) > /dev/null
+        cp "$fold_init.json" "runs/pretrain_logs/${simclr}_$fold.pretrain.json" 2>/dev/null
         [ -f "$fold_init" ] || exit 0  # cut off (its checkpoint kept) or failed: told apart below
         [ -z "${PRETRAIN_S:-}" ] || export PRETRAIN_S=$(( PRETRAIN_S - (SECONDS - start) ))  # the call's rest
         [ "${PRETRAIN_S:-1}" -gt 0 ] || exit 0
       fi
-      PRETRAIN_INIT="$fold_init" PRETRAIN_OUT="runs/pretrain/${stem}_$fold.weights.h5" PRETRAIN_STEPS="$steps" \
+      PRETRAIN_INIT="$fold_init" PRETRAIN_OUT="runs/pretrain/${stem}_$fold.weights.h5" PRETRAIN_STEPS="$crack_steps" \
           PRETRAIN_EXTRA="${PRETRAIN_EXTRA:-}${resumable:+ $resumable}" \
-          PRETRAIN_LOG="runs/pretrain_logs/${stem}_$fold.log" pretrain_backbone $(( 300 * steps / 1000 )) > /dev/null
+          PRETRAIN_LOG="runs/pretrain_logs/${stem}_$fold.log" pretrain_backbone $(( 300 * crack_steps / 1000 )) > /dev/null
     ) &
     pids+=($!)
   done
@@ -129,8 +135,8 @@ fold_backbones() {
     cp "$out.json" "runs/pretrain_logs/${stem}_$fold.pretrain.json" 2>/dev/null
     [ -f "$out" ] && continue
     if [ "$kind" = simclr_crack ]; then  # the chain goes on where it stopped: SimCLR's checkpoint or weights
-      [ -d "$out.ckpt" ] || [ -d "runs/pretrain/simclr_$fold.weights.h5.ckpt" ] ||
-          [ -f "runs/pretrain/simclr_$fold.weights.h5" ] || { echo "pretraining $fold failed: no weights"; return 1; }
+      [ -d "$out.ckpt" ] || [ -d "runs/pretrain/${simclr}_$fold.weights.h5.ckpt" ] ||
+          [ -f "runs/pretrain/${simclr}_$fold.weights.h5" ] || { echo "pretraining $fold failed: no weights"; return 1; }
     else
       [ -n "$resumable" ] && [ -d "$out.ckpt" ] || { echo "pretraining $fold failed: no weights"; return 1; }
     fi
