@@ -138,10 +138,10 @@ def test_whole_mix_val_per_source_with_precision_recall_and_pooled(tmp_path):
         _write_all_run(tmp_path / "a", "cand", seed, {"uav75": right, "deepcrack": false_alarm if seed else right})
         _write_all_run(tmp_path / "b", "base", seed, {"uav75": miss, "deepcrack": right, "other": right})
     # a left-out run's folder is not an `all` run, and the other way round
-    assert sorted(cmp.find_runs("cand", [str(tmp_path / "a")], fold="all")) == ["cand_all_s0", "cand_all_s1"]
+    assert sorted(cmp.find_runs("cand", [str(tmp_path / "a")], whole_mix=True)) == ["cand_all_s0", "cand_all_s1"]
     assert sorted(cmp.find_runs("cand", [str(tmp_path / "a")])) == ["cand_no_uav75_s0", "cand_no_uav75_s1"]
-    rows = {r["source"]: r for r in cmp.compare_val(cmp.find_runs("cand", [str(tmp_path / "a")], fold="all"),
-                                                   cmp.find_runs("base", [str(tmp_path / "b")], fold="all"))}
+    rows = {r["source"]: r for r in cmp.compare_val(cmp.find_runs("cand", [str(tmp_path / "a")], whole_mix=True),
+                                                   cmp.find_runs("base", [str(tmp_path / "b")], whole_mix=True))}
     assert list(rows) == ["deepcrack", "uav75", cmp.POOLED]  # B's "other": A has none
     dc, uav, pooled = rows["deepcrack"], rows["uav75"], rows[cmp.POOLED]
     # seed 1's deepcrack: 2 cracks found, 1 of 2 backgrounds called a crack: accuracy 75, P 2/3, R 1

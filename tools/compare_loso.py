@@ -65,11 +65,11 @@ def parse_side(spec: str) -> tuple[str, list[str]]:
     return row, [f for f in folders.split(",") if f]
 
 
-def find_runs(row: str, folders: list[str], fold: str = "no_*") -> dict[str, str]:
-    """{run name: folder} of the row's left-out runs (``fold="all"``: its whole-mix runs) with margins;
-    a later folder replaces an earlier one."""
+def find_runs(row: str, folders: list[str], whole_mix: bool = False) -> dict[str, str]:
+    """{run name: folder} of the row's left-out runs (``whole_mix``: its `all` runs) with margins; a
+    later folder replaces an earlier one."""
     runs: dict[str, str] = {}
-    pattern = re.compile(re.escape(row) + (r"_all_s\d+" if fold == "all" else r"_no_[a-z0-9+]+_s\d+"))
+    pattern = re.compile(re.escape(row) + (r"_all_s\d+" if whole_mix else r"_no_[a-z0-9+]+_s\d+"))
     for folder in folders:
         if not os.path.isdir(os.path.join(folder, "ablation_loso")):
             raise ValueError(f"{folder}: no ablation_loso/ folder (a results folder of a LOSO grid)")
@@ -78,6 +78,13 @@ def find_runs(row: str, folders: list[str], fold: str = "no_*") -> dict[str, str
             if pattern.fullmatch(name) and os.path.isfile(os.path.join(run, "margins.npz")):
                 runs[name] = run
     return runs
+
+
+def at_point(arrays: dict, point: dict, keep: np.ndarray) -> dict:
+    """:func:`stats.all_metrics` of the ``keep`` tiles at the stored ``point`` (temperature, threshold),
+    decided as the predictor decides."""
+    return stats.all_metrics(sc.predictions(arrays["margins"][:, keep], point), arrays["labels"][keep].astype(int),
+                             float(np.float32(point["threshold"])))
 
 
 def score_run(folder: str) -> dict:
@@ -90,8 +97,7 @@ def score_run(folder: str) -> dict:
     splits = {}
     for split in sorted(s for s in set(a["split"].tolist()) if s == "eval" or s.startswith("eval_adabn")):
         keep = a["split"] == split
-        metrics = stats.all_metrics(sc.predictions(a["margins"][:, keep], point), a["labels"][keep].astype(int),
-                                    float(np.float32(point["threshold"])))
+        metrics = at_point(a, point, keep)
         splits[split] = {"accuracy": metrics["accuracy"], "roc_auc": float(metrics["roc_auc"]),
                          "tiles": int(keep.sum())}
     return {"seed": int(run["config"].get("seed", 0)),
@@ -125,12 +131,10 @@ def score_val(folder: str) -> dict:
     val = a["split"] == "val"
     if not val.any():
         raise ValueError(f"{folder}: margins.npz has no split == 'val' tiles")
-    p = sc.predictions(a["margins"][:, val], point)
-    labels, sources = a["labels"][val].astype(int), a["sources"][val]
     out = {}
-    for source in [*sorted(set(sources.tolist())), POOLED]:
-        keep = np.ones(len(labels), bool) if source == POOLED else sources == source
-        m = stats.all_metrics(p[keep], labels[keep], float(np.float32(point["threshold"])))
+    for source in [*sorted(set(a["sources"][val].tolist())), POOLED]:
+        keep = val if source == POOLED else val & (a["sources"] == source)
+        m = at_point(a, point, keep)
         out[source] = {k: m[k] for k in ("accuracy", "precision", "recall")} | {"tiles": int(keep.sum())}
     return {"seed": int(run["config"].get("seed", 0)), "sources": out}
 
@@ -220,7 +224,7 @@ def main(argv: list[str]) -> None:
             raise SystemExit(f"compare_loso: --{key}: {e}") from None
         if not runs:
             raise SystemExit(f"compare_loso: no left-out run of {row!r} with margins.npz in {folders}")
-        whole = find_runs(row, folders, fold="all")
+        whole = find_runs(row, folders, whole_mix=True)
         print(f"compare_loso: {key.upper()} = {row}: {len(runs)} left-out runs, {len(whole)} `all` runs", flush=True)
         sides[key] = (row, side_values(runs), whole)
     (row_a, a, a_all), (row_b, b, b_all) = sides["a"], sides["b"]
