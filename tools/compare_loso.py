@@ -87,13 +87,19 @@ def at_point(arrays: dict, point: dict, keep: np.ndarray) -> dict:
                              float(np.float32(point["threshold"])))
 
 
+def read_with(folder: str, split: str, what: str = "") -> tuple[dict, np.ndarray]:
+    """(:func:`run_margins.read_run`'s run, its ``split`` tiles' mask); ValueError when it has none."""
+    run = run_margins.read_run(folder)
+    tiles = run["arrays"]["split"] == split
+    if not tiles.any():
+        raise ValueError(f"{folder}: margins.npz has no split == {split!r} tiles{what}")
+    return run, tiles
+
+
 def score_run(folder: str) -> dict:
     """``{"seed", "left_out", "splits": {split: {"accuracy", "roc_auc", "tiles"}}}`` of one left-out run."""
-    run = run_margins.read_run(folder)
+    run, eval_tiles = read_with(folder, "eval", " (not a left-out run)")
     a, point = run["arrays"], run["point"]
-    eval_tiles = a["split"] == "eval"
-    if not eval_tiles.any():
-        raise ValueError(f"{folder}: margins.npz has no split == 'eval' tiles (not a left-out run)")
     splits = {}
     for split in sorted(s for s in set(a["split"].tolist()) if s == "eval" or s.startswith("eval_adabn")):
         keep = a["split"] == split
@@ -126,11 +132,8 @@ POOLED = "pooled"
 def score_val(folder: str) -> dict:
     """``{"seed", "sources": {source or "pooled": {"accuracy", "precision", "recall", "tiles"}}}``: a
     whole-mix run's val tiles at its stored point."""
-    run = run_margins.read_run(folder)
+    run, val = read_with(folder, "val")
     a, point = run["arrays"], run["point"]
-    val = a["split"] == "val"
-    if not val.any():
-        raise ValueError(f"{folder}: margins.npz has no split == 'val' tiles")
     out = {}
     for source in [*sorted(set(a["sources"][val].tolist())), POOLED]:
         keep = val if source == POOLED else val & (a["sources"] == source)
