@@ -45,7 +45,7 @@ def test_final_model_gets_the_averages_statistics_and_best_keeps_the_raw_weights
     model_dir = tmp_path / "run"
     args = _args(sources, model_dir, ["--model=resnet50_aspp", "--image_size=32", "--val_tile=32",
                                       "--ema_momentum=0.5", "--ema_bn_crops=12", "--adabn_batch_size=4",
-                                      "--best_metric=val_loss", "--best_mode=min"])
+                                      "--best_metric=val_loss", "--best_mode=min", "--epochs=1"])
     out = _finish(_train(args))
     assert "EMA: BatchNorm statistics of the averaged weights re-estimated on 12 training crops" in out
     record = json.load(open(model_dir / "run.json"))["ema_batchnorm"]
