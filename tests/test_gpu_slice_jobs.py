@@ -350,3 +350,31 @@ def test_slice_job_counts_every_row_its_regex_names(job_tree):
     assert "candidate grid 3 of 6 runs" in done.stdout and "call again" in done.stdout
     grid = next(a for a in _calls(calls) if a[0] == "tools/ablate.py" and "--output_dir=runs/ablation_loso" in a)
     assert "--only=^synthpre_robustaug_epochs48_(mixstyle|ema)$" in grid and "--seeds=0" in grid
+
+
+def test_slice_job_that_makes_its_backbones_near_the_calls_end_starts_no_run(job_tree):
+    """Backbones ready with too little of the call left (2026-12-07: 548 s of 560, then `timeout` got a
+    negative limit and failed): no run starts, the job says call again; the next call trains them."""
+    repo, env, calls = job_tree
+    _slice_recorder(repo, finish_runs=True)
+    env = dict(env, ONLY="^synthpre$", FOLDS="no_uavcrack", REPEAT="0", SEEDS="0", CV="0", AGREE="0",
+               BESIDE_ONLY="^synthpre_epochs48$", BESIDE_FOLDS="all", BESIDE_SEEDS="0")
+    done = _slice(repo, dict(env, JOB_S="80"))  # 80 s, the backbones at once: under MIN_RUN_S (90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "too few to start a run: call again" in done.stdout and "invalid option" not in done.stderr
+    lines = _calls(calls)
+    assert any(a[0] == "tools/pretrain.py" for a in lines) and not any(a[0] == "tools/ablate.py" for a in lines)
+    out, lines = _next_call(repo, dict(env, JOB_S="300"), calls)
+    assert "candidate grid 1 of 1 runs" in out and "loso_cv.sh: done" in out
+    assert not any(a[0] == "tools/pretrain.py" for a in lines)  # the backbones kept
+
+
+def test_loso_job_with_no_time_left_after_its_backbones_trains_nothing(job_tree):
+    repo, env, calls = job_tree
+    _slice_recorder(repo, finish_runs=True)
+    done = subprocess.run(["bash", "tools/gpu_jobs/loso.sh"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, ONLY="^synthpre$", BACKBONE="synth_crack", FOLDS="no_uavcrack", REPEAT="0",
+                                   JOB_S="40"), timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "left to train: call again" in done.stdout and "invalid option" not in done.stdout + done.stderr
+    assert not any(a[0] == "tools/ablate.py" for a in _calls(calls))

@@ -70,6 +70,10 @@ case $? in
 esac
 echo "loso_cv.sh: backbones ready at ${SECONDS}s"
 cat runs/pretrain_logs/backbone_repeat.txt 2>/dev/null  # BACKBONE_REPEAT=1: the synthetic backbone twice
+# backbones that end near the call's end leave no time to start a run (a negative timeout once,
+# 2026-12-07: "timeout: invalid option"): the runs start at the next call
+[ "$(left)" -ge "${MIN_RUN_S:-90}" ] ||
+    { repack; echo "loso_cv.sh: $(left)s of this call left after the backbones, too few to start a run: call again"; exit 0; }
 
 # (the few CV runs a fresh machine lacks, CV_ROWS / CV_SEEDS, run beside the grid in one slot)
 cv_env=(ROWS="${CV_ROWS:-}" SEEDS="$cv_seeds")
