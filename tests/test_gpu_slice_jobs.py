@@ -160,8 +160,9 @@ def test_slice_job_trains_another_row_beside_the_grid(job_tree):
 
 def test_slice_job_runs_a_seed_of_a_rows_left_out_folds_and_its_all_fold_beside_them(job_tree):
     """The same row as the grid (its left-out folds, one more seed) and beside it (its `all` fold, one
-    seed): section 0d's SimCLR command. Each half counts only its own runs, the four fold backbones are
-    made once, and a second call trains nothing again (no curves wanted: loso.sh not called again)."""
+    seed): section 0d's SimCLR command until 2026-12-07 (now two slices). Each half counts only its own
+    runs, the four fold backbones are made once, and a second call trains nothing again (no curves
+    wanted: loso.sh not called again)."""
     repo, env, calls = job_tree
     _slice_recorder(repo, finish_runs=True)
     row = "^simclrpre_robustaug_epochs48$"
