@@ -26,41 +26,12 @@ weights each sample's contribution to the counts.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import keras
 from keras import ops
 
-
-def _safe_div(num: Any, den: Any, xp: Any) -> Any:
-    """``num / den`` where ``den > 0``, else 0 (works for ``keras.ops`` and NumPy as ``xp``)."""
-    positive = den > 0
-    return xp.where(positive, num / xp.where(positive, den, 1.0), xp.zeros_like(num))
-
-
-def _recall(tp, fp, tn, fn, xp):
-    return _safe_div(tp, tp + fn, xp)
-
-
-def _precision(tp, fp, tn, fn, xp):
-    return _safe_div(tp, tp + fp, xp)
-
-
-RATES: dict[str, Callable[..., Any]] = {
-    "recall": _recall,
-    "missed_alarm_rate": lambda tp, fp, tn, fn, xp: 1.0 - _recall(tp, fp, tn, fn, xp),
-    "precision": _precision,
-    "false_alarm_rate": lambda tp, fp, tn, fn, xp: 1.0 - _precision(tp, fp, tn, fn, xp),
-    "accuracy": lambda tp, fp, tn, fn, xp: _safe_div(tp + tn, tp + fp + tn + fn, xp),
-    "f1": lambda tp, fp, tn, fn, xp: _safe_div(2.0 * tp, 2.0 * tp + fp + fn, xp),
-}
-"""Rate name -> ``f(tp, fp, tn, fn, xp)`` with ``xp`` = ``keras.ops`` or ``numpy`` (vectorised)."""
-
-
-def rates_from_counts(tp: Any, fp: Any, tn: Any, fn: Any, xp: Any = ops) -> dict[str, Any]:
-    """All :data:`RATES` from confusion counts (scalars or arrays of equal shape)."""
-    return {name: fn_(tp, fp, tn, fn, xp) for name, fn_ in RATES.items()}
+from crack_tf.rates import RATES, rates_from_counts  # noqa: F401  (rates_from_counts: re-exported)
 
 
 def crack_probability(y_pred: Any, from_logits: bool = True) -> Any:

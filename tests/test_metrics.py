@@ -113,6 +113,23 @@ def test_rates_from_counts_numpy_matches_keras_and_vectorises() -> None:
             assert float(k[name]) == pytest.approx(float(np_rates[name][i]), abs=1e-6)
 
 
+def test_the_numpy_evaluators_score_without_keras_or_tensorflow() -> None:
+    """The offline analysis tools (compare_loso, threshold_rules, few-shot curves, ...) score stored margins
+    through these modules: they import neither Keras nor TensorFlow (~7 s a process), the rates come from
+    crack_tf.rates, the same functions the Keras metrics use."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import crack_tf.evaluation.stats, crack_tf.evaluation.run_margins, crack_tf.evaluation.site_calibration\n"
+            "print(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", done.stdout
+    from crack_tf import rates
+    assert M.RATES is rates.RATES and M.rates_from_counts is rates.rates_from_counts
+
+
 def test_default_metrics_config_round_trip() -> None:
     ms = M.default_metrics(threshold=0.3, from_logits=False)
     assert [m.name for m in ms] == ["recall", "missed_alarm_rate", "precision", "false_alarm_rate", "accuracy", "f1"]

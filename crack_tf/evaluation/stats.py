@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from crack_tf.metrics import RATES, rates_from_counts
+from crack_tf.rates import RATES, rates_from_counts
 
 CURVE_METRICS = ("roc_auc", "pr_auc")
 
@@ -85,7 +85,7 @@ def confusion_counts(scores: Any, labels: Any, threshold: float, weights: Any = 
 
 
 def all_metrics(scores: Any, labels: Any, threshold: float, weights: Any = None) -> dict[str, Any]:
-    """Rates of :data:`crack_tf.metrics.RATES` at ``threshold`` plus ROC-AUC and PR-AUC."""
+    """Rates of :data:`crack_tf.rates.RATES` at ``threshold`` plus ROC-AUC and PR-AUC."""
     c = confusion_counts(scores, labels, threshold, weights)
     out = rates_from_counts(c["tp"], c["fp"], c["tn"], c["fn"], xp=np)
     out = {k: v if np.ndim(v) else float(v) for k, v in out.items()}

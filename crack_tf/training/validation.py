@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from crack_tf.metrics import rates_from_counts
+from crack_tf.rates import rates_from_counts
 
 
 def _counts(metrics: dict, class_counts: dict[int, int]) -> np.ndarray:
