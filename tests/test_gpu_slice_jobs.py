@@ -3,6 +3,8 @@
 
 import subprocess
 
+import pytest
+
 from tests.gpu_job_tree import slice_recorder as _slice_recorder
 
 
@@ -370,12 +372,16 @@ def test_slice_job_that_makes_its_backbones_near_the_calls_end_starts_no_run(job
     assert not any(a[0] == "tools/pretrain.py" for a in lines)  # the backbones kept
 
 
-def test_loso_job_with_no_time_left_after_its_backbones_trains_nothing(job_tree):
+@pytest.mark.parametrize("job, job_env", [
+    ("loso.sh", {"ONLY": "^synthpre$", "BACKBONE": "synth_crack", "FOLDS": "no_uavcrack", "REPEAT": "0"}),
+    ("uav75_cv.sh", {"SEEDS": "0"})])
+def test_grid_job_with_no_time_left_after_its_backbones_trains_nothing(job_tree, job, job_env):
+    """common.sh's train_budget: under 30 s left after the backbones, no `timeout` with a negative limit."""
     repo, env, calls = job_tree
     _slice_recorder(repo, finish_runs=True)
-    done = subprocess.run(["bash", "tools/gpu_jobs/loso.sh"], cwd=repo, capture_output=True, text=True,
-                          env=dict(env, ONLY="^synthpre$", BACKBONE="synth_crack", FOLDS="no_uavcrack", REPEAT="0",
-                                   JOB_S="40"), timeout=60)
+    done = subprocess.run(["bash", f"tools/gpu_jobs/{job}"], cwd=repo, capture_output=True, text=True,
+                          env=dict(env, **job_env, JOB_S="40"), timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "left to train: call again" in done.stdout and "invalid option" not in done.stdout + done.stderr
-    assert not any(a[0] == "tools/ablate.py" for a in _calls(calls))
+    assert f"{job}: " in done.stdout and "left to train: call again" in done.stdout
+    assert "invalid option" not in done.stdout + done.stderr
+    assert not any(a[0] == "tools/ablate.py" and "--report_only" not in a for a in _calls(calls))

@@ -173,6 +173,15 @@ start_packer() {
   trap 'kill $PACKER 2>/dev/null' EXIT  # also when a step fails
 }
 
+# The seconds of a call of <job s> left for training once its backbones are made, packing included
+# (25 s kept back): sets budget; returns 1 under 30 s, where the job packs and says call again
+# (backbones made near a call's end once gave `timeout` a negative limit, 2026-12-07):
+#   train_budget <job s> || { ...; echo "<job>: ${budget}s left to train: call again"; exit 0; }
+train_budget() {
+  budget=$(( $1 - SECONDS - 25 ))
+  [ "$budget" -ge 30 ]
+}
+
 # Finished runs of a grid folder among the wanted ones (other rows, folds or seeds on a warm machine
 # do not count): count_runs <grid dir> <row regex (ablate's --only)> <seeds,csv> [<folds,csv>]
 # A run folder is <row>_<fold>_s<seed> (folds given) or <row>_s<seed>, finished when it has run.json.

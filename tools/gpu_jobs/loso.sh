@@ -40,8 +40,7 @@ folds=${FOLDS:-no_uav75,no_uavcrack,no_deepcrack}
 PRETRAIN_S=$(( ${JOB_S:-520} - SECONDS - 25 )) fold_backbones "${BACKBONE:-crack}" "$folds"
 case $? in 0) ;; 3) kill $PACKER 2>/dev/null; pack; echo "loso.sh: backbones not finished: call again"; exit 0;; *) exit 1;; esac
 echo "backbones ready at ${SECONDS}s"
-budget=$(( ${JOB_S:-520} - SECONDS - 25 ))  # what is left for training, packing included
-[ "$budget" -ge 30 ] || { kill $PACKER 2>/dev/null; pack; echo "loso.sh: ${budget}s left to train: call again"; exit 0; }
+train_budget "${JOB_S:-520}" || { kill $PACKER 2>/dev/null; pack; echo "loso.sh: ${budget}s left to train: call again"; exit 0; }
 if [ "${REPEAT:-1}" != 0 ]; then
   timeout -k 10 --signal=TERM "$budget" python3 tools/ablate.py --flagfile=$grid --seeds=0 --folds=no_uav75 \
       ${ONLY:+--only=$ONLY} "$loader" --output_dir=runs/ablation_loso_repeat \

@@ -36,7 +36,8 @@ start_packer pack
 fold_backbones "$kind" no_uav75 || exit 1
 echo "backbone ready at ${SECONDS}s"
 parallel=${PARALLEL:-$(( RUNS_FIT < 15 ? RUNS_FIT : 15 ))}
-budget=$(( ${JOB_S:-565} - SECONDS - 25 ))  # what is left for training, packing included
+train_budget "${JOB_S:-565}" ||
+    { kill $PACKER 2>/dev/null; pack; echo "uav75_cv.sh: ${budget}s left to train: call again"; exit 0; }
 timeout -k 10 --signal=TERM "$budget" python3 tools/ablate.py --flagfile=$grid "${recipe[@]}" --seeds="$seeds" \
     ${ROWS:+--only=$ROWS} --parallel="$parallel" "$(loader_extra "${LOADER_RUNS:-$parallel}")" --output_dir="$cv_dir"
 python3 tools/ablate.py --flagfile=$grid "${recipe[@]}" --seeds="$seeds" ${ROWS:+--only=$ROWS} --output_dir="$cv_dir" \
