@@ -87,3 +87,28 @@ def test_report_refuses_folders_without_the_row(tmp_path):
     _copy_runs(RESULTS / "h100_2026-12-06d", tmp_path / "all_only", f"{ROW}_all_s0")
     done = _report(tmp_path / "out", tmp_path / "all_only")
     assert done.returncode == 1 and "no no_* run" in done.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_runs_cut_off_after_the_final_models_point_count_in_the_margins_tables(tmp_path, shared_data):
+    # RESULTS 000000000000000000000: the SimCLR row's `all` runs trained to the end and stored the final
+    # model's point and margins, then the GPU call ended while they scored best.keras (no run.json)
+    row = "simclrpre_robustaug_epochs48"
+    _copy_runs(RESULTS / "h100_2026-12-07f", tmp_path / "f", f"{row}_no_uav75_s0")
+    _copy_runs(RESULTS / "h100_2026-12-07h", tmp_path / "h", f"{row}_all_s*")
+    assert not list((tmp_path / "h").glob("ablation_loso/*/run.json"))
+    training = tmp_path / "h" / "ablation_loso" / f"{row}_all_s9"  # still training: no margins yet
+    shutil.copytree(tmp_path / "h" / "ablation_loso" / f"{row}_all_s0", training)
+    (training / "margins.npz").unlink()
+    done = subprocess.run(["bash", "tools/loso_report.sh", row, str(tmp_path / "out"), str(tmp_path / "f"),
+                           str(tmp_path / "h")], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "NS": "0,10", "DRAWS": "2", "DATA_ROOT": str(shared_data)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"loso_report.sh: 4 runs of {row} (seeds 0,1,2)" in done.stdout
+    cut = " ".join(f"{row}_all_s{s}" for s in range(3))
+    assert f"not in loso_{row}.md): {cut}\n" in done.stdout
+    assert (tmp_path / "out" / f"loso_{row}.md").read_text().endswith(f"in the\ntables made from the margins): {cut}\n")
+    # the rules' table scores them at the point the trainer printed (uav75 94.0 / 94.0 / 92.7, RESULTS)
+    rules = (tmp_path / "out" / f"threshold_rules_{row}.md").read_text()
+    assert "| `f1` | 91.4 | 91.4 | 93.6 ± 0.8 | 91.9 ± 0.1 | 95.2 ± 0.2 | 0.27-0.42 |" in rules, rules
