@@ -79,3 +79,39 @@ def test_a_run_cut_off_before_run_json_gets_its_point_recomputed_from_the_margin
     assert not stored["recomputed"] and stored["point"] == {"threshold": 0.7} and stored["config"]["seed"] == 4
     with pytest.raises(ValueError, match="no margins.npz"):
         run_margins.read_run(str(tmp_path))
+
+
+def _flat(value, key=""):
+    if isinstance(value, dict):
+        return {k: v for name, sub in value.items() for k, v in _flat(sub, f"{key}/{name}").items()}
+    return {key: value}
+
+
+@pytest.mark.parametrize("run", ["h100_2026-12-07f/ablation_loso/simclrpre_robustaug_epochs48_no_uavcrack_s1",
+                                 "h100_2026-12-06d/ablation_loso/synthpre_robustaug_epochs48_all_s0"])
+def test_a_recomputed_point_is_the_one_the_trainer_stored_on_the_gpu(tmp_path, run):
+    # the committed runs' run.json points (picked on an H100 from these margins), against the same
+    # margins without run.json: every number of the point, the left-out source's, AdaBN's and its blend's
+    # scores too (the no_uavcrack run has all of them), within float32 rounding
+    import shutil
+
+    from crack_tf.evaluation import run_margins
+    from tests.conftest import REPO_ROOT
+
+    folder = REPO_ROOT / "docs" / "results" / run
+    stored = json.loads((folder / "run.json").read_text())
+    shutil.copy(folder / "margins.npz", tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(stored["config"]))
+    recomputed = run_margins.read_run(str(tmp_path))
+    assert recomputed["recomputed"]
+    want, got = _flat(stored["operating_point"]), _flat(recomputed["point"])
+    assert set(want) == set(got) and len(want) > 30
+    for key, value in want.items():
+        if isinstance(value, float):
+            assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+        else:
+            assert got[key] == value, key
+    if "no_" in run:
+        assert {"/eval_sources_at_threshold_by_source/uavcrack/accuracy",
+                "/eval_sources_adabn_at_threshold_by_source/uavcrack/accuracy",
+                "/eval_sources_adabn_by_target_weight/0.5/uavcrack/accuracy"} <= set(want)

@@ -18,6 +18,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from crack_tf.evaluation import run_margins  # noqa: E402
 from crack_tf.evaluation.run_margins import read_json  # noqa: E402  (re-exported for tools/ablate.py)
 
 #: The paper's accuracies in percent (train, test); shared/PAPER.md tables 1-3.
@@ -94,12 +95,17 @@ def _row_dict(run, rj: dict) -> dict:
 
 
 def collect(runs) -> list[dict]:
-    """One dict per run that has a run.json (in grid order)."""
+    """One dict per run that has a run.json (in grid order), or that was cut off after its final
+    model's operating point (margins.npz and config.json, no run.json): its point recomputed from the
+    margins as the trainer picked it (``cut_off``: true; no metrics at 0.5, no wall seconds)."""
     rows = []
     for run in runs:
         rj = read_json(os.path.join(run.model_dir, "run.json"))
+        if rj is None and all(os.path.isfile(os.path.join(run.model_dir, f)) for f in ("margins.npz", "config.json")):
+            cut = run_margins.read_run(run.model_dir)
+            rj = {"config": cut["config"], "operating_point": cut["point"], "cut_off": True}
         if rj is not None:
-            rows.append(_row_dict(run, rj))
+            rows.append({**_row_dict(run, rj), **({"cut_off": "true"} if rj.get("cut_off") else {})})
     return rows
 
 
@@ -175,8 +181,10 @@ def markdown(table: str, results: list[dict], row_order: list[str]) -> str:
         cells.append(_ci(_values(rs, "val_accuracy")))
         epochs = sorted({str(r["best_epoch"]) for r in rs})
         secs = [float(r["wall_seconds"]) for r in rs if r["wall_seconds"] != ""]
-        lines.append(f"| {name} | {options_text(rs[0])} | {len(rs)} | " + " | ".join(cells)
-                     + f" | {','.join(epochs)} | {statistics.fmean(secs) if secs else 0:.0f} | "
+        cut = sum(r.get("cut_off") == "true" for r in rs)
+        lines.append(f"| {name} | {options_text(rs[0])}{f' ({cut} cut off: point only)' if cut else ''} | {len(rs)} | "
+                     + " | ".join(cells)
+                     + f" | {','.join(epochs)} | {f'{statistics.fmean(secs):.0f}' if secs else '-'} | "
                      f"{_paper(p_train)} | {_paper(p_test)} |")
     lines += ["", f"Paper headline (best model): P {PAPER_HEADLINE['precision']}, FA "
               f"{PAPER_HEADLINE['false_alarm_rate']}.", ""]

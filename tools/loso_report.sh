@@ -7,8 +7,8 @@
 # Each results folder holds ablation_loso/<row>_<fold>_s<seed>/ (run.json, margins.npz, config.json);
 # a run found in two folders is taken from the last one named. A run cut off after its final model's
 # operating point (margins.npz and config.json, no run.json: a GPU call that ended while it scored
-# best.keras) counts in every table made from the margins (its point recomputed as the trainer picked
-# it, crack_tf.evaluation.run_margins), not in loso_<row>.md's, which reads run.json; the report names it.
+# best.keras) counts in every table, its point recomputed from the margins as the trainer picked it
+# (crack_tf.evaluation.run_margins), without the metrics at 0.5 (run.json's); the report names it.
 # Writes into <out dir>:
 #   1. groups.npz into each no_* run that lacks it (tools/tile_groups.py: the photo of every left-out
 #      tile, so the calibration curve draws whole photos; reads the data, DATA_ROOT=../shared/data)
@@ -41,8 +41,8 @@ runs=$(find "$links" -mindepth 1 -maxdepth 1 | wc -l)
 seeds=$(find "$links" -mindepth 1 -maxdepth 1 -printf '%f\n' | sed 's/.*_s\([0-9]*\)$/\1/' | sort -un | paste -sd,)
 echo "loso_report.sh: $runs runs of $row (seeds $seeds)"
 cut_off=$(for run in "$links"/*; do [ -f "$run/run.json" ] || basename "$run"; done | paste -sd' ')
-[ -z "$cut_off" ] || echo "loso_report.sh: cut off after the final model's operating point (no run.json; in the" \
-    "tables from the margins, not in loso_$row.md): $cut_off"
+[ -z "$cut_off" ] || echo "loso_report.sh: cut off after the final model's operating point (no run.json: the point" \
+    "recomputed from the margins, no metrics at 0.5): $cut_off"
 left_out=("$links/${row}_no_"*)
 [ -e "${left_out[0]}" ] || { echo "loso_report.sh: no no_* run of '$row': no left-out table" >&2; exit 1; }
 mkdir -p "$out"
@@ -52,8 +52,8 @@ done
 python tools/ablate.py --flagfile=configs/ablation_loso.cfg --only="^${row}\$" --seeds="$seeds" \
     --folds=all,no_uav75,no_uavcrack,no_deepcrack --output_dir="$links" --report_only
 mv "$links/results.md" "$out/loso_$row.md"
-[ -z "$cut_off" ] || printf '\nNot in these tables (no run.json: cut off after the final model'"'"'s operating point; in the
-tables made from the margins): %s\n' "$cut_off" >> "$out/loso_$row.md"
+[ -z "$cut_off" ] || printf '\nCut off after the final model'"'"'s operating point (no run.json: the point recomputed from the
+margins as the trainer picked it, no metrics at 0.5): %s\n' "$cut_off" >> "$out/loso_$row.md"
 mv "$links/results.csv" "$out/loso_$row.csv"
 python tools/few_shot_curve.py --runs="$links/${row}_no_*" --adabn --out="$out/few_shot_adabn_$row" \
     --ns="${NS:-0,10,25,50,100}" --draws="${DRAWS:-20}" --fit=threshold --prior_tiles=50

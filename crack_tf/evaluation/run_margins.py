@@ -14,9 +14,48 @@ import os
 
 import numpy as np
 
-from crack_tf.evaluation import calibration
+from crack_tf.evaluation import calibration, stats
 
 KEYS = ("margins", "labels", "sources", "split")
+
+
+def metrics_by_source(probs: np.ndarray, labels: np.ndarray, sources: np.ndarray, threshold: float) -> dict:
+    """{source: all metrics at ``threshold``} (float32 threshold, as the Keras metrics compare)."""
+    t32 = float(np.float32(threshold))
+    return {name: {k: float(v) for k, v in stats.all_metrics(probs[sources == name], labels[sources == name],
+                                                             t32).items()}
+            for name in dict.fromkeys(sources.tolist())}
+
+
+def points_from_margins(parts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], rule: str, tta: str) -> dict:
+    """{mode: operating point} for "none" and ``tta`` from scored tiles: ``parts`` maps a margins.npz
+    ``split`` ("val", "eval", "eval_adabn", "eval_adabn_w<w>") to its (margins [V, N], labels, sources).
+    Each point is picked on val by ``rule`` (pooled, and per source where there are several); the
+    ``eval`` tiles are scored at it as ``eval_sources_at_threshold_by_source``, and for ``tta``'s point
+    plain AdaBN's as ``eval_sources_adabn_at_threshold_by_source`` and each blend's in
+    ``eval_sources_adabn_by_target_weight`` {"0.5": {source: metrics}}. The plain point uses the first
+    view (the tile itself). The trainer's stored point, and a cut-off run's recomputed one."""
+    keys = {"eval": "eval_sources_at_threshold_by_source", "eval_adabn": "eval_sources_adabn_at_threshold_by_source"}
+    points = {}
+    margins, labels, sources = parts["val"]
+    for mode in dict.fromkeys(["none", tta]):
+        views = slice(None) if mode == tta else slice(0, 1)
+        point = calibration.operating_point(margins[views], labels, rule, sources=sources)
+        point["tta"] = mode
+        if len(set(sources.tolist())) > 1:
+            probs = calibration.calibrated_probability(margins[views], point["temperature"])
+            point["val_at_threshold_by_source"] = metrics_by_source(probs, labels, sources, point["threshold"])
+        for split, (m, y, src) in parts.items():
+            if split == "val" or (split != "eval" and mode != tta):
+                continue
+            probs = calibration.calibrated_probability(m[views], point["temperature"])
+            scored = metrics_by_source(probs, y, src, point["threshold"])
+            if split in keys:
+                point[keys[split]] = scored
+            else:  # a blend: eval_adabn_w<weight>
+                point.setdefault("eval_sources_adabn_by_target_weight", {})[split.removeprefix("eval_adabn_w")] = scored
+        points[mode] = point
+    return points
 
 
 def read_json(path: str) -> dict | None:
@@ -62,10 +101,11 @@ def read_run(folder: str) -> dict:
         val = arrays["split"] == "val"
         if not val.any():
             raise ValueError(f"{folder}: no run.json operating point and no val tiles in margins.npz to recompute it")
-        point = calibration.operating_point(arrays["margins"][:, val], arrays["labels"][val],
-                                            config.get("threshold_rule", calibration.DEFAULT_RULE),
-                                            sources=arrays["sources"][val])
-        point["tta"] = tta or config.get("tta", "none")
+        split = arrays["split"]
+        parts = {name: (arrays["margins"][:, split == name], arrays["labels"][split == name],
+                        arrays["sources"][split == name]) for name in ["val", *dict.fromkeys(split[~val].tolist())]}
+        mode = tta or config.get("tta", "none")
+        point = points_from_margins(parts, config.get("threshold_rule", calibration.DEFAULT_RULE), mode)[mode]
         recomputed = True
     return {"name": os.path.basename(os.path.normpath(folder)), "config": config, "point": point,
             "arrays": arrays, "recomputed": recomputed}

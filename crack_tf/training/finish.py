@@ -29,7 +29,8 @@ import keras
 import numpy as np
 
 from crack_tf.data.input import padded_batches
-from crack_tf.evaluation import calibration, stats
+from crack_tf.evaluation import calibration, run_margins
+from crack_tf.evaluation.run_margins import metrics_by_source  # noqa: F401  (re-exported)
 from crack_tf.predictor import tta_views
 
 
@@ -82,14 +83,6 @@ def val_margins(model: keras.Model, split_input, tta: str = "none") -> tuple[np.
             labels.append(np.asarray(y).reshape(-1))
             sources += [name] * len(labels[-1])
     return np.concatenate(margins, axis=1), np.concatenate(labels), np.asarray(sources)
-
-
-def metrics_by_source(probs: np.ndarray, labels: np.ndarray, sources: np.ndarray, threshold: float) -> dict:
-    """{source: all metrics at ``threshold``} (float32 threshold, as the Keras metrics compare)."""
-    t32 = float(np.float32(threshold))
-    return {name: {k: float(v) for k, v in stats.all_metrics(probs[sources == name], labels[sources == name],
-                                                             t32).items()}
-            for name in dict.fromkeys(sources.tolist())}
 
 
 def timed(seconds: dict | None, key: str, fn, *args):
@@ -149,26 +142,7 @@ def operating_point(model: keras.Model, val_input, rule: str, tta: str, eval_inp
         parts["eval"] = timed(seconds, "eval", val_margins, model, eval_input, tta)
         for weight in adabn_weights if adapt is not None else ():
             parts[adabn_split(weight)] = adabn_margins(model, eval_input, tta, adapt, seconds, weight)
-    keys = {"eval": "eval_sources_at_threshold_by_source", "eval_adabn": "eval_sources_adabn_at_threshold_by_source"}
-    points = {}
-    margins, labels, sources = parts["val"]
-    for mode in dict.fromkeys(["none", tta]):
-        views = slice(None) if mode == tta else slice(0, 1)
-        point = calibration.operating_point(margins[views], labels, rule, sources=sources)
-        point["tta"] = mode
-        if len(set(sources.tolist())) > 1:
-            probs = calibration.calibrated_probability(margins[views], point["temperature"])
-            point["val_at_threshold_by_source"] = metrics_by_source(probs, labels, sources, point["threshold"])
-        for split, (m, y, src) in parts.items():
-            if split == "val" or (split != "eval" and mode != tta):
-                continue
-            probs = calibration.calibrated_probability(m[views], point["temperature"])
-            scored = metrics_by_source(probs, y, src, point["threshold"])
-            if split in keys:
-                point[keys[split]] = scored
-            else:  # a blend: eval_adabn_w<weight>
-                point.setdefault("eval_sources_adabn_by_target_weight", {})[split.removeprefix("eval_adabn_w")] = scored
-        points[mode] = point
+    points = run_margins.points_from_margins(parts, rule, tta)
     arrays = {"margins": np.concatenate([p[0] for p in parts.values()], axis=1).astype(np.float32),
               "labels": np.concatenate([p[1] for p in parts.values()]).astype(np.int8),
               "sources": np.concatenate([p[2] for p in parts.values()]).astype(str),
