@@ -168,15 +168,21 @@ every() {
 # Runs <command...> every 30 s until the job exits (e.g. a pack_runs), so a call cut short still
 # returns what had finished:  start_packer <command...>
 start_packer() {
+  PACK_COMMAND=("$@")
   every 30 "$@"
   PACKER=$!
   trap 'kill $PACKER 2>/dev/null' EXIT  # also when a step fails
+}
+# Stops start_packer's loop, then runs its command a last time (nothing packs beside it)
+final_pack() {
+  kill $PACKER 2>/dev/null
+  "${PACK_COMMAND[@]}"
 }
 
 # The seconds of a call of <job s> left for training once its backbones are made, packing included
 # (25 s kept back): sets budget; returns 1 under 30 s, where the job packs and says call again
 # (backbones made near a call's end once gave `timeout` a negative limit, 2026-12-07):
-#   train_budget <job s> || { ...; echo "<job>: ${budget}s left to train: call again"; exit 0; }
+#   train_budget <job s> || { final_pack; echo "<job>: ${budget}s left to train: call again"; exit 0; }
 train_budget() {
   budget=$(( $1 - SECONDS - 25 ))
   [ "$budget" -ge 30 ]

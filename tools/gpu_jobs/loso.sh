@@ -38,9 +38,9 @@ pack() {  # what has finished so far, in one archive
 start_packer pack
 folds=${FOLDS:-no_uav75,no_uavcrack,no_deepcrack}
 PRETRAIN_S=$(( ${JOB_S:-520} - SECONDS - 25 )) fold_backbones "${BACKBONE:-crack}" "$folds"
-case $? in 0) ;; 3) kill $PACKER 2>/dev/null; pack; echo "loso.sh: backbones not finished: call again"; exit 0;; *) exit 1;; esac
+case $? in 0) ;; 3) final_pack; echo "loso.sh: backbones not finished: call again"; exit 0;; *) exit 1;; esac
 echo "backbones ready at ${SECONDS}s"
-train_budget "${JOB_S:-520}" || { kill $PACKER 2>/dev/null; pack; echo "loso.sh: ${budget}s left to train: call again"; exit 0; }
+train_budget "${JOB_S:-520}" || { final_pack; echo "loso.sh: ${budget}s left to train: call again"; exit 0; }
 if [ "${REPEAT:-1}" != 0 ]; then
   timeout -k 10 --signal=TERM "$budget" python3 tools/ablate.py --flagfile=$grid --seeds=0 --folds=no_uav75 \
       ${ONLY:+--only=$ONLY} "$loader" --output_dir=runs/ablation_loso_repeat \
@@ -76,8 +76,7 @@ if [ "$grid_rc" = 0 ] && [ "${FINETUNE_CURVE:-1}" != 0 ] && [ ! -f runs/few_shot
       --draws="${FINETUNE_DRAWS:-5}" --lr="${FINETUNE_LRS:-1e-4}" --tta=none >> runs/few_shot_finetune/log.txt 2>&1 && touch runs/few_shot_finetune/done
   grep "^few_shot_finetune" runs/few_shot_finetune/log.txt | tail -8
 fi
-kill $PACKER 2>/dev/null
-pack
+final_pack
 python3 - <<'PY'
 import glob, json, os
 for b in sorted(glob.glob("runs/ablation_loso_repeat/*_no_uav75_s0/run.json")):

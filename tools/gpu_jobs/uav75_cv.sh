@@ -37,13 +37,12 @@ fold_backbones "$kind" no_uav75 || exit 1
 echo "backbone ready at ${SECONDS}s"
 parallel=${PARALLEL:-$(( RUNS_FIT < 15 ? RUNS_FIT : 15 ))}
 train_budget "${JOB_S:-565}" ||
-    { kill $PACKER 2>/dev/null; pack; echo "uav75_cv.sh: ${budget}s left to train: call again"; exit 0; }
+    { final_pack; echo "uav75_cv.sh: ${budget}s left to train: call again"; exit 0; }
 timeout -k 10 --signal=TERM "$budget" python3 tools/ablate.py --flagfile=$grid "${recipe[@]}" --seeds="$seeds" \
     ${ROWS:+--only=$ROWS} --parallel="$parallel" "$(loader_extra "${LOADER_RUNS:-$parallel}")" --output_dir="$cv_dir"
 python3 tools/ablate.py --flagfile=$grid "${recipe[@]}" --seeds="$seeds" ${ROWS:+--only=$ROWS} --output_dir="$cv_dir" \
     --report_only >/dev/null 2>&1
-kill $PACKER 2>/dev/null
-pack
+final_pack
 wanted=$(( $(grid_rows $grid "${ROWS:-.}") * $(csv_len "$seeds") ))
 finished=$(count_runs "$cv_dir" "${ROWS:-.}" "$seeds")
 echo "uav75_cv.sh: $finished of $wanted runs finished at ${SECONDS}s"
