@@ -107,17 +107,17 @@ def test_robustaug_rows_get_the_robust_augment_flagfile(monkeypatch):
     assert parsed["synthpre_robustaug_epochs48"].epochs == 48 and parsed["synthpre_robustaug"].epochs == 16
     longer = parsed["synthpre3000_robustaug_epochs48"]
     assert longer.epochs == 48 and longer.weights == "runs/pretrain/loso_synth3000_all.weights.h5"
-    simclr = parsed["simclrpre_robustaug_epochs48"]  # the recommended recipe, only the backbone differs
+    simclr = parsed["simclrpre_robustaug_epochs48"]  # recommended since 2026-12-08: robust48, only the backbone differs
     assert simclr.weights == "runs/pretrain/loso_simclr_all.weights.h5"
     own = ("weights", "model_dir")
     assert {k: v for k, v in vars(simclr).items() if k not in own} == {
         k: v for k, v in vars(parsed["synthpre_robustaug_epochs48"]).items() if k not in own}
     assert parsed["synthpre"].gamma != 0.3 and parsed["synthpre"].jpeg != 0.3
-    mixstyle = parsed["synthpre_robustaug_epochs48_mixstyle"]  # the recommended row with MixStyle, nothing else
+    mixstyle = parsed["synthpre_robustaug_epochs48_mixstyle"]  # the robust48 row with MixStyle, nothing else
     assert mixstyle.mixstyle == ["layer1", "layer2"] and mixstyle.epochs == 48
     assert mixstyle.weights == parsed["synthpre_robustaug_epochs48"].weights
     assert all(not parsed[name].mixstyle for name in parsed if name != "synthpre_robustaug_epochs48_mixstyle")
-    averaged = parsed["synthpre_robustaug_epochs48_ema"]  # the recommended row with the averaged weights
+    averaged = parsed["synthpre_robustaug_epochs48_ema"]  # the robust48 row with the averaged weights
     assert (averaged.ema_momentum, averaged.ema_bn_crops, averaged.epochs) == (0.998, 1024, 48)
     assert averaged.weights == parsed["synthpre_robustaug_epochs48"].weights and not averaged.mixstyle
     train_flags.validate(averaged)

@@ -76,8 +76,8 @@ def test_every_addon_config_parses_after_the_recommended_recipe():
         assert cfg.data_source == "photos", path
 
 
-def test_the_recommended_robust48_config_is_the_ablation_row_it_was_measured_as():
-    """configs/crackmix_synthpre_robust48.cfg (recommended since 2026-12-06) = crackmix_synthpre.cfg +
+def test_the_robust48_config_is_the_ablation_row_it_was_measured_as():
+    """configs/crackmix_synthpre_robust48.cfg (recommended 2026-12-06 to -08) = crackmix_synthpre.cfg +
     robust_augment.cfg + 48 epochs: the row `synthpre_robustaug_epochs48` of configs/ablation_loso.cfg
     (on the whole-mix backbone), with the threshold rule its left-out folds were scored at."""
     configs = os.path.join(REPO, "configs")
@@ -95,16 +95,38 @@ def test_the_recommended_robust48_config_is_the_ablation_row_it_was_measured_as(
     assert candidate.threshold_rule == row.threshold_rule == "f1"  # docs/RESULTS.md 000000000000
 
 
-def test_the_simclr_candidate_config_is_the_robust48_recipe_on_its_own_backbone():
-    """configs/crackmix_simclrpre_robust48.cfg (the row `simclrpre_robustaug_epochs48`): every training
-    flag of the recommended robust48 recipe, only the backbone (pretrain.sh RECIPE=synth_simclr_crack's
-    output) and the model folder differ."""
+def test_the_recommended_simclr_config_is_the_robust48_recipe_on_its_own_backbone():
+    """configs/crackmix_simclrpre_robust48.cfg (recommended since 2026-12-08; the row
+    `simclrpre_robustaug_epochs48`): every training flag of the robust48 recipe, only the backbone
+    (pretrain.sh RECIPE=synth_simclr_crack's output) and the model folder differ."""
     configs = os.path.join(REPO, "configs")
     simclr, robust48 = (vars(train_config.parse_args([f"--flagfile={os.path.join(configs, name)}"]))
                         for name in ("crackmix_simclrpre_robust48.cfg", "crackmix_synthpre_robust48.cfg"))
     differ = {k for k in robust48 if simclr[k] != robust48[k]}
     assert differ == {"weights", "model_dir"}
     assert simclr["weights"] == "runs/pretrain/synth_simclr_crack.weights.h5"
+
+
+def test_the_readme_recommends_the_simclr_config_and_makes_its_backbone():
+    """The README's train line marked "(recommended)" names the recommended config, and its pretraining
+    commands chain synthetic -> SimCLR -> crack into the weights that config loads."""
+    import re
+
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    commands = re.sub(r"\\\n\s*", " ", readme)  # continuation lines joined
+    recommended = [line for line in commands.splitlines() if "(recommended)" in line and "crack_tf.train" in line]
+    assert len(recommended) == 1 and "--flagfile=configs/crackmix_simclrpre_robust48.cfg" in recommended[0]
+    cfg = train_config.parse_args([f"--flagfile={os.path.join(REPO, 'configs', 'crackmix_simclrpre_robust48.cfg')}"])
+    lines = commands.splitlines()
+    before = lines[:lines.index(recommended[0])]
+    first = max(i for i, line in enumerate(before) if not line.startswith("python tools/pretrain.py")) + 1
+    chain = {m.group(1): (m.group(2), re.search(r"--output=(\S+)", line).group(1))
+             for line in before[first:]  # the pretraining commands right above the recommended line
+             for m in [re.search(r"--mode=(\w+)(?:.*--init=(\S+))?", line)]}
+    assert sorted(chain) == ["crack", "simclr", "synthetic"]
+    assert chain["crack"][1] == cfg.weights
+    assert chain["crack"][0] == chain["simclr"][1] and chain["simclr"][0] == chain["synthetic"][1]
+    assert chain["synthetic"][0] is None
 
 
 @pytest.mark.parametrize(

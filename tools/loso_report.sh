@@ -22,7 +22,9 @@
 #      (misses by crack pixels, false alarms by distance to a crack and joints; tools/error_anatomy.py)
 #   6. with BASELINE=<row>:<folder>[,<folder>...]: compare_<row>_vs_<baseline row>.md, the row against
 #      that one per left-out source and seed, Welch's p, ROC AUC, and where both have `all` runs their
-#      val per source with P / R (tools/compare_loso.py); the recommended recipe (06d: its `all` runs): BASELINE=synthpre_robustaug_epochs48:docs/results/h100_2026-12-06d,docs/results/h100_2026-12-06f,docs/results/h100_2026-12-06h
+#      val per source with P / R (tools/compare_loso.py); the recommended recipe (since 2026-12-08):
+#      BASELINE=simclrpre_robustaug_epochs48:docs/results/h100_2026-12-07f,docs/results/h100_2026-12-07h,docs/results/h100_2026-12-08a
+#      (the one before it: BASELINE=synthpre_robustaug_epochs48:docs/results/h100_2026-12-06d,docs/results/h100_2026-12-06f,docs/results/h100_2026-12-06h)
 set -euo pipefail
 row=${1:?usage: loso_report.sh <row> <out dir> <results folder>...}
 out=${2:?usage: loso_report.sh <row> <out dir> <results folder>...}
