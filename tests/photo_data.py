@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 from PIL import Image
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def draw_photo(seed: int, size: int = 96, crack: bool = True, joint: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -38,3 +44,20 @@ def write_source(root: pathlib.Path, splits: dict[str, int], size: int = 96, see
             m = np.stack([mask] * 3 + [np.full_like(mask, 255)], -1) if rgba_masks else mask
             Image.fromarray(m).save(root / split / "masks" / f"p{i:02d}.png")
     return root
+
+
+def crops_module_at(commit: str, tmp_path: pathlib.Path):
+    """crack_tf/data/crops.py as it was at ``commit``, from git history (the test skips without it):
+    the reference that a new option, left off, must render the same crops as."""
+    try:
+        text = subprocess.run(["git", "show", f"{commit}:crack_tf/data/crops.py"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip(f"git history ({commit}) not available")
+    path = tmp_path / f"crops_{commit}.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(f"crops_{commit}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -98,6 +98,7 @@ def test_robustaug_rows_get_the_robust_augment_flagfile(monkeypatch):
     train_flags.FLAGS.unparse_flags()
     robust = [name for name in parsed if "robustaug" in name]
     assert sorted(robust) == ["robustaug", "simclr3000pre_robustaug_epochs48", "simclrpre_robustaug_epochs48",
+                              "simclrpre_robustaug_epochs48_hardneg",
                               "synthpre3000_robustaug_epochs48",
                               "synthpre_robustaug", "synthpre_robustaug_epochs48", "synthpre_robustaug_epochs48_ema",
                               "synthpre_robustaug_epochs48_mixstyle"]
@@ -113,6 +114,10 @@ def test_robustaug_rows_get_the_robust_augment_flagfile(monkeypatch):
     assert {k: v for k, v in vars(simclr).items() if k not in own} == {
         k: v for k, v in vars(parsed["synthpre_robustaug_epochs48"]).items() if k not in own}
     assert parsed["synthpre"].gamma != 0.3 and parsed["synthpre"].jpeg != 0.3
+    hardneg = parsed["simclrpre_robustaug_epochs48_hardneg"]  # the recommended row with hard background crops
+    assert hardneg.hard_negatives == 0.5 and {k for k, v in vars(hardneg).items() if v != vars(simclr)[k]} == {
+        "hard_negatives", "model_dir"}
+    assert all(not parsed[name].hard_negatives for name in parsed if name != "simclrpre_robustaug_epochs48_hardneg")
     mixstyle = parsed["synthpre_robustaug_epochs48_mixstyle"]  # the robust48 row with MixStyle, nothing else
     assert mixstyle.mixstyle == ["layer1", "layer2"] and mixstyle.epochs == 48
     assert mixstyle.weights == parsed["synthpre_robustaug_epochs48"].weights

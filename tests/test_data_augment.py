@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,9 +10,8 @@ from scipy import stats
 from crack_tf.data.crops import CropOptions, CropSampler, gaussian_noise, render_crop
 from crack_tf.data.photos import SourceSpec, load_photo_set
 from crack_tf.training import config as train_config
-from tests.photo_data import write_source
+from tests.photo_data import crops_module_at, write_source
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEFORE = "e162231"  # the last commit before gamma / grayscale / hue were added
 PLAIN = dict(image_size=48, flips=False, rot90=False, brightness=0.0, contrast=0.0)
 
@@ -35,29 +29,13 @@ def colourful():
     return (np.stack([xx, yy, 1 - (xx + yy) / 2], -1) * 110 + 70).astype(np.uint8)
 
 
-def _previous_crops_module(tmp_path):
-    """crack_tf/data/crops.py as it was before this change, from git history."""
-    try:
-        text = subprocess.run(["git", "show", f"{BEFORE}:crack_tf/data/crops.py"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip(f"git history ({BEFORE}) not available")
-    path = tmp_path / "crops_before.py"
-    path.write_text(text)
-    spec = importlib.util.spec_from_file_location("crops_before", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("settings", [
     {},  # the trainer's defaults: flips, rot90, brightness / contrast 0.1
     dict(saturation=0.3, blur=0.5, jpeg=0.5, brightness=0.2, contrast=0.3),  # noise: its draw changed, below
     dict(flips=False, rot90=False, brightness=0.0, contrast=0.0),
 ])
 def test_settings_without_the_new_options_render_the_crops_they_rendered_before(src, tmp_path, settings):
-    old = _previous_crops_module(tmp_path)
+    old = crops_module_at(BEFORE, tmp_path)
     base = dict(image_size=40, crop_side=(16, 60), min_crack_pixels=20, reference=32)
     before = old.CropSampler([src], [1.0], old.CropOptions(**base, **settings), 7, 64).batch(3, 16)
     now = CropSampler([src], [1.0], CropOptions(**base, **settings), 7, 64).batch(3, 16)

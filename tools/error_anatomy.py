@@ -31,13 +31,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tile_groups import check_labels, left_out_tile_sets, left_out_tiles  # noqa: E402  (tools/ is not a package)
 
 from crack_tf.data.photos import list_photos, load_sources, parse_sources  # noqa: E402
-from crack_tf.data.prep import read_mask  # noqa: E402
+from crack_tf.data.prep import JOINT_VALUE, read_mask  # noqa: E402  (JOINT_VALUE: UAV75 masks' planking joints)
 from crack_tf.evaluation import plots, run_margins  # noqa: E402
 from crack_tf.evaluation import site_calibration as sc  # noqa: E402
 
 CRACK_BINS = (40, 100, 300, 1000)  # crack pixels in the tile: [40, 100), [100, 300), [300, 1000), >= 1000
 GAP_BINS = (0, 16, 64, 256)  # px from the tile's edge to the nearest crack: [0, 16), ..., >= 256, none
-JOINT_VALUE = 204  # UAV75 masks' planking joints (background that looks like a crack; docs: ../shared/data)
 SPLITS = {"eval": "eval_sources", "val": "data_dir"}  # margins' split -> the config key naming its sources
 NAME = re.compile(r"^(?P<source>[^/]+)/(?P<stem>.+)_y(?P<y>\d+)_x(?P<x>\d+)$")
 SEED = re.compile(r"_s(?P<seed>\d+)$")

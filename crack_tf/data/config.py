@@ -36,7 +36,8 @@ class DataConfig:
     random crops per epoch (see ``crack_tf.data.crops``: ``crop_side`` range in photo pixels,
     ``min_crack_pixels`` per ``val_tile``^2, ``crack_fraction``, ``max_padding`` and the extra
     augmentations ``saturation`` / ``blur`` / ``noise`` / ``jpeg`` / ``gamma`` / ``grayscale`` /
-    ``hue``); evaluation uses the fixed ``val_tile`` grid tiles of each source (``eval_max_tiles``
+    ``hue``; ``hard_negatives``: the share of background crops drawn at joints or beside cracks);
+    evaluation uses the fixed ``val_tile`` grid tiles of each source (``eval_max_tiles``
     per source, 0 = all), and a source without ``val/`` holds out ``val_fraction`` of its source
     images as its val fold.
     """
@@ -76,6 +77,7 @@ class DataConfig:
     gamma: float = 0.0
     grayscale: float = 0.0
     hue: float = 0.0
+    hard_negatives: float = 0.0
     val_tile: int = 128
     val_fraction: float = 0.2
     eval_max_tiles: int = 0

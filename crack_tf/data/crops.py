@@ -11,7 +11,9 @@ Labels come from the mask inside the crop: **crack** when it holds at least
 pixels per ``reference`` x ``reference`` photo pixels, the rule of the fixed tiles), **background**
 when it holds none, and anything in between is redrawn. A crop with more than ``max_padding`` of
 black padding is redrawn too. Crack crops are drawn around a random crack pixel, so they are
-found at once; when 64 draws fail (a photo covered in cracks has few crack-free crops) a crop of
+found at once. With ``hard_negatives`` = h, a background crop is, with probability h, a hard one:
+around a marked joint pixel (UAV75's planking joints, mask 204) or beside a crack (its nearest edge
+1 px to half a side from a crack pixel, no crack pixel inside), where a model's false alarms are; when 64 draws fail (a photo covered in cracks has few crack-free crops) a crop of
 a small fixed pool found at start-up is used instead, so a batch never fails mid-epoch.
 
 The crop is cut from the uint8 photo, resized with Pillow (bilinear, antialiased when shrinking),
@@ -63,6 +65,7 @@ class CropOptions:
     gamma: float = 0.0  # gamma in [1/(1+g), 1+g] (log-uniform): out = 255 * (in / 255) ** gamma
     grayscale: float = 0.0  # probability of a grayscale crop (luma, 3 channels kept)
     hue: float = 0.0  # hue rotation in [-h, h] turns of the colour circle (YIQ: luma kept; h <= 0.5)
+    hard_negatives: float = 0.0  # probability that a background crop is drawn at a joint or beside a crack
 
     def __post_init__(self) -> None:
         lo, hi = self.crop_side
@@ -74,7 +77,7 @@ class CropOptions:
             raise ValueError("min_crack_pixels must be >= 1 and the reference tile >= 8 px")
         if not 0 <= self.max_padding <= 1:
             raise ValueError(f"max_padding={self.max_padding} must be in [0, 1]")
-        for name in ("blur", "jpeg", "grayscale"):
+        for name in ("blur", "jpeg", "grayscale", "hard_negatives"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name}={getattr(self, name)} is a probability: use [0, 1]")
         if min(self.brightness, self.contrast, self.saturation, self.noise, self.gamma) < 0:
@@ -117,6 +120,8 @@ class CropSampler:
         self.sources, self.options, self.seed = sources, options, int(seed)
         self.crops_per_epoch = int(crops_per_epoch)
         self._cracked = [[i for i, p in enumerate(s.photos) if len(p.crack_points)] for s in sources]
+        self._hard = [[i for i, p in enumerate(s.photos) if len(p.crack_points) or len(p.joint_points)]
+                      for s in sources]
         self.pools = [[self._probe(k, label) for label in (0, 1)] for k in range(len(sources))]
         self.label_weights = []
         for label, name in ((0, "background"), (1, "crack")):
@@ -153,6 +158,34 @@ class CropSampler:
         ok = crop_label(photo, y, x, side, self.options.min_pixels(side), self.options.max_padding) == label
         return (i, y, x, side) if ok else None
 
+    def _attempt_hard(self, k: int, u: np.ndarray) -> Crop | None:
+        """One try at a hard background crop of source ``k`` with the uniforms ``u`` [7]: around a joint
+        pixel (half the tries when the photo has both kinds; a joint crop holds no crack more often, so
+        joints give most such crops) or beside a crack pixel."""
+        candidates = self._hard[k]
+        if not candidates:
+            return None
+        i = candidates[int(u[0] * len(candidates))]
+        photo = self.sources[k].photos[i]
+        h, w = photo.shape
+        lo, hi = self.options.crop_side
+        hi = min(hi, h, w)
+        lo = min(lo, hi)
+        side = int(round(lo * (hi / lo) ** u[1]))
+        joints, cracks = photo.joint_points, photo.crack_points
+        along = int(u[6] * side)
+        if len(joints) and (not len(cracks) or u[5] < 0.5):  # a crop holding the joint pixel
+            py, px = joints[int(u[2] * len(joints))]
+            y, x = py - int(u[3] * side), px - int(u[4] * side)
+        else:  # the crop's nearest edge `gap` px from the crack pixel, on one of its four sides
+            py, px = cracks[int(u[2] * len(cracks))]
+            gap, direction = 1 + int(u[4] * side / 2), int(u[3] * 4)
+            y, x = ((py - along, px - gap - side + 1), (py - along, px + gap),
+                    (py - gap - side + 1, px - along), (py + gap, px - along))[direction]
+        y, x = min(max(int(y), 0), h - side), min(max(int(x), 0), w - side)
+        ok = crop_label(photo, y, x, side, self.options.min_pixels(side), self.options.max_padding) == 0
+        return (i, y, x, side) if ok else None
+
     def _probe(self, k: int, label: int) -> list[Crop]:
         """A few valid crops of (source, label), independent of the seed: the fallback pool."""
         rng = np.random.default_rng([SALT, k, label])
@@ -171,8 +204,14 @@ class CropSampler:
         u = rng.random(2)
         label = int(u[0] < self.options.crack_fraction)
         k = min(int(np.searchsorted(self._cumulative[label], u[1], side="right")), len(self.sources) - 1)
-        for _ in range(_ATTEMPTS):
-            crop = self._attempt(k, label, rng.random(5))
+        # a hard background crop: half the tries at a joint or beside a crack, then any background
+        # (no extra draw without the option, so its crops stay those of before it)
+        hard = not label and self.options.hard_negatives > 0 and rng.random() < self.options.hard_negatives
+        for attempt in range(_ATTEMPTS):
+            if hard and attempt < _ATTEMPTS // 2:
+                crop = self._attempt_hard(k, rng.random(7))
+            else:
+                crop = self._attempt(k, label, rng.random(5))
             if crop is not None:
                 return label, k, crop, rng
         pool = self.pools[k][label]

@@ -22,7 +22,7 @@ def crop_options(config: DataConfig) -> CropOptions:
         reference=config.val_tile, crack_fraction=config.crack_fraction, max_padding=config.max_padding,
         flips=config.flips, rot90=config.rot90, brightness=config.brightness, contrast=config.contrast,
         saturation=config.saturation, blur=config.blur, noise=config.noise, jpeg=config.jpeg, gamma=config.gamma,
-        grayscale=config.grayscale, hue=config.hue,
+        grayscale=config.grayscale, hue=config.hue, hard_negatives=config.hard_negatives,
     )
 
 

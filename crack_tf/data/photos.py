@@ -45,7 +45,7 @@ import numpy as np
 
 from crack_tf.data.image_np import decode_image_np
 from crack_tf.data.listing import IMAGE_EXTS, report_skipped
-from crack_tf.data.prep import read_mask
+from crack_tf.data.prep import JOINT_VALUE, read_mask
 
 log = logging.getLogger("crack_tf.data")
 
@@ -214,7 +214,7 @@ def list_photos(source: SourceSpec, split: str, val_fraction: float = 0.2) -> Ph
 # ------------------------------------------------------------------------------------------ decoding
 @dataclasses.dataclass
 class Photo:
-    """One decoded photo: RGB uint8 pixels, the crack mask, padding, crack pixel coordinates."""
+    """One decoded photo: RGB uint8 pixels, the crack mask, padding, crack and joint pixel coordinates."""
 
     path: str
     group: str
@@ -222,6 +222,8 @@ class Photo:
     crack: np.ndarray  # bool [H, W]
     padding: np.ndarray | None  # bool [H, W], None when the photo has none
     crack_points: np.ndarray  # int32 [K, 2] (row, col) of crack pixels
+    # int32 [J, 2] of marked hard-negative pixels: UAV75's planking joints (mask 204), none in 0/1 masks
+    joint_points: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2), np.int32))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -242,8 +244,9 @@ def load_photo(path: str, mask_path: str, group: str = "") -> Photo:
                          f"{image.shape[1]}x{image.shape[0]}")
     crack = crack_mask(mask)
     padding = image.max(axis=-1) <= PADDING_LEVEL
+    joint = mask == JOINT_VALUE
     return Photo(path, group, image, crack, padding if padding.any() else None,
-                 np.argwhere(crack).astype(np.int32))
+                 np.argwhere(crack).astype(np.int32), np.argwhere(joint).astype(np.int32))
 
 
 @dataclasses.dataclass
@@ -261,7 +264,8 @@ class PhotoSet:
 
     @property
     def nbytes(self) -> int:
-        return int(sum(p.image.nbytes + p.crack.nbytes + p.crack_points.nbytes for p in self.photos))
+        return int(sum(p.image.nbytes + p.crack.nbytes + p.crack_points.nbytes + p.joint_points.nbytes
+                       for p in self.photos))
 
 
 _LOADED: dict[tuple, PhotoSet] = {}

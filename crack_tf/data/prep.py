@@ -15,6 +15,7 @@ from PIL import Image
 from crack_tf.data.listing import IMAGE_EXTS
 
 CRACK_VALUE = 255  # uav75 masks, channel 0: 255 = crack, 204 = planking joint (background), 0 = background
+JOINT_VALUE = 204  # uav75 masks: a planking joint, background that looks like a crack (a hard negative)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -64,6 +64,8 @@ _GROUPS: dict[str, list[tuple]] = {"model": [
      "per --val_tile^2 photo pixels (scaled with the crop area), background with none; else redrawn.", None),
     ("float", "crack_fraction", 0.5, "Photos source: share of crack crops.", None),
     ("float", "max_padding", 0.1, "Photos source: crops and tiles with more black padding are not used.", None),
+    ("float", "hard_negatives", 0.0, "Photos source: probability that a background crop is a hard one: around a "
+     "marked joint pixel (mask 204, UAV75's planking joints) or beside a crack (1 px to half a side away).", None),
     ("float", "saturation", 0.0, "Photos source: max random saturation change (fraction).", None),
     ("float", "blur", 0.0, "Photos source: probability of a Gaussian blur (radius 0.3-1.5 px).", None),
     ("float", "noise", 0.0, "Photos source: max Gaussian noise sigma (0-255 scale).", None),
@@ -255,6 +257,10 @@ def validate(cfg) -> None:
         problems.append(f"--crop_side must be min,max photo pixels with 8 <= min <= max, got {cfg.crop_side}")
     if not 0 < cfg.crack_fraction < 1:
         problems.append("--crack_fraction must be in (0, 1)")
+    if not 0 <= cfg.hard_negatives <= 1:
+        problems.append(f"--hard_negatives={cfg.hard_negatives}: a probability, use [0, 1]")
+    elif cfg.hard_negatives and cfg.data_source != "photos":
+        problems.append("--hard_negatives: background crops of the photos source only (--data_source=photos)")
     if cfg.crops_per_epoch < 1 or cfg.min_crack_pixels < 1 or cfg.val_tile < 8:
         problems.append("--crops_per_epoch and --min_crack_pixels must be >= 1, --val_tile >= 8")
     if cfg.adabn_eval_crops < 0 or (cfg.adabn_eval_crops and not cfg.eval_sources):
