@@ -86,9 +86,10 @@ def test_sources_are_drawn_at_their_weights(tmp_path):
         assert 0.65 < share < 0.85
 
 
-def test_same_seed_same_crops_other_seed_other_crops_and_both_loaders_agree(src):
+@pytest.mark.parametrize("hard_negatives", [0.0, 0.5])
+def test_same_seed_same_crops_other_seed_other_crops_and_both_loaders_agree(src, hard_negatives):
     cfg = DataConfig(source="photos", path=str(src), image_size=32, crops_per_epoch=16, crop_side=(16, 40),
-                     min_crack_pixels=20, val_tile=32, workers=2)
+                     min_crack_pixels=20, val_tile=32, workers=2, hard_negatives=hard_negatives)
     fresh = make_input(cfg, "train", True, 4, seed=3, backend="numpy")
     assert fresh.steps_per_epoch == 4 and fresh.dataset.num_batches is None
     a = [fresh.dataset[i] for i in range(6)]  # into the second epoch
@@ -104,6 +105,9 @@ def test_same_seed_same_crops_other_seed_other_crops_and_both_loaders_agree(src)
     xt, yt = next(iter(tf_split.dataset))
     np.testing.assert_array_equal(xt.numpy(), a[2][0])  # tf.data renders the very same batches
     np.testing.assert_array_equal(yt.numpy(), a[2][1])
+    if hard_negatives:  # the option reaches the loaders' crops: same seed, other background crops
+        plain = make_input(cfg.replace(hard_negatives=0.0), "train", True, 4, seed=3, backend="numpy")
+        assert any(not np.array_equal(plain.dataset[i][0], a[i][0]) for i in range(6))
 
 
 def test_two_shards_split_one_global_batch(src):
